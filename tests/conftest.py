@@ -1,0 +1,53 @@
+"""Session fixtures: the ComfyUI host folder, tiny SD1.5 models in real formats, and a running ComfyUI server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from comfy_server import ComfyServer
+from comfyui_host import resolve_comfyui
+from fixtures.sd15 import SD15Fixtures, build_sd15_fixtures
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def comfy_path() -> Path:
+    """The ComfyUI host folder (COMFYUI_PATH or the pinned 0.3.75); only its files are read in unit tests."""
+    return resolve_comfyui()
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir(comfy_path: Path) -> Path:
+    """The real SD1.5 CLIP tokenizer files (vocab.json, merges.txt) that ship with ComfyUI."""
+    return comfy_path / "comfy" / "sd1_tokenizer"
+
+
+@pytest.fixture(scope="session")
+def comfy_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("comfy")
+
+
+@pytest.fixture(scope="session")
+def sd15_models(comfy_base_dir: Path, clip_tokenizer_dir: Path) -> SD15Fixtures:
+    """Tiny random-weight SD1.5 models (single file, diffusers folder, inpainting, ControlNet), written
+    straight into the test server's models folder so host graphs can name them."""
+    return build_sd15_fixtures(comfy_base_dir / "models", tokenizer_dir=clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures):
+    """A running ComfyUI server with this pack installed; stopped at the end of the session."""
+    server = ComfyServer(comfy_path, comfy_base_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

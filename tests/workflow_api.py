@@ -1,0 +1,44 @@
+"""Turn a workflow as the ComfyUI frontend saves it (nodes + links + widgets_values) into the API format `/prompt` runs.
+
+The frontend stores widget values by position; their names come from the node definitions in `/object_info`,
+in input order (required, then optional), with one extra value after an input that has `control_after_generate`.
+"""
+
+from __future__ import annotations
+
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def is_widget(spec: list) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """API-format graph of a saved workflow. Raises ValueError naming a node whose type the server lacks."""
+    links = {link[0]: (str(link[1]), link[2]) for link in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        kind = node["type"]
+        if kind in FRONTEND_ONLY or node.get("mode", 0) in (2, 4):  # muted or bypassed nodes do not run
+            continue
+        if kind not in object_info:
+            raise ValueError(f"workflow node {node['id']} is a {kind!r}, which this ComfyUI does not have")
+        linked = {entry["name"]: links[entry["link"]] for entry in node.get("inputs", []) if entry.get("link") is not None}
+        values = iter(node.get("widgets_values") or [])
+        definition = object_info[kind]["input"]
+        inputs = {}
+        for group in ("required", "optional"):
+            for name, spec in definition.get(group, {}).items():
+                if is_widget(spec):
+                    value = next(values, None)
+                    if len(spec) > 1 and spec[1].get("control_after_generate"):
+                        next(values, None)  # "fixed" / "randomize" / ... belongs to the frontend
+                    if value is not None:
+                        inputs[name] = value
+                if name in linked:
+                    source, slot = linked[name]
+                    inputs[name] = [source, slot]
+        graph[str(node["id"])] = {"class_type": kind, "inputs": inputs}
+    return graph
