@@ -27,13 +27,18 @@ def reply_of_length(words: int) -> str:
     return f"Sure, here is a detailed prompt for you. {GEN_START} {body} {GEN_END} Enjoy!"
 
 
+def best_time(parse, reply: str, runs: int) -> float:
+    """Seconds per call, best of five rounds of `runs` calls."""
+    return min(timeit.repeat(lambda: parse(reply), number=runs, repeat=5)) / runs
+
+
 def main() -> None:
     print(f"{'words':>8} {'official µs':>12} {'parse_reply µs':>15} {'ratio':>7}")
     for words in (50, 500, 5_000, 50_000):
         reply = reply_of_length(words)
         runs = max(3, 20_000 // words)
-        official = min(timeit.repeat(lambda: official_first_prompt(reply), number=runs, repeat=5)) / runs
-        ours = min(timeit.repeat(lambda: parse_reply(reply), number=runs, repeat=5)) / runs
+        official = best_time(official_first_prompt, reply, runs)
+        ours = best_time(parse_reply, reply, runs)
         print(f"{words:>8} {official * 1e6:>12.1f} {ours * 1e6:>15.1f} {ours / official:>7.1f}")
 
 

@@ -9,7 +9,6 @@ from comfy_server import ComfyServer
 from comfyui_host import resolve_comfyui
 from fixtures.sd15 import SD15Fixtures, build_sd15_fixtures
 
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

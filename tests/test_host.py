@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from comfy_server import load_warnings, pack_import_problems
+from comfy_server import ComfyError, load_warnings, pack_import_problems
 from PIL import Image
 from workflow_api import ui_to_api
 
@@ -118,3 +118,47 @@ def test_workflow_templates_route_serves_pack_workflows(comfy):
     assert "llmga_extract_generation_prompt" in templates["comfyui-llmga"]
     served = json.loads(comfy.get("/api/workflow_templates/comfyui-llmga/llmga_extract_generation_prompt.json"))
     assert served["nodes"]
+
+
+def test_native_sd15_controlnet_chain_changes_the_image(comfy, sd15_models):
+    hint = Image.new("RGB", (64, 64), "black")
+    hint.paste((255, 255, 255), (16, 16, 48, 48))
+    hint.save(comfy.input_dir / "llmga_hint.png")
+    plain = sd15_txt2img_graph(sd15_models.checkpoint.name, width=64, height=64)
+    controlled = json.loads(json.dumps(plain))
+    controlled.update({
+        "10": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": sd15_models.controlnet.name}},
+        "11": {"class_type": "LoadImage", "inputs": {"image": "llmga_hint.png"}},
+        "12": {"class_type": "ControlNetApplyAdvanced", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "control_net": ["10", 0], "image": ["11", 0],
+            "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0, "vae": ["1", 2]}},
+    })
+    controlled["5"]["inputs"].update({"positive": ["12", 0], "negative": ["12", 1]})
+    (without,) = saved_images(comfy, comfy.run(plain))
+    (with_control,) = saved_images(comfy, comfy.run(controlled))
+    assert with_control.size == (64, 64)
+    assert with_control.tobytes() != without.tobytes()
+    assert load_warnings(comfy.log()) == []
+
+
+def test_native_sd15_inpainting_checkpoint_runs_with_inpaint_conditioning(comfy, sd15_models):
+    picture = Image.new("RGBA", (80, 64), (200, 120, 40, 255))
+    picture.paste((0, 0, 0, 0), (20, 16, 60, 48))  # transparent hole: LoadImage's mask is 1 there
+    picture.save(comfy.input_dir / "llmga_inpaint.png")
+    graph = sd15_txt2img_graph(sd15_models.checkpoint_inpainting.name, width=80, height=64)
+    graph.update({
+        "11": {"class_type": "LoadImage", "inputs": {"image": "llmga_inpaint.png"}},
+        "12": {"class_type": "InpaintModelConditioning", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["11", 0], "mask": ["11", 1],
+            "noise_mask": True}},
+    })
+    graph["5"]["inputs"].update({"positive": ["12", 0], "negative": ["12", 1], "latent_image": ["12", 2]})
+    (image,) = saved_images(comfy, comfy.run(graph))
+    assert image.size == (80, 64)
+    assert load_warnings(comfy.log()) == []
+
+
+def test_harness_reports_a_refused_graph(comfy):
+    graph = sd15_txt2img_graph("no-such-model.safetensors", width=64, height=64)
+    with pytest.raises(ComfyError, match="no-such-model.safetensors"):
+        comfy.queue(graph)

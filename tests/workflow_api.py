@@ -25,7 +25,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             continue
         if kind not in object_info:
             raise ValueError(f"workflow node {node['id']} is a {kind!r}, which this ComfyUI does not have")
-        linked = {entry["name"]: links[entry["link"]] for entry in node.get("inputs", []) if entry.get("link") is not None}
+        linked = {entry["name"]: links[entry["link"]] for entry in node.get("inputs", []) if entry.get("link")}
         values = iter(node.get("widgets_values") or [])
         definition = object_info[kind]["input"]
         inputs = {}

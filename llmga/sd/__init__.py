@@ -1,0 +1,1 @@
+"""Stable Diffusion 1.5 helpers (model layouts and weight conversion), free of ComfyUI."""
