@@ -5,7 +5,7 @@ The host is `COMFYUI_PATH` when set, otherwise the pinned ComfyUI 0.3.75 that th
 
     python scripts/comfyui_host.py path                  # print the host folder (fetching it if needed)
     python scripts/comfyui_host.py requirements OUT.txt  # write the host's requirements minus torch*
-    python scripts/comfyui_host.py link                  # link this pack into the host's custom_nodes
+    python scripts/comfyui_host.py link [--custom-nodes DIR]  # link this pack into custom_nodes
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("path", help="print the host folder")
     req = sub.add_parser("requirements", help="write the host's requirements without torch packages")
     req.add_argument("out", type=Path)
-    sub.add_parser("link", help="link this pack into the host's custom_nodes")
+    link = sub.add_parser("link", help="link this pack into the host's custom_nodes")
+    link.add_argument("--custom-nodes", type=Path, help="link into this folder instead of the host's custom_nodes")
     args = parser.parse_args(argv)
     try:
         host = resolve_comfyui()
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "requirements":
             args.out.write_text("\n".join(host_requirements(host)) + "\n")
         else:
-            print(link_pack(host))
+            print(link_pack(host, args.custom_nodes))
     except HostError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -50,3 +50,13 @@ def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures):
         yield server
     finally:
         server.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed host test shows the tail of the server log, where ComfyUI writes its tracebacks."""
+    report = yield
+    server = item.funcargs.get("comfy") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(server, ComfyServer):
+        report.sections.append(("ComfyUI log (last 4000 characters)", server.log()[-4000:]))
+    return report
