@@ -14,9 +14,9 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   "$py" "$root/scripts/comfyui_host.py" link >&2
 else
   home=${LLMGA_COMFYUI_HOME:-$root/comfyui_home}
-  mkdir -p "$home/models" "$home/custom_nodes"
+  mkdir -p "$home/models" "$home/custom_nodes" "$home/user"
   "$py" "$root/scripts/comfyui_host.py" link --custom-nodes "$home/custom_nodes" >&2
-  args+=(--base-directory "$home")
+  args+=(--base-directory "$home" --database-url "sqlite:///$home/user/comfyui.db")
   echo "run: models go in $home/models/<kind>/ (checkpoints, diffusers, LLM, ...)" >&2
 fi
 if ! "$py" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() or torch.backends.mps.is_available() else 1)"; then
