@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what to print when the reply has no tags")
     extract.add_argument("--json", action="store_true", help="print prompt, display text and flags as JSON")
     extract.set_defaults(run=_extract_prompt)
+
+    from .mllm.cli import add_chat_command
+
+    add_chat_command(commands)
     return parser
 
 

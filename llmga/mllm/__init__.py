@@ -1,0 +1,1 @@
+"""The LLMGA assistant: checkpoint loading, chat templates, image preprocessing, chat sessions."""

@@ -1,0 +1,249 @@
+"""Chatting with a loaded LLMGA assistant: prompt building, image splicing, generation, multi-turn history.
+
+Faithful where the weights care (templates, `<image>` placement and tokenisation, image preprocessing); better
+than the official CLI where they do not: generation ends at the template's stop string or EOS instead of cutting
+a fixed number of characters, the history keeps clean turns, sampling is seeded, text streams as it is
+generated, and a stop callback ends generation early.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from ..prompt import ParsedReply, parse_reply
+from .loader import LoadedAssistant
+from .model import IMAGE_TOKEN_INDEX
+from .preprocess import black_out_mask, pixel_values
+from .tasks import build_user_message
+from .templates import get_template, template_for
+
+IMAGE_PLACEHOLDER = "<image>"
+# Tasks whose training turn held only an instruction (no user text).
+INSTRUCTION_ONLY_TASKS = ("similar_image", "inpaint", "outpaint", "describe")
+
+
+class ChatError(ValueError):
+    """A chat request that cannot be served; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ChatHistory:
+    """A conversation so far. Immutable: each reply returns a new history, so earlier ones stay valid.
+
+    template: the chat template's name. turns: (user message as sent, clean assistant reply) pairs; the user
+    message of the turn that introduced the picture starts with "<image>\\n". image: [3, S, S] pixel values of the
+    conversation's picture (what the vision tower sees), or None.
+    """
+
+    template: str
+    turns: tuple[tuple[str, str], ...] = ()
+    image: torch.Tensor | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings. temperature 0 means greedy decoding. The defaults are the official CLI's
+    (temperature 0.2, max_new_tokens 512); seed makes sampling reproducible."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.2
+    top_p: float = 1.0
+    seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """The reply text (clean), its parsed parts, the history including this turn, and the prompt that was sent."""
+
+    text: str
+    parsed: ParsedReply
+    history: ChatHistory
+    prompt: str
+    new_tokens: int
+
+
+def tokenize_with_image(prompt: str, tokenizer) -> list[int]:
+    """Token ids of `prompt` with IMAGE_TOKEN_INDEX at each "<image>", as the official `tokenizer_image_token`:
+    each text piece between images is tokenised on its own; a leading BOS is kept once, and the first token of
+    every piece is dropped when the tokenizer adds a BOS (so later pieces carry no BOS)."""
+    pieces = [tokenizer(piece).input_ids for piece in prompt.split(IMAGE_PLACEHOLDER)]
+    ids: list[int] = []
+    offset = 0
+    if pieces and pieces[0] and pieces[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(pieces[0][0])
+    for index, piece in enumerate(pieces):
+        if index > 0:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(piece[offset:])
+    return ids
+
+
+def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...]) -> list[int]:
+    """EOS plus every stop string that the tokenizer holds as one token (e.g. <|eot_id|>, <|im_end|>)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[s] for s in stop_strings if s in vocab)
+    return sorted(ids)
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    positions = [text.find(stop) for stop in stops if stop and stop in text]
+    return (text[:min(positions)], True) if positions else (text, False)
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of `text` could be the start of a stop string (not yet safe to show)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-size:]):
+                longest = size
+                break
+    return longest
+
+
+class _TextWatcher(BaseStreamer, StoppingCriteria):
+    """Follows the generated tokens: streams safe text to `on_text`, stops at a stop string or when `should_stop`."""
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], on_text: Callable[[str], None] | None,
+                 should_stop: Callable[[], bool] | None):
+        self.tokenizer, self.stops, self.on_text, self.should_stop = tokenizer, stops, on_text, should_stop
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.hit_stop = False
+        self.cancelled = False
+        self.first_put = True
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.first_put:  # generate() first hands over the prompt; with inputs_embeds that is empty
+            self.first_put = False
+            if value.dim() > 1 or value.numel() == 0:
+                return
+        self.tokens.extend(value.reshape(-1).tolist())
+        text, self.hit_stop = _cut_at_stop(self.text(), self.stops)
+        safe = len(text) if self.hit_stop else len(text) - _held_back(text, self.stops)
+        if self.on_text is not None and safe > self.shown:
+            self.on_text(text[self.shown:safe])
+            self.shown = safe
+
+    def end(self) -> None:
+        text, _ = _cut_at_stop(self.text(), self.stops)
+        if self.on_text is not None and len(text) > self.shown:
+            self.on_text(text[self.shown:])
+            self.shown = len(text)
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if self.should_stop is not None and self.should_stop():
+            self.cancelled = True
+        done = self.hit_stop or self.cancelled
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class Assistant:
+    """A loaded LLMGA assistant that chats. template: a template name, or None to pick it from the checkpoint."""
+
+    def __init__(self, loaded: LoadedAssistant, template: str | None = None):
+        self.loaded = loaded
+        config = loaded.checkpoint.config
+        self.template = get_template(template or template_for(
+            config.get("model_type", ""), int(config.get("vocab_size", 0)),
+            getattr(loaded.tokenizer, "chat_template", None)))
+        text_config = loaded.model.language_model.config
+        self.context_length = int(getattr(text_config, "max_position_embeddings", 0) or 2048)
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+    def new_history(self) -> ChatHistory:
+        return ChatHistory(template=self.template.name)
+
+    def user_message(self, task: str, text: str, history: ChatHistory, image_is_new: bool, *,
+                     instruction: str | None = None, rng: random.Random | None = None,
+                     placement: str = "auto") -> str:
+        """The user turn for `task` (see `tasks.build_user_message`), with "<image>\\n" only where a new picture
+        enters the conversation. For the tasks whose training turn was only an instruction (similar_image,
+        inpaint, outpaint, describe), non-empty `text` is taken as the user's own phrasing of that instruction."""
+        if task in INSTRUCTION_ONLY_TASKS and text.strip():
+            instruction, text = text, ""
+        message = build_user_message(task, text, has_image=image_is_new or history.image is not None, rng=rng,
+                                     instruction=instruction, placement=placement)
+        if not image_is_new:
+            message = message.removeprefix(IMAGE_PLACEHOLDER + "\n")  # the picture is already in an earlier turn
+        return message
+
+    def picture(self, image: Image.Image, mask: np.ndarray | None = None) -> torch.Tensor:
+        """[3, S, S] pixel values of a picture (masked pixels black when a mask is given)."""
+        if mask is not None:
+            image = black_out_mask(image, mask)
+        return pixel_values(image, self.loaded.image_processing)
+
+    def reply(self, history: ChatHistory, message: str, *, image: torch.Tensor | None = None,
+              settings: GenerationSettings = GenerationSettings(), on_text: Callable[[str], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> ChatReply:
+        """Generate the assistant's answer to `message` (a finished user turn, see `user_message`).
+
+        image: [3, S, S] pixel values of a picture entering the conversation now (from `picture`), or None.
+        on_text: receives the reply as it grows, in pieces. should_stop: polled every token; True ends generation.
+        """
+        if history.template != self.template.name:
+            raise ChatError(f"this history was written with the {history.template!r} template but the assistant "
+                            f"uses {self.template.name!r}: start a new chat or load the matching assistant")
+        if image is not None and history.image is not None and not torch.equal(image, history.image):
+            raise ChatError("this conversation already has a picture; LLMGA answers about one picture per chat: "
+                            "start a new chat (no history) to talk about another one")
+        picture = history.image if history.image is not None else image
+        prompt = self.template.render([*history.turns, (message, None)])
+        ids = tokenize_with_image(prompt, self.tokenizer)
+        if IMAGE_TOKEN_INDEX in ids and picture is None:
+            raise ChatError("the message mentions <image> but no image was given: connect an image or remove the "
+                            "<image> placeholder")
+        model = self.loaded.model
+        features = model.encode_images(picture.unsqueeze(0)) if IMAGE_TOKEN_INDEX in ids else None
+        embeds = model.embed(ids, features)
+        length = embeds.shape[1]
+        if length >= self.context_length:
+            raise ChatError(f"the conversation is {length} tokens (image included) but the model reads at most "
+                            f"{self.context_length}: shorten the message or start a new chat")
+        text, new_tokens, stopped_early = self._generate(embeds, settings, on_text, should_stop)
+        turn = (message, text)
+        new_history = replace(history, turns=(*history.turns, turn), image=picture)
+        if stopped_early:
+            new_history = history  # a cancelled turn is not part of the conversation
+        return ChatReply(text=text, parsed=parse_reply(text), history=new_history, prompt=prompt,
+                         new_tokens=new_tokens)
+
+    def _generate(self, embeds: torch.Tensor, settings: GenerationSettings, on_text, should_stop):
+        stops = self.template.stop_strings
+        watcher = _TextWatcher(self.tokenizer, stops, on_text, should_stop)
+        eos_ids = _stop_token_ids(self.tokenizer, stops)
+        budget = min(settings.max_new_tokens, self.context_length - embeds.shape[1])
+        sample = settings.temperature > 0
+        kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sample else dict(
+            do_sample=False, temperature=None, top_p=None, top_k=None)
+        devices = [embeds.device] if embeds.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            if settings.seed is not None:
+                torch.manual_seed(settings.seed)
+            output = self.loaded.model.language_model.generate(
+                inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
+                                                                device=embeds.device),
+                max_new_tokens=budget, eos_token_id=eos_ids, pad_token_id=eos_ids[0] if eos_ids else None,
+                streamer=watcher, stopping_criteria=StoppingCriteriaList([watcher]), **kwargs)
+        tokens = output[0].tolist()
+        text = self.tokenizer.decode(tokens, skip_special_tokens=False)
+        text, _ = _cut_at_stop(text, stops + tuple(self.tokenizer.decode([i]) for i in eos_ids))
+        return text.strip(), len(tokens), watcher.cancelled

@@ -1,0 +1,90 @@
+"""The LLMGA network: CLIP vision tower -> `mlp2x_gelu` projector -> image features spliced into a causal LLM.
+
+Matches `llava_arch.py` (`encode_images`, `prepare_inputs_labels_for_multimodal`) for the released setting:
+one image, `mm_patch_merge_type="flat"`, `mm_vision_select_layer=-2`, `mm_vision_select_feature="patch"`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import CLIPVisionModel, PreTrainedModel
+
+# llava/constants.py: the sentinel id that `tokenizer_image_token` puts where the image goes.
+IMAGE_TOKEN_INDEX = -200
+
+
+def build_projector(kind: str, vision_hidden: int, hidden: int) -> nn.Module:
+    """The projector named by `mm_projector_type` (multimodal_projector/builder.py)."""
+    if kind == "linear":
+        return nn.Linear(vision_hidden, hidden)
+    if kind.startswith("mlp") and kind.endswith("x_gelu"):
+        depth = int(kind[3:-6])
+        layers: list[nn.Module] = [nn.Linear(vision_hidden, hidden)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(hidden, hidden)]  # exact GELU, not tanh
+        return nn.Sequential(*layers)
+    raise ValueError(f"mm_projector_type {kind!r} is not supported (expected 'linear' or 'mlp<N>x_gelu')")
+
+
+class LLMGAModel(nn.Module):
+    """The assistant network.
+
+    language_model: the base `XForCausalLM`. vision_tower: `CLIPVisionModel`. projector: vision hidden -> LLM hidden.
+    select_layer: which hidden state of the vision tower feeds the projector (-2: the penultimate layer).
+    select_feature: "patch" drops the CLS token, "cls_patch" keeps it.
+    """
+
+    def __init__(self, language_model: PreTrainedModel, vision_tower: CLIPVisionModel, projector: nn.Module,
+                 select_layer: int = -2, select_feature: str = "patch"):
+        super().__init__()
+        if select_feature not in ("patch", "cls_patch"):
+            raise ValueError(f"mm_vision_select_feature {select_feature!r} is not supported (expected 'patch' or "
+                             "'cls_patch')")
+        self.language_model = language_model
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.select_layer = select_layer
+        self.select_feature = select_feature
+
+    # No `device` property: ComfyUI's ModelPatcher keeps its own `device` attribute on the modules it manages.
+    def input_device(self) -> torch.device:
+        """Where inputs go: the device of the LLM's token embeddings."""
+        return self.language_model.get_input_embeddings().weight.device
+
+    def compute_dtype(self) -> torch.dtype:
+        return self.language_model.get_input_embeddings().weight.dtype
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, N, hidden] projected image features (N = 576 for CLIP-L/14-336)."""
+        tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
+        tower_device = self.vision_tower.get_input_embeddings().weight.device
+        outputs = self.vision_tower(pixel_values.to(tower_device, tower_dtype), output_hidden_states=True)
+        features = outputs.hidden_states[self.select_layer]
+        if self.select_feature == "patch":
+            features = features[:, 1:]
+        return self.projector(features.to(self.compute_dtype()))
+
+    def embed(self, input_ids: list[int], image_features: torch.Tensor | None) -> torch.Tensor:
+        """[1, L, hidden] input embeddings: token embeddings with the image features put at each -200 sentinel.
+
+        input_ids: token ids with IMAGE_TOKEN_INDEX where an image goes. image_features: [n_images, N, hidden],
+        used in order (the official code takes them in order too).
+        """
+        sentinels = [i for i, token in enumerate(input_ids) if token == IMAGE_TOKEN_INDEX]
+        available = 0 if image_features is None else image_features.shape[0]
+        if len(sentinels) > available:
+            raise ValueError(f"the prompt has {len(sentinels)} <image> places but {available} image(s) were given")
+        text_ids = torch.tensor([t for t in input_ids if t != IMAGE_TOKEN_INDEX], dtype=torch.long,
+                                device=self.input_device())
+        text_embeds = self.language_model.get_input_embeddings()(text_ids)
+        pieces, start, text_pos = [], 0, 0
+        for image_index, position in enumerate(sentinels):
+            length = position - start
+            pieces.append(text_embeds[text_pos:text_pos + length])
+            pieces.append(image_features[image_index].to(text_embeds.dtype))
+            text_pos += length
+            start = position + 1
+        pieces.append(text_embeds[text_pos:])
+        return torch.cat(pieces).unsqueeze(0)
