@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from comfy_server import ComfyServer
 from comfyui_host import resolve_comfyui
+from fixtures.mllm import FAMILIES, MLLMFixture, build_clip_vision_tower, build_llmga_checkpoint
 from fixtures.sd15 import SD15Fixtures, build_sd15_fixtures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,25 @@ def sd15_models(comfy_base_dir: Path, clip_tokenizer_dir: Path) -> SD15Fixtures:
     """Tiny random-weight SD1.5 models (single file, diffusers folder, inpainting, ControlNet), written
     straight into the test server's models folder so host graphs can name them."""
     return build_sd15_fixtures(comfy_base_dir / "models", tokenizer_dir=clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def mllm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mllm")
+
+
+@pytest.fixture(scope="session")
+def mllm_checkpoints(mllm_root: Path) -> dict[str, MLLMFixture]:
+    """A tiny random-weight LLMGA checkpoint of every family, in the official folder format (vision tower included)."""
+    tower = build_clip_vision_tower(mllm_root / "clip_vision")
+    return {family: build_llmga_checkpoint(mllm_root / "LLM", family, tower) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def mllm_checkpoints_without_vision(mllm_root: Path) -> MLLMFixture:
+    """A Qwen2 checkpoint without vision weights; its CLIP folder (config names it) holds them."""
+    tower = build_clip_vision_tower(mllm_root / "clip_vision_weights", seed=1)
+    return build_llmga_checkpoint(mllm_root / "LLM_no_vision", "qwen2", tower, vision_weights_in_checkpoint=False)
 
 
 @pytest.fixture(scope="session")

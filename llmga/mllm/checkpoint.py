@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from transformers import CONFIG_MAPPING, PretrainedConfig
 
 # LLaVA model_type / architectures of each family -> the transformers model_type of its base LLM
 # (llava/model/language_model/*.py register these names).
@@ -62,9 +63,23 @@ class LLMGACheckpoint:
         return self.config.get("model_type", "")
 
     def base_config_fields(self) -> dict:
-        """The config without LLaVA's keys and without model_type/architectures, for the base LLM's config class."""
+        """The config without LLaVA's keys and without model_type/architectures, for the base LLM's config class.
+
+        Phi-3-128k's LongRoPE is saved as `rope_scaling.type: "su"` (all transformers 4.41 accepted); current
+        transformers renames "su" to "longrope" only after it gathered the longrope fields, and then fails, so the
+        rename happens here first. The rope itself is the same.
+        """
         drop = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
-        return {k: v for k, v in self.config.items() if k not in drop and not k.startswith(LLAVA_CONFIG_KEYS)}
+        fields = {k: v for k, v in self.config.items() if k not in drop and not k.startswith(LLAVA_CONFIG_KEYS)}
+        rope_scaling = fields.get("rope_scaling")
+        if isinstance(rope_scaling, dict) and rope_scaling.get("type") == "su":
+            fields["rope_scaling"] = {**rope_scaling, "type": "longrope"}
+        return fields
+
+    def base_config(self) -> PretrainedConfig:
+        """The base LLM's transformers config (from_dict, so legacy fields such as Phi-3's `rope_scaling` +
+        `original_max_position_embeddings` are converted as for a config.json read from disk)."""
+        return CONFIG_MAPPING[self.family].from_dict(self.base_config_fields())
 
     def tensors(self, prefixes: tuple[str, ...] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(key, tensor) of every shard whose key starts with one of `prefixes` (all keys when None); safetensors
@@ -105,7 +120,22 @@ def read_checkpoint(path: str | Path) -> LLMGACheckpoint:
             f"architectures {config.get('architectures')}; expected one of {sorted(FAMILY_BY_ARCHITECTURE)} with "
             "LLaVA's mm_* keys. Plain LLMs and other multimodal models cannot be used as the LLMGA assistant."
         )
-    return LLMGACheckpoint(path=folder, config=config, family=family, weight_files=weight_files(folder))
+    files = weight_files(folder)
+    for file in files:
+        check_weight_file(file)
+    return LLMGACheckpoint(path=folder, config=config, family=family, weight_files=files)
+
+
+def check_weight_file(file: Path) -> None:
+    """Raise CheckpointError when a safetensors shard is truncated or not safetensors (reads only its header)."""
+    if file.suffix != ".safetensors":
+        return
+    try:
+        with safe_open(str(file), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"cannot read weight file {file} ({error}): it is damaged or incomplete; "
+                              "download it again") from error
 
 
 def weight_files(folder: Path) -> tuple[Path, ...]:

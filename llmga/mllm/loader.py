@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
 from .checkpoint import (
@@ -87,11 +87,11 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def find_vision_tower(name: str, search_dirs: Iterable[Path]) -> Path | None:
-    """A local folder for `mm_vision_tower`: the path itself, or a folder named like its last part (or the whole
-    name with '/' replaced) inside one of `search_dirs` (e.g. models/clip_vision/clip-vit-large-patch14-336)."""
+    """A local folder for `mm_vision_tower`: the path itself, or inside one of `search_dirs` a folder named like it
+    (`openai/clip-vit-large-patch14-336`, `clip-vit-large-patch14-336`, `openai--clip-vit-large-patch14-336`)."""
     if Path(name).is_dir():
         return Path(name)
-    candidates = {name.rsplit("/", 1)[-1], name.replace("/", "--"), name.replace("/", "_")}
+    candidates = (name, name.rsplit("/", 1)[-1], name.replace("/", "--"), name.replace("/", "_"))
     for folder in search_dirs:
         for candidate in candidates:
             path = Path(folder) / candidate
@@ -139,6 +139,10 @@ def _download_vision_tower(name: str) -> Path:
 
 
 def _load_strict(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
+    """Load `state` into `module`, or raise CheckpointError naming what does not fit. Keys may carry the
+    `vision_model.` prefix of released CLIP files whether or not this transformers version's module uses it."""
+    own_prefix = "vision_model." if any(k.startswith("vision_model.") for k in module.state_dict()) else ""
+    state = {own_prefix + k.removeprefix("vision_model."): v for k, v in state.items()}
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
@@ -160,7 +164,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     checkpoint = read_checkpoint(path)
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
-    base_config = AutoConfig.for_model(checkpoint.family, **checkpoint.base_config_fields())
+    base_config = checkpoint.base_config()
     load_kwargs = dict(config=base_config, dtype=torch_dtype, attn_implementation=attention,
                        output_loading_info=True)
     if quantization != "none":
@@ -202,7 +206,8 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                        projector.to(target, torch_dtype).eval(),
                        select_layer=config.get("mm_vision_select_layer", -2),
                        select_feature=config.get("mm_vision_select_feature", "patch"))
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+    with _quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
     processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
     return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint)
 
