@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .assistant import Chat, LoadAssistant
+from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
 
-NODES: list[type[io.ComfyNode]] = [ExtractGenerationPrompt]
+register_model_folders()
+
+NODES: list[type[io.ComfyNode]] = [LoadAssistant, Chat, ExtractGenerationPrompt]
 
 
 class LLMGAExtension(ComfyExtension):

@@ -167,7 +167,7 @@ class Chat(io.ComfyNode):
                                  tooltip="The text between the first <gen_image> tags, for Stable Diffusion."),
                 io.Boolean.Output("has_prompt", display_name="has prompt",
                                   tooltip="Whether the reply holds a generation prompt."),
-                HistoryType.Output("history", display_name="history",
+                HistoryType.Output("updated_history", display_name="history",
                                    tooltip="The conversation including this turn."),
                 io.String.Output("raw_reply", display_name="raw reply", tooltip="The reply exactly as generated."),
             ],

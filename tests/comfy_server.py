@@ -30,7 +30,7 @@ def pack_import_problems(log: str) -> list[str]:
     """Lines of a ComfyUI log that report this pack failing to import."""
     return [
         line for line in log.splitlines()
-        if PACK_NAME in line and re.search(r"IMPORT FAILED|Cannot import|Traceback", line)
+        if PACK_NAME in line and re.search(r"IMPORT FAILED|Cannot import|Traceback|Error while calling", line)
     ]
 
 
@@ -172,6 +172,22 @@ class ComfyServer:
             status = self.get_json(f"/history/{prompt_id}")[prompt_id]["status"]
             return next(data for kind, data in status["messages"] if kind == "execution_error")
         raise AssertionError(f"prompt {prompt_id} succeeded but was expected to fail")
+
+    def interrupt(self) -> None:
+        self.post_json("/interrupt", {})
+
+    def wait_until_running(self, prompt_id: str, timeout: float = 120.0) -> None:
+        """Block until `prompt_id` is the prompt ComfyUI is executing."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            running = self.get_json("/queue")["queue_running"]
+            if any(entry[1] == prompt_id for entry in running):
+                return
+            time.sleep(0.05)
+        raise ComfyError(f"prompt {prompt_id} did not start within {timeout:.0f}s")
+
+    def status(self, prompt_id: str) -> dict:
+        return self.get_json(f"/history/{prompt_id}")[prompt_id]["status"]
 
     def view(self, image: dict) -> bytes:
         """The bytes of one output image, given its entry from a node's `images` list."""

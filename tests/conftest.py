@@ -62,7 +62,15 @@ def mllm_checkpoints_without_vision(mllm_root: Path) -> MLLMFixture:
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures):
+def host_assistant(comfy_base_dir: Path) -> MLLMFixture:
+    """A tiny Qwen2 LLMGA checkpoint in the test server's models/LLM, its CLIP tower in models/clip_vision."""
+    models = comfy_base_dir / "models"
+    tower = build_clip_vision_tower(models / "clip_vision")
+    return build_llmga_checkpoint(models / "LLM", "qwen2", tower)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures, host_assistant: MLLMFixture):
     """A running ComfyUI server with this pack installed; stopped at the end of the session."""
     server = ComfyServer(comfy_path, comfy_base_dir)
     server.start()

@@ -3,6 +3,7 @@ same official-format weights (keys mapped as HF's LLaVA conversion does), fed th
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -96,8 +97,8 @@ def test_masked_pixels_are_black_and_the_rest_untouched():
     image = sample_picture()
     mask = torch.zeros(120, 200)
     mask[30:90, 50:150] = 1.0
-    masked = torch.from_numpy(__import__("numpy").asarray(black_out_mask(image, mask.numpy())))
-    original = torch.from_numpy(__import__("numpy").asarray(image))
+    masked = torch.from_numpy(np.array(black_out_mask(image, mask.numpy())))
+    original = torch.from_numpy(np.array(image))
     assert (masked[30:90, 50:150] == 0).all()
     assert torch.equal(masked[mask == 0], original[mask == 0])
 

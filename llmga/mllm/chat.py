@@ -45,7 +45,7 @@ class ChatHistory:
 
     template: str
     turns: tuple[tuple[str, str], ...] = ()
-    image: torch.Tensor | None = field(default=None, compare=False)
+    image: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

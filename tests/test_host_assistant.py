@@ -1,0 +1,97 @@
+"""Host tests of the assistant nodes in a real ComfyUI: load, chat with an image and a mask, continue, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.host
+
+
+def load_node(model: str) -> dict:
+    return {"class_type": "LLMGALoadAssistant", "inputs": {
+        "model": model, "dtype": "fp32", "device": "cpu", "quantization": "none", "attention": "sdpa",
+        "template": "auto", "allow_download": False}}
+
+
+def chat_node(message: str, task: str, *, history=None, image=None, mask=None, max_new_tokens=24, seed=3,
+              temperature=0.7) -> dict:
+    inputs = {"assistant": ["1", 0], "message": message, "task": task, "seed": seed, "temperature": temperature,
+              "top_p": 1.0, "max_new_tokens": max_new_tokens, "keep_loaded": True}
+    for name, link in (("history", history), ("image", image), ("mask", mask)):
+        if link is not None:
+            inputs[name] = link
+    return {"class_type": "LLMGAChat", "inputs": inputs}
+
+
+def preview(link) -> dict:
+    return {"class_type": "PreviewAny", "inputs": {"source": link}}
+
+
+def test_loader_lists_local_checkpoints_and_released_names(comfy, host_assistant):
+    options = comfy.object_info()["LLMGALoadAssistant"]["input"]["required"]["model"][1]["options"]
+    assert host_assistant.path.name in options
+    assert "binxia/llmga-vicuna-7b-v1.5-full-finetune" in options
+    assert f"binxia/{host_assistant.path.name}" not in options  # already local: offered once
+
+
+def test_chat_with_image_and_mask_reaches_extract_and_preview(comfy, host_assistant):
+    picture = Image.new("RGBA", (96, 64), (30, 140, 200, 255))
+    picture.paste((0, 0, 0, 0), (24, 16, 72, 48))
+    picture.save(comfy.input_dir / "llmga_chat_inpaint.png")
+    graph = {
+        "1": load_node(host_assistant.path.name),
+        "2": {"class_type": "LoadImage", "inputs": {"image": "llmga_chat_inpaint.png"}},
+        "3": chat_node("", "inpaint", image=["2", 0], mask=["2", 1]),
+        "4": {"class_type": "LLMGAExtractGenerationPrompt",
+              "inputs": {"reply": ["3", 4], "which": "first", "no_tag_fallback": "whole reply"}},
+        "5": preview(["3", 0]), "6": preview(["3", 1]), "7": preview(["3", 2]), "8": preview(["4", 0]),
+        "9": preview(["3", 3]),
+    }
+    outputs = comfy.run(graph)
+    reply, prompt, has_prompt, extracted, history = (outputs[n]["text"][0] for n in ("5", "6", "7", "8", "9"))
+    assert has_prompt in ("True", "False")
+    assert "<gen_image>" not in reply
+    assert extracted == (prompt if has_prompt == "True" else extracted)
+    assert "ChatHistory(template='qwen_2'" in history and "<image>\\n" in history
+
+
+def test_second_queued_run_continues_the_conversation(comfy, host_assistant):
+    first = {"1": load_node(host_assistant.path.name), "2": chat_node("a lighthouse", "text_to_image", seed=11),
+             "3": preview(["2", 3])}
+    comfy.run(first)
+    second = dict(first)
+    second.update({"4": chat_node("Make it stormy.", "chat", history=["2", 3], seed=12), "5": preview(["4", 3])})
+    prompt_id = comfy.queue(second)
+    entry = comfy.wait(prompt_id)
+    cached = next(data["nodes"] for kind, data in entry["status"]["messages"] if kind == "execution_cached")
+    assert "2" in cached  # the first turn was not asked again
+    history = entry["outputs"]["5"]["text"][0]
+    assert "a lighthouse" in history and "Make it stormy." in history
+
+
+def test_mask_without_image_is_a_clear_error(comfy, host_assistant):
+    Image.new("L", (32, 32), 255).save(comfy.input_dir / "llmga_mask_only.png")
+    graph = {"1": load_node(host_assistant.path.name),
+             "2": {"class_type": "LoadImageMask", "inputs": {"image": "llmga_mask_only.png", "channel": "red"}},
+             "3": chat_node("", "inpaint", mask=["2", 0]), "4": preview(["3", 0])}
+    error = comfy.expect_error(graph)
+    assert "mask was connected without an image" in error["exception_message"]
+
+
+def test_cancel_stops_a_long_generation(comfy, host_assistant):
+    graph = {"1": load_node(host_assistant.path.name),
+             "2": chat_node("Write a very long story.", "chat", max_new_tokens=4096, temperature=0.0, seed=99),
+             "3": preview(["2", 0])}
+    prompt_id = comfy.queue(graph)
+    comfy.wait_until_running(prompt_id)
+    time.sleep(0.5)
+    start = time.monotonic()
+    comfy.interrupt()
+    while "completed" not in comfy.get_json(f"/history/{prompt_id}").get(prompt_id, {}).get("status", {}):
+        assert time.monotonic() - start < 10, "generation did not stop within 10 s of Cancel"
+        time.sleep(0.05)
+    kinds = [kind for kind, _ in comfy.status(prompt_id)["messages"]]
+    assert "execution_interrupted" in kinds
