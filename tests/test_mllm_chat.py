@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from fixtures.mllm import FAMILY_SPECS, build_projector_only
 from PIL import Image
 
 from llmga.mllm.chat import Assistant, ChatError, GenerationSettings, _cut_at_stop, _held_back
@@ -177,3 +178,30 @@ def test_absent_vision_weights_name_the_folders_searched(mllm_checkpoints_withou
     (moved / "config.json").write_text(json.dumps(config | {"mm_vision_tower": "openai/clip-vit-large-patch14-336"}))
     with pytest.raises(CheckpointError, match=str(tmp_path / "clip_vision")):
         load_llmga(moved, dtype="fp32", device="cpu", clip_vision_dirs=[tmp_path / "clip_vision"])
+
+
+def test_projector_pretrain_loads_onto_its_base_llm(mllm_root, mllm_checkpoints):
+    """The official `--model-path <pretrain> --model-base <base LLM>` case: same weights as the full fixture."""
+    tower = mllm_checkpoints["vicuna"].vision_tower
+    projector = build_projector_only(mllm_root / "pretrain", "vicuna", vision_tower=tower)
+    base = mllm_root / "pretrain" / "base_models" / FAMILY_SPECS["vicuna"].base_name
+    pretrain = load_llmga(projector.parent, base=base, dtype="fp32", device="cpu")
+    full = load_llmga(mllm_checkpoints["vicuna"].path, dtype="fp32", device="cpu")
+    ids = [1, 31, 45, 29, 300]
+    with torch.no_grad():
+        text_logits = [m.model.language_model(inputs_embeds=m.model.embed(ids, None)).logits for m in (pretrain, full)]
+    torch.testing.assert_close(*text_logits)  # the same language model
+    for ours, theirs in zip(pretrain.model.projector.state_dict().values(), full.model.projector.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(ours, theirs)  # the same projector
+    # The vision tower comes from its own (float32) folder here, from the bf16 copy inside the full checkpoint there.
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    features = [m.model.encode_images(pixels) for m in (pretrain, full)]
+    torch.testing.assert_close(*features, atol=2e-2, rtol=2e-2)
+    assert Assistant(pretrain).template.name == "llava_v1"
+
+
+def test_projector_pretrain_without_base_folder_is_a_clear_error(mllm_root, tmp_path):
+    projector = build_projector_only(mllm_root / "pretrain_err", "qwen2")
+    with pytest.raises(CheckpointError, match="base LLM folder"):
+        load_llmga(projector.parent, base=tmp_path / "nothing", device="cpu")

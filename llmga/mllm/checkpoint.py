@@ -34,6 +34,8 @@ FAMILY_BY_ARCHITECTURE = {
     "LlavaGemmaForCausalLM": "gemma",
 }
 VISION_PREFIX = "model.vision_tower.vision_tower."
+# What LLaVA's projector pretraining saves (train.py safe_save_model_for_hf_trainer with tune_mm_mlp_adapter).
+PROJECTOR_FILE = "mm_projector.bin"
 PROJECTOR_PREFIX = "model.mm_projector."
 # Keys LLaVA adds to the base config; the base LLM does not need them.
 LLAVA_CONFIG_KEYS = ("mm_", "image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side",
@@ -99,8 +101,12 @@ def family_of(config: dict) -> str | None:
     return None
 
 
-def read_checkpoint(path: str | Path) -> LLMGACheckpoint:
-    """Check and describe the LLMGA checkpoint in `path`; raises CheckpointError with what to do."""
+def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGACheckpoint:
+    """Check and describe the LLMGA checkpoint in `path`; raises CheckpointError with what to do.
+
+    projector_only: `path` is a projector-pretraining output (config.json + mm_projector.bin), whose language
+    model weights come from a separate base LLM folder.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"LLMGA checkpoint folder {folder} does not exist: download a released checkpoint "
@@ -120,7 +126,14 @@ def read_checkpoint(path: str | Path) -> LLMGACheckpoint:
             f"architectures {config.get('architectures')}; expected one of {sorted(FAMILY_BY_ARCHITECTURE)} with "
             "LLaVA's mm_* keys. Plain LLMs and other multimodal models cannot be used as the LLMGA assistant."
         )
-    files = weight_files(folder)
+    if projector_only:
+        projector = folder / PROJECTOR_FILE
+        if not projector.is_file():
+            raise CheckpointError(f"{folder} has no {PROJECTOR_FILE}: a projector-pretraining folder holds "
+                                  f"config.json and {PROJECTOR_FILE}")
+        files: tuple[Path, ...] = (projector,)
+    else:
+        files = weight_files(folder)
     for file in files:
         check_weight_file(file)
     return LLMGACheckpoint(path=folder, config=config, family=family, weight_files=files)

@@ -153,15 +153,21 @@ def _load_strict(module: torch.nn.Module, state: dict, what: str, source: str) -
 
 def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str = "auto", attention: str = "sdpa",
                quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
-               allow_download: bool = False) -> LoadedAssistant:
+               allow_download: bool = False, base: str | Path | None = None) -> LoadedAssistant:
     """Load an official LLMGA checkpoint folder.
 
+    base: a plain base-LLM folder (the official `--model-base`); `path` is then a projector-pretraining output
+    (config.json + mm_projector.bin), and the language model and tokenizer come from `base`.
     dtype: auto/bf16/fp16/fp32. device: auto/cuda/cpu/mps. attention: sdpa/eager (transformers attn_implementation).
     quantization: none/8bit/4bit (bitsandbytes, CUDA only; NF4 with double quantisation and fp16 compute, as the
     official `--load-4bit`). clip_vision_dirs: folders searched for the vision tower when the checkpoint lacks its
     weights. allow_download: fetch a missing vision tower from the hub.
     """
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, projector_only=base is not None)
+    llm_folder = Path(base) if base is not None else checkpoint.path
+    if base is not None and not (llm_folder / "config.json").is_file():
+        raise CheckpointError(f"base LLM folder {llm_folder} has no config.json: give the folder of the base model "
+                              "the projector was pretrained on (e.g. vicuna-7b-v1.5)")
     target = pick_device(device)
     torch_dtype = pick_dtype(dtype, target)
     base_config = checkpoint.base_config()
@@ -170,11 +176,11 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     if quantization != "none":
         load_kwargs.update(quantization_config=_bitsandbytes_config(quantization), device_map={"": target.index or 0})
     with _quiet_transformers():
-        language_model, info = AutoModelForCausalLM.from_pretrained(checkpoint.path, **load_kwargs)
+        language_model, info = AutoModelForCausalLM.from_pretrained(llm_folder, **load_kwargs)
     tied = {"lm_head.weight"} if base_config.tie_word_embeddings else set()
     missing = sorted(set(info["missing_keys"]) - tied)
     if missing:
-        raise CheckpointError(f"{checkpoint.path} lacks weights of its language model ({missing[:5]}…): the "
+        raise CheckpointError(f"{llm_folder} lacks weights of its language model ({missing[:5]}…): the "
                               "download is incomplete or the files belong to another model")
     if quantization == "none":
         language_model.to(target)
@@ -207,7 +213,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                        select_layer=config.get("mm_vision_select_layer", -2),
                        select_feature=config.get("mm_vision_select_feature", "patch"))
     with _quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        tokenizer = AutoTokenizer.from_pretrained(llm_folder)
     processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
     return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint)
 
