@@ -10,7 +10,15 @@ import torch
 from fixtures.mllm import FAMILY_SPECS, build_projector_only
 from PIL import Image
 
-from llmga.mllm.chat import Assistant, ChatError, GenerationSettings, _cut_at_stop, _held_back
+from llmga.mllm.chat import (
+    Assistant,
+    ChatError,
+    GenerationSettings,
+    _cut_at_stop,
+    _held_back,
+    _OnlyTokenizerIds,
+    _stop_token_ids,
+)
 from llmga.mllm.checkpoint import CheckpointError
 from llmga.mllm.loader import load_llmga
 
@@ -205,3 +213,17 @@ def test_projector_pretrain_without_base_folder_is_a_clear_error(mllm_root, tmp_
     projector = build_projector_only(mllm_root / "pretrain_err", "qwen2")
     with pytest.raises(CheckpointError, match="base LLM folder"):
         load_llmga(projector.parent, base=tmp_path / "nothing", device="cpu")
+
+
+def test_generation_config_eos_ids_also_end_a_reply(mllm_checkpoints):
+    loaded = load_llmga(mllm_checkpoints["llama3"].path, dtype="fp32", device="cpu")
+    tokenizer = loaded.tokenizer
+    ids = _stop_token_ids(tokenizer, ("<|eot_id|>",), loaded.model.language_model.generation_config.eos_token_id)
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in ids
+    assert tokenizer.convert_tokens_to_ids("<|end_of_text|>") in ids  # as the official generate() stops on it
+
+
+def test_padded_vocabulary_rows_are_never_generated():
+    scores = torch.zeros(1, 10)
+    limited = _OnlyTokenizerIds(7)(torch.zeros(1, 3, dtype=torch.long), scores)
+    assert torch.isinf(limited[0, 7:]).all() and not torch.isinf(limited[0, :7]).any()

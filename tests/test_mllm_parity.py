@@ -69,6 +69,14 @@ def reference_llava(checkpoint_path, vision_tower_path, image_token_id: int) -> 
     assert not [k for k in result.unexpected_keys if not k.endswith("position_ids")], result.unexpected_keys
     if text_config.tie_word_embeddings:
         model.tie_weights()
+    scale = getattr(model.get_input_embeddings(), "embed_scale", None)
+    if scale is not None:
+        # Gemma scales inputs_embeds by sqrt(hidden). The official code (transformers 4) scaled the image features
+        # too; transformers 5's LLaVA splices them after the scaling. Scaling the projector output restores the
+        # official behaviour in the reference.
+        with torch.no_grad():
+            model.model.multi_modal_projector.linear_2.weight.mul_(scale)
+            model.model.multi_modal_projector.linear_2.bias.mul_(scale)
     return model
 
 
@@ -162,3 +170,11 @@ def test_greedy_reply_matches_reference_generate(loaded, mllm_checkpoints, famil
     for stop in (*assistant.template.stop_strings, assistant.tokenizer.eos_token or "\0"):
         text = text.split(stop)[0]
     assert reply.text == text.strip()
+
+
+def test_gemma_image_features_are_scaled_like_its_text_embeddings(loaded):
+    model = loaded["gemma"].model
+    features = model.encode_images(torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(1)))
+    embeds = model.embed([2, -200, 5], features)
+    hidden = model.language_model.config.hidden_size
+    torch.testing.assert_close(embeds[0, 1:-1], features[0] * hidden**0.5)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from PIL import Image
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..prompt import ParsedReply, parse_reply
@@ -87,12 +87,27 @@ def tokenize_with_image(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
-def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...]) -> list[int]:
-    """EOS plus every stop string that the tokenizer holds as one token (e.g. <|eot_id|>, <|im_end|>)."""
+def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...], generation_eos: int | list[int] | None) -> list[int]:
+    """The ids that end a reply: the tokenizer's EOS, the checkpoint's generation_config EOS ids (what the official
+    `generate` stops on, e.g. Llama-3's <|end_of_text|> and <|eot_id|>), and each stop string held as one token."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if generation_eos is not None:
+        ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     vocab = tokenizer.get_vocab()
     ids.update(vocab[s] for s in stop_strings if s in vocab)
     return sorted(ids)
+
+
+class _OnlyTokenizerIds(LogitsProcessor):
+    """Never pick ids past the tokenizer's vocabulary. Released checkpoints pad their embedding rows (Qwen2, Phi-3);
+    the official loader shrinks the embeddings to len(tokenizer), so those rows can never be generated there."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.size:] = -float("inf")
+        return scores
 
 
 def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
@@ -131,7 +146,9 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
                 return
         self.tokens.extend(value.reshape(-1).tolist())
         text, self.hit_stop = _cut_at_stop(self.text(), self.stops)
-        safe = len(text) if self.hit_stop else len(text) - _held_back(text, self.stops)
+        # Trailing U+FFFD is an incomplete UTF-8 character (byte-fallback tokens): wait for its other bytes.
+        complete = len(text.rstrip("\ufffd"))
+        safe = complete if self.hit_stop else min(complete, len(text) - _held_back(text, self.stops))
         if self.on_text is not None and safe > self.shown:
             self.on_text(text[self.shown:safe])
             self.shown = safe
@@ -229,7 +246,8 @@ class Assistant:
     def _generate(self, embeds: torch.Tensor, settings: GenerationSettings, on_text, should_stop):
         stops = self.template.stop_strings
         watcher = _TextWatcher(self.tokenizer, stops, on_text, should_stop)
-        eos_ids = _stop_token_ids(self.tokenizer, stops)
+        language_model = self.loaded.model.language_model
+        eos_ids = _stop_token_ids(self.tokenizer, stops, language_model.generation_config.eos_token_id)
         budget = min(settings.max_new_tokens, self.context_length - embeds.shape[1])
         sample = settings.temperature > 0
         kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sample else dict(
@@ -238,11 +256,12 @@ class Assistant:
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if settings.seed is not None:
                 torch.manual_seed(settings.seed)
-            output = self.loaded.model.language_model.generate(
+            output = language_model.generate(
                 inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
                                                                 device=embeds.device),
                 max_new_tokens=budget, eos_token_id=eos_ids, pad_token_id=eos_ids[0] if eos_ids else None,
-                streamer=watcher, stopping_criteria=StoppingCriteriaList([watcher]), **kwargs)
+                streamer=watcher, stopping_criteria=StoppingCriteriaList([watcher]),
+                logits_processor=LogitsProcessorList([_OnlyTokenizerIds(len(self.tokenizer))]), **kwargs)
         tokens = output[0].tolist()
         text = self.tokenizer.decode(tokens, skip_special_tokens=False)
         text, _ = _cut_at_stop(text, stops + tuple(self.tokenizer.decode([i]) for i in eos_ids))

@@ -78,7 +78,14 @@ class LLMGAModel(nn.Module):
             raise ValueError(f"the prompt has {len(sentinels)} <image> places but {available} image(s) were given")
         text_ids = torch.tensor([t for t in input_ids if t != IMAGE_TOKEN_INDEX], dtype=torch.long,
                                 device=self.input_device())
-        text_embeds = self.language_model.get_input_embeddings()(text_ids)
+        embedding = self.language_model.get_input_embeddings()
+        text_embeds = embedding(text_ids)
+        # Gemma multiplies its input embeddings by sqrt(hidden). transformers < 5 did it to the whole inputs_embeds
+        # inside the model, image features included, which is what LLMGA was trained with; transformers >= 5 does
+        # it inside the embedding module, so the spliced image features need the same factor here.
+        scale = getattr(embedding, "embed_scale", None)
+        if image_features is not None and scale is not None:
+            image_features = image_features * scale.to(image_features.dtype)
         pieces, start, text_pos = [], 0, 0
         for image_index, position in enumerate(sentinels):
             length = position - start
