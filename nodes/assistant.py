@@ -37,9 +37,14 @@ class ManagedAssistant:
             mm.load_models_gpu([self.patcher], force_full_load=True)
 
     def offload(self) -> None:
-        if self.patcher is not None:
-            self.patcher.detach(unpatch_all=False)
-            mm.soft_empty_cache()
+        """Move the weights back to the offload device now, as ComfyUI does when it needs the memory."""
+        if self.patcher is None:
+            return
+        for index in reversed(range(len(mm.current_loaded_models))):
+            loaded = mm.current_loaded_models[index]
+            if loaded.model is self.patcher and loaded.model_unload():
+                mm.current_loaded_models.pop(index)
+        mm.soft_empty_cache()
 
 
 def _model_choices() -> list[str]:

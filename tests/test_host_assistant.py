@@ -113,3 +113,14 @@ def test_shipped_assistant_text_to_image_workflow_renders(comfy, host_assistant,
     (image,) = outputs["10"]["images"]
     assert Image.open(io.BytesIO(comfy.view(image))).size == (64, 64)
     assert "text" in outputs["11"]
+
+
+def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
+    """The assistant is a ComfyUI-managed model: after /free unloads everything, the next chat reloads it."""
+    graph = {"1": load_node(host_assistant.path.name), "2": chat_node("a boat", "text_to_image", seed=21),
+             "3": preview(["2", 0])}
+    comfy.run(graph)
+    comfy.post_json("/free", {"unload_models": True, "free_memory": True})
+    graph["2"]["inputs"].update(seed=22, keep_loaded=False)
+    outputs = comfy.run(graph)
+    assert "text" in outputs["3"]

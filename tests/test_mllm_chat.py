@@ -227,3 +227,14 @@ def test_padded_vocabulary_rows_are_never_generated():
     scores = torch.zeros(1, 10)
     limited = _OnlyTokenizerIds(7)(torch.zeros(1, 3, dtype=torch.long), scores)
     assert torch.isinf(limited[0, 7:]).all() and not torch.isinf(limited[0, :7]).any()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when no CUDA GPU is present")
+def test_quantization_without_cuda_is_a_clear_error(mllm_checkpoints):
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        load_llmga(mllm_checkpoints["qwen2"].path, device="cpu", quantization="4bit")
+
+
+def test_unknown_dtype_names_the_choices(mllm_checkpoints):
+    with pytest.raises(ValueError, match="auto, bf16, fp16, fp32"):
+        load_llmga(mllm_checkpoints["qwen2"].path, device="cpu", dtype="int3")
