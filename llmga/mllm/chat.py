@@ -128,16 +128,26 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class _TextWatcher(BaseStreamer, StoppingCriteria):
-    """Follows the generated tokens: streams safe text to `on_text`, stops at a stop string or when `should_stop`."""
+    """Follows the generated tokens: streams safe text to `on_text`, stops at a stop string or when `should_stop`.
+
+    Text is detokenised incrementally over a two-step window of tokens (as vLLM does), so each step costs the same
+    however long the reply grows; the window's first token gives the next one its context (SentencePiece spaces).
+    """
 
     def __init__(self, tokenizer, stops: tuple[str, ...], on_text: Callable[[str], None] | None,
                  should_stop: Callable[[], bool] | None):
         self.tokenizer, self.stops, self.on_text, self.should_stop = tokenizer, stops, on_text, should_stop
         self.tokens: list[int] = []
+        self.text = ""  # the decoded reply so far, complete characters only
+        self.prefix = self.read = 0  # the window: tokens[prefix:read] are already in self.text
         self.shown = 0
         self.hit_stop = False
         self.cancelled = False
         self.first_put = True
+        self.longest_stop = max((len(stop) for stop in stops), default=0)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
     def put(self, value: torch.Tensor) -> None:
         if self.first_put:  # generate() first hands over the prompt; with inputs_embeds that is empty
@@ -145,22 +155,32 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
             if value.dim() > 1 or value.numel() == 0:
                 return
         self.tokens.extend(value.reshape(-1).tolist())
-        text, self.hit_stop = _cut_at_stop(self.text(), self.stops)
-        # Trailing U+FFFD is an incomplete UTF-8 character (byte-fallback tokens): wait for its other bytes.
-        complete = len(text.rstrip("\ufffd"))
-        safe = complete if self.hit_stop else min(complete, len(text) - _held_back(text, self.stops))
+        before = self.decode(self.tokens[self.prefix:self.read])
+        after = self.decode(self.tokens[self.prefix:])
+        # A trailing U+FFFD is an incomplete UTF-8 character (byte-fallback tokens): wait for its other bytes.
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return
+        delta = after[len(before):]
+        self.text += delta
+        self.prefix, self.read = self.read, len(self.tokens)
+        window = self.text[max(0, len(self.text) - len(delta) - self.longest_stop):]
+        self.hit_stop = any(stop in window for stop in self.stops)
+        self._show()
+
+    def _show(self) -> None:
+        text, stopped = _cut_at_stop(self.text, self.stops)
+        safe = len(text) if stopped else len(text) - _held_back(text, self.stops)
         if self.on_text is not None and safe > self.shown:
             self.on_text(text[self.shown:safe])
             self.shown = safe
 
     def end(self) -> None:
-        text, _ = _cut_at_stop(self.text(), self.stops)
-        if self.on_text is not None and len(text) > self.shown:
-            self.on_text(text[self.shown:])
-            self.shown = len(text)
-
-    def text(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+        """Show what is left once generation ends (held-back text that turned out not to be a stop string)."""
+        full = self.decode(self.tokens)
+        if full.startswith(self.text):
+            self.text = full
+        self.hit_stop = True
+        self._show()
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         if self.should_stop is not None and self.should_stop():
