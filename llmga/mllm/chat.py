@@ -100,7 +100,8 @@ def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...], generation_eos: in
 
 class _OnlyTokenizerIds(LogitsProcessor):
     """Never pick ids past the tokenizer's vocabulary. Released checkpoints pad their embedding rows (Qwen2, Phi-3);
-    the official loader shrinks the embeddings to len(tokenizer), so those rows can never be generated there."""
+    the official loader shrinks the embeddings to len(tokenizer), so those rows can never be generated there. The
+    loader does the same; this covers quantised models, whose embeddings cannot be resized."""
 
     def __init__(self, size: int):
         self.size = size
@@ -140,6 +141,8 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
         self.tokens: list[int] = []
         self.text = ""  # the decoded reply so far, complete characters only
         self.prefix = self.read = 0  # the window: tokens[prefix:read] are already in self.text
+        self.window_text = ""
+        self.single: dict[int, str] = {}
         self.shown = 0
         self.hit_stop = False
         self.cancelled = False
@@ -155,7 +158,7 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
             if value.dim() > 1 or value.numel() == 0:
                 return
         self.tokens.extend(value.reshape(-1).tolist())
-        before = self.decode(self.tokens[self.prefix:self.read])
+        before = self.window_text  # decode(tokens[prefix:read]), kept from the last step
         after = self.decode(self.tokens[self.prefix:])
         # A trailing U+FFFD is an incomplete UTF-8 character (byte-fallback tokens): wait for its other bytes.
         if len(after) <= len(before) or after.endswith("\ufffd"):
@@ -163,6 +166,11 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
         delta = after[len(before):]
         self.text += delta
         self.prefix, self.read = self.read, len(self.tokens)
+        window = self.tokens[self.prefix:self.read]
+        if len(window) == 1:  # the usual case: one token, decoded once per distinct id
+            self.window_text = self.single.get(window[0]) or self.single.setdefault(window[0], self.decode(window))
+        else:
+            self.window_text = self.decode(window)
         window = self.text[max(0, len(self.text) - len(delta) - self.longest_stop):]
         self.hit_stop = any(stop in window for stop in self.stops)
         self._show()
@@ -272,6 +280,11 @@ class Assistant:
         sample = settings.temperature > 0
         kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sample else dict(
             do_sample=False, temperature=None, top_p=None, top_k=None)
+        vocabulary = len(self.tokenizer)
+        processors = [_OnlyTokenizerIds(vocabulary)] if language_model.config.vocab_size > vocabulary else []
+        vocab = self.tokenizer.get_vocab()
+        # Decoding each token is only needed to stream text or to spot a stop string that is not one token.
+        follow_text = on_text is not None or any(stop not in vocab for stop in stops)
         devices = [embeds.device] if embeds.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.inference_mode():
             if settings.seed is not None:
@@ -280,8 +293,8 @@ class Assistant:
                 inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
                                                                 device=embeds.device),
                 max_new_tokens=budget, eos_token_id=eos_ids, pad_token_id=eos_ids[0] if eos_ids else None,
-                streamer=watcher, stopping_criteria=StoppingCriteriaList([watcher]),
-                logits_processor=LogitsProcessorList([_OnlyTokenizerIds(len(self.tokenizer))]), **kwargs)
+                streamer=watcher if follow_text else None, stopping_criteria=StoppingCriteriaList([watcher]),
+                logits_processor=LogitsProcessorList(processors), **kwargs)
         tokens = output[0].tolist()
         text = self.tokenizer.decode(tokens, skip_special_tokens=False)
         text, _ = _cut_at_stop(text, stops + tuple(self.tokenizer.decode([i]) for i in eos_ids))

@@ -214,6 +214,10 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                        select_feature=config.get("mm_vision_select_feature", "patch"))
     with _quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
         tokenizer = AutoTokenizer.from_pretrained(llm_folder)
+    if quantization == "none" and language_model.get_input_embeddings().num_embeddings > len(tokenizer):
+        # As the official builder: embeddings padded past the tokenizer (Qwen2, Phi-3) shrink to len(tokenizer),
+        # so those ids can never be generated.
+        language_model.resize_token_embeddings(len(tokenizer))
     processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
     return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint)
 
