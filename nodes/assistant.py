@@ -206,8 +206,9 @@ class Chat(io.ComfyNode):
             def on_text(piece: str) -> None:
                 shown.append(piece)
                 progress.update(1)
-                if node_id is not None and PromptServer.instance is not None:
-                    PromptServer.instance.send_progress_text("".join(shown), node_id)
+                server = PromptServer.instance
+                if node_id is not None and server is not None:
+                    server.send_progress_text("".join(shown), node_id, sid=server.client_id)
 
             assistant.load()
             try:

@@ -39,6 +39,10 @@ def load_warnings(log: str) -> list[str]:
     return [line for line in log.splitlines() if _LOAD_WARNING.search(line)]
 
 
+# protocol.py BinaryEventTypes.TEXT: node text sent with PromptServer.send_progress_text.
+TEXT_EVENT = 3
+
+
 class ComfyError(RuntimeError):
     """The server refused a graph, failed while running it, or died; the message carries the details."""
 
@@ -136,9 +140,9 @@ class ComfyServer:
         """Every registered node's definition, keyed by node id."""
         return self.get_json("/object_info")
 
-    def queue(self, graph: dict) -> str:
+    def queue(self, graph: dict, client_id: str | None = None) -> str:
         """Submit an API-format graph; returns its prompt id. Raises ComfyError when validation refuses it."""
-        answer = self.post_json("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        answer = self.post_json("/prompt", {"prompt": graph, "client_id": client_id or uuid.uuid4().hex})
         if answer.get("node_errors"):
             raise ComfyError(f"graph refused: {json.dumps(answer['node_errors'], indent=1)}")
         return answer["prompt_id"]
@@ -172,6 +176,35 @@ class ComfyServer:
             status = self.get_json(f"/history/{prompt_id}")[prompt_id]["status"]
             return next(data for kind, data in status["messages"] if kind == "execution_error")
         raise AssertionError(f"prompt {prompt_id} succeeded but was expected to fail")
+
+    def progress_texts(self, graph: dict, timeout: float = 600.0) -> tuple[dict, list[tuple[str, str]]]:
+        """Run `graph` while listening on the websocket as its client; returns the outputs and every
+        (node id, text) that nodes streamed with `send_progress_text`."""
+        import websocket  # websocket-client, a test requirement
+
+        client_id = uuid.uuid4().hex
+        socket_ = websocket.create_connection(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}", timeout=timeout)
+        texts: list[tuple[str, str]] = []
+        try:
+            prompt_id = self.queue(graph, client_id)
+            while True:
+                message = socket_.recv()
+                if isinstance(message, bytes):
+                    if int.from_bytes(message[:4], "big") == TEXT_EVENT:
+                        size = int.from_bytes(message[4:8], "big")
+                        texts.append((message[8:8 + size].decode(), message[8 + size:].decode()))
+                    continue
+                event = json.loads(message)
+                data = event.get("data", {})
+                if data.get("prompt_id") != prompt_id:
+                    continue
+                if event["type"] == "executing" and data.get("node") is None:
+                    break
+                if event["type"] in ("execution_error", "execution_interrupted"):
+                    raise ComfyError(f"prompt {prompt_id} failed: {json.dumps(data)[:4000]}")
+        finally:
+            socket_.close()
+        return self.wait(prompt_id, timeout)["outputs"], texts
 
     def interrupt(self) -> None:
         self.post_json("/interrupt", {})

@@ -124,3 +124,14 @@ def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
     graph["2"]["inputs"].update(seed=22, keep_loaded=False)
     outputs = comfy.run(graph)
     assert "text" in outputs["3"]
+
+
+def test_chat_streams_its_reply_into_the_node(comfy, host_assistant):
+    graph = {"1": load_node(host_assistant.path.name),
+             "2": chat_node("a harbour at dawn", "chat", max_new_tokens=40, temperature=0.9, seed=5),
+             "3": preview(["2", 4])}
+    outputs, texts = comfy.progress_texts(graph)
+    streamed = [text for node, text in texts if node == "2"]
+    assert len(streamed) >= 2  # several updates while generating, not one at the end
+    assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:], strict=False))
+    assert streamed[-1].strip() == outputs["3"]["text"][0]
