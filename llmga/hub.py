@@ -28,8 +28,10 @@ RELEASED_MLLMS = (
     "llmga-llama-2-7b-chat-full-finetune",
 )
 RELEASED_SD = ("llmga-sd15-t2i-v2", "llmga-sd15-inpainting-v2")
-# What a complete MLLM folder holds (for error messages).
+# What a complete folder holds (for error messages), and what to fetch of it.
 MLLM_FILES = "config.json, model*.safetensors (+ model.safetensors.index.json), tokenizer files"
+SD_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
+SD_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -83,23 +85,26 @@ def resolve_model(name_or_path: str | Path, folders: Sequence[Path], *, allow_do
     local = find_local(known, folders)
     if local is not None:
         return local
+    is_sd = known in RELEASED_SD
     if not allow_download or offline() or not folders:
         why = "downloads are off" if not allow_download else "HF_HUB_OFFLINE is set" if offline() else "no folder"
+        kind = "diffusers" if is_sd else "LLM"
         raise ModelNotFoundError(
             f"{HUB_OWNER}/{known} is not downloaded ({why}). Searched {[str(f) for f in folders]} for a folder named "
-            f"{known!r} holding {MLLM_FILES}. Download it (huggingface-cli download {HUB_OWNER}/{known} "
-            f"--local-dir <models>/LLM/{known}) or allow downloads.")
-    return download(known, Path(folders[0]))
+            f"{known!r} holding {SD_FILES if is_sd else MLLM_FILES}. Download it (huggingface-cli download "
+            f"{HUB_OWNER}/{known} --local-dir <models>/{kind}/{known}) or allow downloads.")
+    return download(known, Path(folders[0]), SD_PATTERNS if is_sd else None)
 
 
-def download(name: str, folder: Path) -> Path:
-    """Download the released checkpoint `name` into `folder/<name>` with a progress bar; returns that folder."""
+def download(name: str, folder: Path, patterns: list[str] | None = None) -> Path:
+    """Download the released checkpoint `name` (only files matching `patterns`, when given: an SD pipeline needs no
+    safety checker) into `folder/<name>` with a progress bar; returns that folder."""
     from huggingface_hub import snapshot_download
 
     target = folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        snapshot_download(f"{HUB_OWNER}/{name}", local_dir=target)
+        snapshot_download(f"{HUB_OWNER}/{name}", local_dir=target, allow_patterns=patterns)
     except Exception as error:  # the hub client raises many kinds; all mean the same to the user
         raise ModelNotFoundError(f"downloading {HUB_OWNER}/{name} into {target} failed ({error}); check the "
                                  "connection or download it by hand") from error

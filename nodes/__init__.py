@@ -5,12 +5,17 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .assistant import Chat, LoadAssistant
+from .canvas import OutpaintCanvas, PasteBack
+from .long_prompt import LongPromptEncode
 from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
+from .sd_loader import LoadSD15
 
 register_model_folders()
 
-NODES: list[type[io.ComfyNode]] = [LoadAssistant, Chat, ExtractGenerationPrompt]
+NODES: list[type[io.ComfyNode]] = [
+    LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LoadSD15, OutpaintCanvas, PasteBack,
+]
 
 
 class LLMGAExtension(ComfyExtension):

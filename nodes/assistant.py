@@ -48,10 +48,13 @@ class ManagedAssistant:
 
 
 def _model_choices() -> list[str]:
-    local = llmga_checkpoint_names()
-    local_lower = {name.rsplit("/", 1)[-1].lower() for name in local}
-    missing = [f"binxia/{name}" for name in RELEASED_MLLMS if name.lower() not in local_lower]
-    return local + missing or ["binxia/llmga-Qwen2-0.5B-full-finetune"]
+    """Released names first (always listed, so a saved workflow stays valid once its model is downloaded; a local
+    copy is found under the name), then local checkpoints that are not released ones."""
+    released = [f"binxia/{name}" for name in RELEASED_MLLMS]
+    known = {name.lower() for name in RELEASED_MLLMS}
+    local = [name for name in llmga_checkpoint_names()
+             if name.rsplit("/", 1)[-1].removeprefix("binxia--").lower() not in known]
+    return released + local
 
 
 class LoadAssistant(io.ComfyNode):

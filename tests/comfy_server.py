@@ -66,6 +66,10 @@ class ComfyServer:
         for name in ("models", "input", "output", "temp", "user", "custom_nodes"):
             (self.base_dir / name).mkdir(parents=True, exist_ok=True)
         link_pack(self.comfy_path, self.base_dir / "custom_nodes")
+        # Test-only nodes (tests/comfy_test_nodes) that hand numbers back to the tests.
+        test_nodes = self.base_dir / "custom_nodes" / "llmga_test_nodes"
+        if not test_nodes.exists():
+            test_nodes.symlink_to(Path(__file__).resolve().parent / "comfy_test_nodes", target_is_directory=True)
 
     @property
     def url(self) -> str:
@@ -79,12 +83,18 @@ class ComfyServer:
     def input_dir(self) -> Path:
         return self.base_dir / "input"
 
+    @property
+    def output_dir(self) -> Path:
+        return self.base_dir / "output"
+
     def start(self, timeout: float = 240.0) -> None:
         self.port = free_port()
         command = [
             sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
-            "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}", *self.extra_args,
+            "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
+            "--fp32-text-enc",  # ComfyUI runs text encoders in fp16 even on the CPU; numbers are compared in fp32
+            *self.extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
         log = open(self.log_path, "ab")

@@ -13,6 +13,11 @@ from workflow_api import ui_to_api
 pytestmark = pytest.mark.host
 
 
+def released(fixture) -> str:
+    """The loader's name for the tiny checkpoint: it sits in models/LLM under a released name."""
+    return f"binxia/{fixture.path.name}"
+
+
 def load_node(model: str) -> dict:
     return {"class_type": "LLMGALoadAssistant", "inputs": {
         "model": model, "dtype": "fp32", "device": "cpu", "quantization": "none", "attention": "sdpa",
@@ -35,9 +40,9 @@ def preview(link) -> dict:
 
 def test_loader_lists_local_checkpoints_and_released_names(comfy, host_assistant):
     options = comfy.object_info()["LLMGALoadAssistant"]["input"]["required"]["model"][1]["options"]
-    assert host_assistant.path.name in options
     assert "binxia/llmga-vicuna-7b-v1.5-full-finetune" in options
-    assert f"binxia/{host_assistant.path.name}" not in options  # already local: offered once
+    assert options.count(f"binxia/{host_assistant.path.name}") == 1  # released names stay listed once downloaded
+    assert host_assistant.path.name not in options
 
 
 def test_chat_with_image_and_mask_reaches_extract_and_preview(comfy, host_assistant):
@@ -45,7 +50,7 @@ def test_chat_with_image_and_mask_reaches_extract_and_preview(comfy, host_assist
     picture.paste((0, 0, 0, 0), (24, 16, 72, 48))
     picture.save(comfy.input_dir / "llmga_chat_inpaint.png")
     graph = {
-        "1": load_node(host_assistant.path.name),
+        "1": load_node(released(host_assistant)),
         "2": {"class_type": "LoadImage", "inputs": {"image": "llmga_chat_inpaint.png"}},
         "3": chat_node("", "inpaint", image=["2", 0], mask=["2", 1]),
         "4": {"class_type": "LLMGAExtractGenerationPrompt",
@@ -62,7 +67,7 @@ def test_chat_with_image_and_mask_reaches_extract_and_preview(comfy, host_assist
 
 
 def test_second_queued_run_continues_the_conversation(comfy, host_assistant):
-    first = {"1": load_node(host_assistant.path.name), "2": chat_node("a lighthouse", "text_to_image", seed=11),
+    first = {"1": load_node(released(host_assistant)), "2": chat_node("a lighthouse", "text_to_image", seed=11),
              "3": preview(["2", 3])}
     comfy.run(first)
     second = dict(first)
@@ -77,7 +82,7 @@ def test_second_queued_run_continues_the_conversation(comfy, host_assistant):
 
 def test_mask_without_image_is_a_clear_error(comfy, host_assistant):
     Image.new("L", (32, 32), 255).save(comfy.input_dir / "llmga_mask_only.png")
-    graph = {"1": load_node(host_assistant.path.name),
+    graph = {"1": load_node(released(host_assistant)),
              "2": {"class_type": "LoadImageMask", "inputs": {"image": "llmga_mask_only.png", "channel": "red"}},
              "3": chat_node("", "inpaint", mask=["2", 0]), "4": preview(["3", 0])}
     error = comfy.expect_error(graph)
@@ -85,7 +90,7 @@ def test_mask_without_image_is_a_clear_error(comfy, host_assistant):
 
 
 def test_cancel_stops_a_long_generation(comfy, host_assistant):
-    graph = {"1": load_node(host_assistant.path.name),
+    graph = {"1": load_node(released(host_assistant)),
              "2": chat_node("Write a very long story.", "chat", max_new_tokens=4096, temperature=0.0, seed=99),
              "3": preview(["2", 0])}
     prompt_id = comfy.queue(graph)
@@ -104,7 +109,7 @@ def test_shipped_assistant_text_to_image_workflow_renders(comfy, host_assistant,
     workflow = json.loads((repo_root / "workflows" / "llmga_assistant_text_to_image.json").read_text())
     graph = ui_to_api(workflow, comfy.object_info())
     # The released models are swapped for the tiny test ones; the wiring is what is under test.
-    graph["2"]["inputs"].update(model=host_assistant.path.name, device="cpu", dtype="fp32", allow_download=False)
+    graph["2"]["inputs"].update(model=released(host_assistant), device="cpu", dtype="fp32", allow_download=False)
     graph["3"]["inputs"].update(max_new_tokens=16)
     graph["4"]["inputs"]["ckpt_name"] = sd15_models.checkpoint.name
     graph["7"]["inputs"].update(width=64, height=64)
@@ -117,7 +122,7 @@ def test_shipped_assistant_text_to_image_workflow_renders(comfy, host_assistant,
 
 def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
     """The assistant is a ComfyUI-managed model: after /free unloads everything, the next chat reloads it."""
-    graph = {"1": load_node(host_assistant.path.name), "2": chat_node("a boat", "text_to_image", seed=21),
+    graph = {"1": load_node(released(host_assistant)), "2": chat_node("a boat", "text_to_image", seed=21),
              "3": preview(["2", 0])}
     comfy.run(graph)
     comfy.post_json("/free", {"unload_models": True, "free_memory": True})
@@ -127,7 +132,7 @@ def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
 
 
 def test_chat_streams_its_reply_into_the_node(comfy, host_assistant):
-    graph = {"1": load_node(host_assistant.path.name),
+    graph = {"1": load_node(released(host_assistant)),
              "2": chat_node("a harbour at dawn", "chat", max_new_tokens=40, temperature=0.9, seed=5),
              "3": preview(["2", 4])}
     outputs, texts = comfy.progress_texts(graph)

@@ -92,3 +92,10 @@ def test_cli_chat_reports_bad_input_without_a_traceback(mllm_checkpoints, tmp_pa
     assert "mask" in result.stderr and "Traceback" not in result.stderr
     missing = run_cli("chat", "--mllm", "binxia/llmga-Qwen2-7B-full-finetune", "--models-dir", str(tmp_path), "hi")
     assert missing.returncode == 2 and str(tmp_path) in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_missing_released_sd_model_names_the_diffusers_layout(tmp_path):
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model("binxia/llmga-sd15-t2i-v2", [tmp_path / "diffusers"])
+    message = str(error.value)
+    assert "model_index.json" in message and "<models>/diffusers/llmga-sd15-t2i-v2" in message

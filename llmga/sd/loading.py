@@ -1,0 +1,210 @@
+"""Read Stable Diffusion 1.5 weights for loading, with clear errors for anything that is not a complete SD1.5 model.
+
+`read_sd15_folder` turns a diffusers SD1.5 folder (model_index.json, unet/, vae/, text_encoder/) into the
+single-file SD1.5 state dict (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`), so any
+loader of original checkpoints can take it. `check_sd15_single_file` inspects a single-file checkpoint from its
+safetensors header alone. Both raise `SD15LoadError` for a missing or truncated file, a missing part, or a model
+of another family (SD2, SDXL), naming what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from .convert import StateDict, sd15_single_file_state_dict
+
+SD15_CONTEXT_DIM = 768  # CLIP ViT-L/14 text width: the UNet's cross-attention input
+SD15_MODEL_CHANNELS = 320  # width of the first UNet level
+SDXL_CONTEXT_DIM = 2048  # CLIP ViT-L + OpenCLIP ViT-bigG, concatenated
+SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H
+
+# Weight file names in the order they are preferred: full precision before the fp16 variant, safetensors
+# before pickles.
+DIFFUSERS_WEIGHTS = tuple(f"diffusion_pytorch_model{v}.{e}" for e in ("safetensors", "bin") for v in ("", ".fp16"))
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
+# Older diffusers releases (before 0.14) named the VAE attention projections differently; diffusers renames them
+# when it loads such a file, and so do we.
+LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+# The single-file prefixes of the three parts (the original CompVis layout).
+SINGLE_FILE_PARTS = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+
+_FITS = "the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2 and SD1.5 single-file checkpoints"
+_REFETCH = "download the model again (an interrupted download leaves files missing or cut short)"
+
+
+class SD15LoadError(Exception):
+    """A model could not be read as SD1.5; the message says what is wrong and what to do."""
+
+
+def _not_sd15(what: object, family: str) -> SD15LoadError:
+    return SD15LoadError(f"{what} is {family}; {_FITS}")
+
+
+def _family_for_context(context_dims: set[int]) -> str | None:
+    """What a UNet with these cross-attention widths is, when that is not SD1.5 (None for SD1.5)."""
+    if context_dims == {SD15_CONTEXT_DIM}:
+        return None
+    if SDXL_CONTEXT_DIM in context_dims:
+        return "an SDXL model"
+    if SD2_CONTEXT_DIM in context_dims:
+        return "an SD2 model (cross-attention width 1024, OpenCLIP ViT-H text encoder)"
+    widths = ", ".join(str(d) for d in sorted(context_dims)) or "none"
+    return f"not an SD1.5 model (cross-attention width {widths}; SD1.5 has {SD15_CONTEXT_DIM})"
+
+
+# --- single-file layout --------------------------------------------------------------------------------
+
+
+def _check_sd15_layout(what: object, shapes: Mapping[str, Sequence[int]]) -> None:
+    """Raise SD15LoadError unless `shapes` (single-file key -> tensor shape) is a complete SD1.5 checkpoint:
+    UNet with 320 model channels and 768-wide cross-attention, VAE and text encoder. `what` names the model
+    in the message."""
+    unet = {key.removeprefix("model.diffusion_model."): shape for key, shape in shapes.items()
+            if key.startswith("model.diffusion_model.")}
+    if any(key.startswith("conditioner.embedders.") for key in shapes):
+        raise _not_sd15(what, "an SDXL model")
+    if any(key.startswith("cond_stage_model.model.") for key in shapes):  # OpenCLIP text tower
+        raise _not_sd15(what, "an SD2 model (OpenCLIP ViT-H text encoder)")
+    for prefix, part in SINGLE_FILE_PARTS.items():
+        if not any(key.startswith(prefix) for key in shapes):
+            raise SD15LoadError(
+                f"{what} holds no {part} ({prefix}*): it is not a full SD1.5 checkpoint (a LoRA, VAE or UNet-only "
+                f"file?); choose a checkpoint with UNet, VAE and text encoder")
+    family = _family_for_context({shape[-1] for key, shape in unet.items() if key.endswith("attn2.to_k.weight")})
+    if family is not None:
+        raise _not_sd15(what, family)
+    channels = unet.get("input_blocks.0.0.weight", (0,))[0]
+    if channels != SD15_MODEL_CHANNELS:
+        raise _not_sd15(what, f"not an SD1.5 model (UNet width {channels}; SD1.5 has {SD15_MODEL_CHANNELS})")
+
+
+@contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """safe_open, which validates the header and that the file holds all the data it declares."""
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as error:
+        raise SD15LoadError(f"{path} is truncated or not a safetensors file ({error}): {_REFETCH}") from error
+    with handle:
+        yield handle
+
+
+def check_sd15_single_file(path: str | Path) -> None:
+    """Raise SD15LoadError unless the single-file checkpoint at `path` is a complete, untruncated SD1.5 one.
+    Reads only the safetensors header (keys and shapes). Pickled files (.ckpt, .pt) cannot be inspected without
+    unpickling them and are only checked to exist."""
+    file = Path(path)
+    if not file.is_file():
+        raise SD15LoadError(f"{file} does not exist: choose an SD1.5 checkpoint file")
+    if file.suffix.lower() not in (".safetensors", ".sft"):
+        return
+    with _open_safetensors(file) as handle:
+        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    _check_sd15_layout(file, shapes)
+
+
+# --- diffusers folder ----------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise SD15LoadError(f"{path} is missing: {_REFETCH}") from error
+    except (OSError, ValueError) as error:
+        raise SD15LoadError(f"{path} is not readable JSON ({error}): {_REFETCH}") from error
+
+
+def _pipeline_class(folder: Path) -> str:
+    """model_index.json's pipeline class, or '' without one."""
+    index = folder / "model_index.json"
+    return str(_read_json(index).get("_class_name", "")) if index.is_file() else ""
+
+
+def _check_configs(folder: Path, unet: Mapping[str, Any], text_encoder: Mapping[str, Any]) -> None:
+    """Reject SD2, SDXL and other families from their configs, before any weights are read."""
+    pipeline = _pipeline_class(folder)
+    if "XL" in pipeline or unet.get("addition_embed_type") or (folder / "text_encoder_2").is_dir():
+        raise _not_sd15(folder, "an SDXL model")
+    # 1280 is diffusers' default cross_attention_dim, what a config without the key builds.
+    widths = {unet.get("cross_attention_dim", 1280), text_encoder.get("hidden_size", SD15_CONTEXT_DIM)}
+    family = _family_for_context({width for width in widths if isinstance(width, int)})
+    if family is not None:
+        raise _not_sd15(folder, family)
+    missing = [key for key in ("block_out_channels", "layers_per_block", "up_block_types") if key not in unet]
+    if missing:
+        raise SD15LoadError(f"{folder / 'unet' / 'config.json'} lacks {', '.join(missing)}: {_REFETCH}")
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    with _open_safetensors(path) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def _read_pickle(path: Path) -> StateDict:
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise SD15LoadError(f"{path} could not be read ({error}): {_REFETCH}") from error
+    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
+        raise SD15LoadError(f"{path} does not hold a state dict (name -> tensor): {_REFETCH}")
+    return state_dict
+
+
+def _read_weights(part: Path, names: Sequence[str]) -> StateDict:
+    """The weights of one pipeline part (unet/, vae/, text_encoder/): the first of `names` found there."""
+    for name in names:
+        path = part / name
+        if path.is_file():
+            return _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+    raise SD15LoadError(f"{part} holds no weights (looked for {', '.join(names)}): {_REFETCH}")
+
+
+def _rename_legacy_vae_attention(sd: StateDict) -> StateDict:
+    """`…mid_block.attentions.0.query.weight` -> `…to_q.weight`, and so on; other keys unchanged."""
+    renamed = {}
+    for key, value in sd.items():
+        module, _, parameter = key.rpartition(".")
+        parent, _, name = module.rpartition(".")
+        if ".attentions." in module and name in LEGACY_VAE_ATTENTION:
+            key = f"{parent}.{LEGACY_VAE_ATTENTION[name]}.{parameter}"
+        renamed[key] = value
+    return renamed
+
+
+def read_sd15_folder(path: str | Path) -> StateDict:
+    """A diffusers SD1.5 folder (model_index.json, unet/, vae/, text_encoder/; weights as .safetensors or .bin,
+    full precision or the fp16 variant) -> the single-file SD1.5 state dict, tensors in their stored dtypes.
+    Raises SD15LoadError for a missing folder, part, config or weights file, a truncated or corrupt file, and
+    models that are not SD1.5 (SD2, SDXL, other UNets)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SD15LoadError(f"{folder} is not a folder: give a diffusers SD1.5 folder (model_index.json, unet/, vae/, "
+                            "text_encoder/) such as models/diffusers/llmga-sd15-t2i-v2")
+    for part in ("unet", "vae", "text_encoder"):
+        if not (folder / part).is_dir():
+            pipeline = _pipeline_class(folder)
+            names = f" (its model_index.json names a {pipeline})" if pipeline else ""
+            raise SD15LoadError(f"{folder} has no {part}/ folder{names}: a diffusers SD1.5 folder holds unet/, vae/ "
+                                f"and text_encoder/; {_REFETCH}")
+    unet_config = _read_json(folder / "unet" / "config.json")
+    _check_configs(folder, unet_config, _read_json(folder / "text_encoder" / "config.json"))
+
+    unet = _read_weights(folder / "unet", DIFFUSERS_WEIGHTS)
+    vae = _rename_legacy_vae_attention(_read_weights(folder / "vae", DIFFUSERS_WEIGHTS))
+    text_encoder = _read_weights(folder / "text_encoder", TRANSFORMERS_WEIGHTS)
+    try:
+        state_dict = sd15_single_file_state_dict(unet, unet_config, vae, text_encoder)
+    except KeyError as error:  # a weight the SD1.5 layout has no place for
+        raise _not_sd15(folder, f"not an SD1.5 model ({error.args[0]})") from error
+    _check_sd15_layout(folder, {key: value.shape for key, value in state_dict.items()})
+    return state_dict

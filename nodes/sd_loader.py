@@ -1,0 +1,104 @@
+"""LLMGA Load SD1.5: an SD1.5 model (the released LLMGA diffusers folders, any SD1.5 diffusers folder or single-file
+checkpoint) as ComfyUI's native MODEL, CLIP and VAE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import comfy.sd
+import folder_paths
+from comfy_api.latest import io
+
+from ..llmga.hub import HUB_OWNER, RELEASED_SD, ModelNotFoundError, released_name, resolve_model
+from ..llmga.sd.loading import SD15LoadError, check_sd15_single_file, read_sd15_folder
+from .model_folders import model_folders
+
+RELEASED_CHOICES = [f"{HUB_OWNER}/{name}" for name in RELEASED_SD]
+# Where a released model sits inside a diffusers folder (llmga.hub.find_local); such a copy is offered under its
+# released name only, so a workflow that names it works before and after the download.
+RELEASED_COPIES = {copy for name in RELEASED_SD for copy in (name, f"{HUB_OWNER}--{name}", f"{HUB_OWNER}/{name}")}
+
+
+def diffusers_folder_names() -> list[str]:
+    """Folders under the `diffusers` model folders (one or two levels deep) that hold model_index.json, as paths
+    relative to their model folder ("tiny-sd15", "binxia/llmga-sd15-t2i-v2")."""
+    names = set()
+    for root in model_folders("diffusers"):
+        if root.is_dir():
+            for index in [*root.glob("*/model_index.json"), *root.glob("*/*/model_index.json")]:
+                names.add(index.parent.relative_to(root).as_posix())
+    return sorted(names)
+
+
+def sd15_model_choices() -> list[str]:
+    """The released LLMGA SD1.5 models by name, then local diffusers folders, then single-file checkpoints."""
+    local = [name for name in diffusers_folder_names() if name not in RELEASED_COPIES]
+    return RELEASED_CHOICES + local + folder_paths.get_filename_list("checkpoints")
+
+
+def _model_folder(name: str, allow_download: bool) -> Path | None:
+    """The diffusers folder `name` stands for (a released model is downloaded when missing and allowed), or None
+    when `name` is not a folder."""
+    for root in model_folders("diffusers"):
+        if (root / name / "model_index.json").is_file():
+            return root / name
+    if released_name(name) in RELEASED_SD:
+        return resolve_model(name, model_folders("diffusers"), allow_download=allow_download)
+    return None
+
+
+def load_sd15(name: str, allow_download: bool) -> tuple:
+    """(MODEL, CLIP, VAE) of the model `name` from sd15_model_choices()."""
+    embeddings = folder_paths.get_folder_paths("embeddings")
+    folder = _model_folder(name, allow_download)
+    if folder is not None:
+        state_dict = read_sd15_folder(folder)
+        loaded = comfy.sd.load_state_dict_guess_config(state_dict, output_vae=True, output_clip=True,
+                                                       embedding_directory=embeddings)
+        if loaded is None or loaded[1] is None:
+            raise SD15LoadError(f"ComfyUI did not recognise the SD1.5 model in {folder}: check that it loads with "
+                                "diffusers' StableDiffusionPipeline")
+        return loaded[:3]
+    path = folder_paths.get_full_path("checkpoints", name)
+    if path is None:
+        searched = [str(p) for p in model_folders("diffusers") + model_folders("checkpoints")]
+        raise SD15LoadError(f"{name!r} is neither a diffusers folder nor a checkpoint file in {searched}: refresh the "
+                            "node list (press r) and choose again")
+    check_sd15_single_file(path)
+    return comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
+                                                 embedding_directory=embeddings)[:3]
+
+
+class LoadSD15(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LLMGALoadSD15",
+            display_name="LLMGA Load SD1.5",
+            category="LLMGA/loaders",
+            description="Load an SD1.5 model as MODEL, CLIP and VAE: the released LLMGA SD1.5 models (downloaded on "
+            "first use when allowed), a diffusers folder in models/diffusers or a checkpoint in models/checkpoints. "
+            "The inpainting model has a 9-channel UNet: feed it with InpaintModelConditioning.",
+            inputs=[
+                io.Combo.Input("model", options=sd15_model_choices(),
+                               tooltip="binxia/… : a released LLMGA SD1.5 model, downloaded into models/diffusers "
+                               "when missing; otherwise a diffusers folder (with model_index.json) from "
+                               "models/diffusers or a single-file checkpoint from models/checkpoints."),
+                io.Boolean.Input("allow_download", default=True,
+                                 tooltip="Download a released model that is not found locally. Off, or "
+                                 "HF_HUB_OFFLINE=1: only local files are used."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The SD1.5 UNet, for KSampler."),
+                io.Clip.Output(tooltip="The CLIP ViT-L/14 text encoder, for CLIPTextEncode."),
+                io.Vae.Output(tooltip="The VAE, for VAEDecode, VAEEncode and InpaintModelConditioning."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model: str, allow_download: bool) -> io.NodeOutput:
+        try:
+            loaded = load_sd15(model, allow_download)
+        except (SD15LoadError, ModelNotFoundError) as error:
+            raise RuntimeError(f"LLMGA Load SD1.5: {error}") from error
+        return io.NodeOutput(*loaded)

@@ -1,0 +1,235 @@
+"""llmga.sd.loading: diffusers SD1.5 folders read as the single-file state dict, and clear errors for everything
+that is not a complete SD1.5 model (missing parts, truncated files, SD2, SDXL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures.sd15 import SD15Fixtures
+from safetensors.torch import load_file, save_file
+
+from llmga.sd.loading import LEGACY_VAE_ATTENTION, SD15LoadError, check_sd15_single_file, read_sd15_folder
+
+SDXL_MESSAGE = "is an SDXL model; the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2"
+
+
+def linked_copy(source: Path, target: Path) -> Path:
+    """A copy of the folder `source` whose files are symlinks; replace a file with `replace_file` before changing it."""
+    for file in source.rglob("*"):
+        if file.is_file():
+            link = target / file.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(file)
+    return target
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    path.unlink()
+    path.write_bytes(data)
+
+
+def edit_json(path: Path, **changes) -> None:
+    replace_file(path, json.dumps({**json.loads(path.read_text()), **changes}).encode())
+
+
+def assert_same_state_dict(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        assert actual[key].dtype == value.dtype and torch.equal(actual[key], value), key
+
+
+@pytest.fixture
+def sd15_copy(sd15_models: SD15Fixtures, tmp_path: Path) -> Path:
+    return linked_copy(sd15_models.diffusers, tmp_path / "tiny-sd15")
+
+
+# --- reading folders -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["t2i", "inpainting"])
+def test_folder_gives_the_single_file_twin(sd15_models: SD15Fixtures, kind: str) -> None:
+    folder, checkpoint = {
+        "t2i": (sd15_models.diffusers, sd15_models.checkpoint),
+        "inpainting": (sd15_models.diffusers_inpainting, sd15_models.checkpoint_inpainting),
+    }[kind]
+    state_dict = read_sd15_folder(folder)
+    assert_same_state_dict(state_dict, load_file(checkpoint))
+    in_channels = 9 if kind == "inpainting" else 4
+    assert state_dict["model.diffusion_model.input_blocks.0.0.weight"].shape == (320, in_channels, 3, 3)
+
+
+def test_fp16_variants_and_pickled_weights_are_read(sd15_models: SD15Fixtures, sd15_copy: Path) -> None:
+    unet, vae, text_encoder = (sd15_copy / part for part in ("unet", "vae", "text_encoder"))
+    (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.fp16.safetensors")
+    (text_encoder / "model.safetensors").rename(text_encoder / "model.fp16.safetensors")
+    vae_file = vae / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(vae_file), vae / "diffusion_pytorch_model.fp16.bin")
+    vae_file.unlink()
+    assert_same_state_dict(read_sd15_folder(sd15_copy), load_file(sd15_models.checkpoint))
+
+
+def test_full_precision_file_is_preferred_over_the_fp16_variant(sd15_copy: Path) -> None:
+    unet = sd15_copy / "unet"
+    weights = load_file(unet / "diffusion_pytorch_model.safetensors")
+    save_file({key: value.half() for key, value in weights.items()}, unet / "diffusion_pytorch_model.fp16.safetensors")
+    state_dict = read_sd15_folder(sd15_copy)
+    assert state_dict["model.diffusion_model.out.2.weight"].dtype == torch.float32
+
+
+def test_legacy_vae_attention_names_are_read(sd15_models: SD15Fixtures, sd15_copy: Path) -> None:
+    vae_file = sd15_copy / "vae" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(vae_file)
+    legacy = {}
+    for key, value in weights.items():
+        for old, new in LEGACY_VAE_ATTENTION.items():
+            key = key.replace(f".attentions.0.{new}.", f".attentions.0.{old}.")
+        legacy[key] = value
+    assert legacy.keys() != weights.keys()
+    vae_file.unlink()
+    save_file(legacy, vae_file)
+    assert_same_state_dict(read_sd15_folder(sd15_copy), load_file(sd15_models.checkpoint))
+
+
+# --- folders that are broken or incomplete ----------------------------------------------------------------
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(SD15LoadError, match="is not a folder: give a diffusers SD1.5 folder"):
+        read_sd15_folder(tmp_path / "nowhere")
+
+
+def test_folder_without_unet(sd15_copy: Path) -> None:
+    for file in (sd15_copy / "unet").iterdir():
+        file.unlink()
+    (sd15_copy / "unet").rmdir()
+    with pytest.raises(SD15LoadError, match=r"has no unet/ folder.*download the model again"):
+        read_sd15_folder(sd15_copy)
+
+
+def test_folder_of_another_pipeline_names_it(tmp_path: Path) -> None:
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(SD15LoadError, match="has no unet/ folder .its model_index.json names a FluxPipeline"):
+        read_sd15_folder(tmp_path)
+
+
+def test_unet_without_weights(sd15_copy: Path) -> None:
+    (sd15_copy / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(SD15LoadError, match=r"unet holds no weights \(looked for diffusion_pytorch_model.safetensors"):
+        read_sd15_folder(sd15_copy)
+
+
+@pytest.mark.parametrize("part, name", [("vae", "diffusion_pytorch_model.safetensors"), ("unet", "config.json")])
+def test_truncated_file(sd15_copy: Path, part: str, name: str) -> None:
+    path = sd15_copy / part / name
+    replace_file(path, path.read_bytes()[: path.stat().st_size // 2])
+    expected = "is truncated or not a safetensors file" if name.endswith(".safetensors") else "is not readable JSON"
+    with pytest.raises(SD15LoadError, match=f"{part}/{name} {expected}.*download the model again"):
+        read_sd15_folder(sd15_copy)
+
+
+def test_truncated_pickle(sd15_copy: Path, tmp_path: Path) -> None:
+    text_encoder = sd15_copy / "text_encoder"
+    torch.save(load_file(text_encoder / "model.safetensors"), tmp_path / "whole.bin")
+    (text_encoder / "model.safetensors").unlink()
+    (text_encoder / "pytorch_model.bin").write_bytes((tmp_path / "whole.bin").read_bytes()[:100_000])
+    with pytest.raises(SD15LoadError, match="pytorch_model.bin could not be read"):
+        read_sd15_folder(sd15_copy)
+
+
+# --- other model families ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("marker", ["addition_embed_type", "cross_attention_dim", "text_encoder_2", "pipeline"])
+def test_sdxl_folder_is_named_sdxl(sd15_copy: Path, marker: str) -> None:
+    if marker == "addition_embed_type":
+        edit_json(sd15_copy / "unet" / "config.json", addition_embed_type="text_time")
+    elif marker == "cross_attention_dim":
+        edit_json(sd15_copy / "unet" / "config.json", cross_attention_dim=2048)
+    elif marker == "text_encoder_2":
+        linked_copy(sd15_copy / "text_encoder", sd15_copy / "text_encoder_2")
+    else:
+        edit_json(sd15_copy / "model_index.json", _class_name="StableDiffusionXLPipeline")
+    with pytest.raises(SD15LoadError, match=SDXL_MESSAGE):
+        read_sd15_folder(sd15_copy)
+
+
+def test_sd2_folder_is_named_sd2(sd15_copy: Path) -> None:
+    edit_json(sd15_copy / "unet" / "config.json", cross_attention_dim=1024)
+    edit_json(sd15_copy / "text_encoder" / "config.json", hidden_size=1024)
+    with pytest.raises(SD15LoadError, match="is an SD2 model .* the LLMGA SD1.5 loader takes SD1.5 folders"):
+        read_sd15_folder(sd15_copy)
+
+
+def test_sdxl_weights_behind_an_sd15_config_are_caught(sd15_copy: Path) -> None:
+    """The family is checked on the weights too: a config that claims SD1.5 cannot hide 2048-wide cross-attention."""
+    unet_file = sd15_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = load_file(unet_file)
+    for key in [key for key in weights if key.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]:
+        weights[key] = torch.zeros(weights[key].shape[0], 2048)
+    unet_file.unlink()
+    save_file(weights, unet_file)
+    with pytest.raises(SD15LoadError, match=SDXL_MESSAGE):
+        read_sd15_folder(sd15_copy)
+
+
+# --- single files -------------------------------------------------------------------------------------------
+
+
+def header_only_checkpoint(path: Path, family: str) -> Path:
+    """A safetensors file with one key of each part of a `family` checkpoint, shaped as in the real ones."""
+    context, text_key, text_shape = {
+        "sd15": (768, "cond_stage_model.transformer.text_model.final_layer_norm.weight", (768,)),
+        "sd2": (1024, "cond_stage_model.model.ln_final.weight", (1024,)),
+        "sdxl": (2048, "conditioner.embedders.1.model.ln_final.weight", (1280,)),
+        "unet-only": (768, None, None),
+    }[family]
+    shapes = {
+        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, context),
+        "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
+    }
+    if text_key:
+        shapes[text_key] = text_shape
+    else:  # a UNet saved on its own, without the prefix
+        shapes = {key.removeprefix("model.diffusion_model."): shape for key, shape in shapes.items()
+                  if key.startswith("model.")}
+    save_file({key: torch.zeros(shape, dtype=torch.float16) for key, shape in shapes.items()}, path)
+    return path
+
+
+def test_single_file_fixtures_pass(sd15_models: SD15Fixtures, tmp_path: Path) -> None:
+    check_sd15_single_file(sd15_models.checkpoint)
+    check_sd15_single_file(sd15_models.checkpoint_inpainting)
+    check_sd15_single_file(header_only_checkpoint(tmp_path / "sd15.safetensors", "sd15"))
+
+
+@pytest.mark.parametrize("family, message", [
+    ("sdxl", SDXL_MESSAGE),
+    ("sd2", "is an SD2 model .*; the LLMGA SD1.5 loader takes SD1.5 folders"),
+    ("unet-only", r"holds no UNet \(model.diffusion_model.\*\): it is not a full SD1.5 checkpoint"),
+])
+def test_single_file_of_another_family_is_refused(tmp_path: Path, family: str, message: str) -> None:
+    with pytest.raises(SD15LoadError, match=message):
+        check_sd15_single_file(header_only_checkpoint(tmp_path / f"{family}.safetensors", family))
+
+
+def test_truncated_single_file_is_refused(sd15_models: SD15Fixtures, tmp_path: Path) -> None:
+    truncated = tmp_path / "tiny-sd15.safetensors"
+    with open(sd15_models.checkpoint, "rb") as source:
+        truncated.write_bytes(source.read(50_000_000))
+    with pytest.raises(SD15LoadError, match="tiny-sd15.safetensors is truncated or not a safetensors file"):
+        check_sd15_single_file(truncated)
+
+
+def test_missing_single_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SD15LoadError, match="does not exist"):
+        check_sd15_single_file(tmp_path / "gone.safetensors")
+
+
+def test_pickled_single_file_is_left_to_the_loader(tmp_path: Path) -> None:
+    (tmp_path / "model.ckpt").write_bytes(b"not inspected")
+    check_sd15_single_file(tmp_path / "model.ckpt")
