@@ -6,6 +6,8 @@ in input order (required, then optional), with one extra value after an input th
 
 from __future__ import annotations
 
+import json
+
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -42,3 +44,26 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     inputs[name] = [source, slot]
         graph[str(node["id"])] = {"class_type": kind, "inputs": inputs}
     return graph
+
+
+def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str, controlnet: str) -> dict:
+    """A copy of an API-format graph of a shipped workflow with the released models swapped for the test fixtures
+    and everything sized to run in seconds on a CPU; the wiring stays exactly as shipped."""
+    tiny = json.loads(json.dumps(graph))
+    for node in tiny.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "LLMGALoadAssistant":
+            inputs.update(model=assistant, device="cpu", dtype="fp32", allow_download=False)
+        elif kind == "LLMGAChat":
+            inputs.update(max_new_tokens=12)
+        elif kind == "LLMGALoadSD15":
+            inputs.update(model=sd_inpainting if "inpainting" in inputs["model"] else sd, allow_download=False)
+        elif kind == "ControlNetLoader":
+            inputs.update(control_net_name=controlnet)
+        elif kind == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        elif kind == "KSampler":
+            inputs.update(steps=2)
+        elif kind == "LLMGAOutpaintCanvas":
+            inputs.update(left=0, top=0, right=16, bottom=0, feathering=4)
+    return tiny

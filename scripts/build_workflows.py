@@ -1,0 +1,245 @@
+"""Write the shareable workflows: `workflows/<name>.json` (the ComfyUI frontend's format) and their API-format twins
+`workflows/api/<name>.json` (what `/prompt` runs; the host tests run these with tiny models swapped in).
+
+Node inputs, outputs and widget order come from the running ComfyUI's `/object_info`, so a workflow is described
+only by its nodes, their widget values and their links:
+
+    python scripts/build_workflows.py            # starts the pinned ComfyUI with this pack, writes workflows/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from comfy_server import ComfyServer  # noqa: E402
+from comfyui_host import resolve_comfyui  # noqa: E402
+from workflow_api import is_widget, ui_to_api  # noqa: E402
+
+ASSISTANT = "binxia/llmga-Qwen2-0.5B-full-finetune"
+SD_T2I = "binxia/llmga-sd15-t2i-v2"
+SD_INPAINT = "binxia/llmga-sd15-inpainting-v2"
+# Sampling for LLMGA's SD1.5 (the official CLI: 50 PNDM steps, CFG 7.5; DPM++ 2M Karras gets there in fewer steps).
+SAMPLER = {"steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
+    title: str | None = None
+    size: tuple[int, int] = (340, 120)
+
+
+@dataclass
+class Workflow:
+    name: str
+    note: str
+    nodes: list[Node]
+
+
+def ui_workflow(workflow: Workflow, info: dict) -> dict:
+    """The frontend's JSON for `workflow`, widget values in /object_info order, links numbered in node order."""
+    nodes, links = [], []
+    by_id = {node.id: node for node in workflow.nodes}
+    outputs: dict[int, list[dict]] = {}
+    for node in workflow.nodes:
+        if node.type == "MarkdownNote":
+            continue
+        spec = info[node.type]
+        outputs[node.id] = [{"name": name, "type": kind, "slot_index": i, "links": []}
+                            for i, (name, kind) in enumerate(zip(spec["output_name"], spec["output"], strict=True))]
+    for order, node in enumerate(workflow.nodes):
+        entry = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+                 "order": order, "mode": 0, "inputs": [], "outputs": outputs.get(node.id, []),
+                 "properties": {"Node name for S&R": node.type}, "widgets_values": []}
+        if node.title:
+            entry["title"] = node.title
+        if node.type == "MarkdownNote":
+            entry["widgets_values"] = [node.widgets["text"]]
+            nodes.append(entry)
+            continue
+        unknown = set(node.widgets) | set(node.links)
+        for group in ("required", "optional"):
+            for name, spec in info[node.type]["input"].get(group, {}).items():
+                unknown.discard(name)
+                widget = is_widget(spec)
+                if widget:
+                    options = spec[1] if len(spec) > 1 else {}
+                    entry["widgets_values"].append(node.widgets[name] if name in node.widgets else default(spec))
+                    if options.get("control_after_generate"):
+                        entry["widgets_values"].append("fixed")
+                if name in node.links or not widget:
+                    port = {"name": name, "type": spec[0] if isinstance(spec[0], str) else "COMBO", "link": None}
+                    if widget:
+                        port["widget"] = {"name": name}
+                    if group == "optional" and not widget:
+                        port["shape"] = 7
+                    if name in node.links:
+                        source, slot = node.links[name]
+                        link_id = len(links) + 1
+                        kind = outputs[source][slot]["type"]
+                        links.append([link_id, source, slot, node.id, len(entry["inputs"]), kind])
+                        outputs[source][slot]["links"].append(link_id)
+                        port["link"] = link_id
+                    entry["inputs"].append(port)
+        if unknown:
+            raise ValueError(f"{workflow.name}: node {node.id} ({node.type}) has no inputs named {sorted(unknown)}")
+        nodes.append(entry)
+    assert all(source in by_id for _, source, *_ in links)
+    workflow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-llmga/workflows/{workflow.name}"))
+    return {"id": workflow_id, "revision": 0, "last_node_id": max(by_id), "last_link_id": len(links),
+            "nodes": nodes, "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+
+
+def default(spec: list):
+    """A widget's default value: its `default`, else a combo's first option."""
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    return choices[0] if choices else None
+
+
+def note(text: str) -> Node:
+    return Node(1, "MarkdownNote", (40, 40), {"text": text}, size=(520, 260))
+
+
+def assistant_nodes(task: str, message: str, *, image=None, mask=None, history=None, chat_id=3) -> list[Node]:
+    links = {"assistant": (2, 0)}
+    links.update({k: v for k, v in (("image", image), ("mask", mask), ("history", history)) if v is not None})
+    return [Node(2, "LLMGALoadAssistant", (40, 340), {"model": ASSISTANT}, size=(340, 230)),
+            Node(chat_id, "LLMGAChat", (420, 340), {"message": message, "task": task}, links, size=(400, 440))]
+
+
+def t2i_nodes(prompt_from: tuple[int, int], first_id: int, x: int = 880, model: str = SD_T2I, *,
+              with_loader: bool = True, seed: int = 0, y: int = 340) -> list[Node]:
+    loader, encode, latent, sampler, decode, save = range(first_id, first_id + 6)
+    nodes = [Node(loader, "LLMGALoadSD15", (x, y - 240), {"model": model}, size=(340, 100))] if with_loader else []
+    sd = first_id if with_loader else 10
+    return nodes + [
+        Node(encode, "LLMGALongPromptEncode", (x, y), {"negative_prompt": ""}, {"clip": (sd, 1), "prompt": prompt_from},
+             size=(360, 260)),
+        Node(latent, "EmptyLatentImage", (x, y + 520), {"width": 512, "height": 512}, size=(320, 110)),
+        Node(sampler, "KSampler", (x + 400, y), {"seed": seed, **SAMPLER},
+             {"model": (sd, 0), "positive": (encode, 0), "negative": (encode, 1), "latent_image": (latent, 0)},
+             size=(320, 270)),
+        Node(decode, "VAEDecode", (x + 760, y), {}, {"samples": (sampler, 0), "vae": (sd, 2)}, size=(220, 50)),
+        Node(save, "SaveImage", (x + 760, y + 100), {"filename_prefix": "llmga"}, {"images": (decode, 0)},
+             size=(400, 420)),
+    ]
+
+
+def inpaint_nodes(pixels: tuple[int, int], mask: tuple[int, int], prompt_from: tuple[int, int], x: int = 880
+                  ) -> list[Node]:
+    return [
+        Node(10, "LLMGALoadSD15", (x, 100), {"model": SD_INPAINT}, size=(340, 100)),
+        Node(11, "LLMGALongPromptEncode", (x, 340), {"negative_prompt": ""}, {"clip": (10, 1), "prompt": prompt_from},
+             size=(360, 260)),
+        Node(12, "InpaintModelConditioning", (x, 860), {"noise_mask": True},
+             {"positive": (11, 0), "negative": (11, 1), "vae": (10, 2), "pixels": pixels, "mask": mask},
+             size=(320, 140)),
+        Node(13, "KSampler", (x + 400, 340), {"seed": 0, **SAMPLER},
+             {"model": (10, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (12, 2)}, size=(320, 270)),
+        Node(14, "VAEDecode", (x + 760, 340), {}, {"samples": (13, 0), "vae": (10, 2)}, size=(220, 50)),
+        Node(15, "LLMGAPasteBack", (x + 760, 440), {"feathering": 8},
+             {"original": pixels, "generated": (14, 0), "mask": mask}, size=(300, 130)),
+        Node(16, "SaveImage", (x + 1100, 340), {"filename_prefix": "llmga"}, {"images": (15, 0)}, size=(400, 420)),
+    ]
+
+
+def reply_preview(chat_id: int = 3, node_id: int = 30, pos=(420, 820)) -> Node:
+    return Node(node_id, "PreviewAny", pos, {}, {"source": (chat_id, 0)}, title="Assistant reply", size=(400, 200))
+
+
+MODELS_NOTE = ("\n\nModels: an LLMGA assistant in `models/LLM/` and LLMGA's SD1.5 in `models/diffusers/` — the "
+               "released `binxia/…` names are downloaded on first use when the loaders' *allow_download* is on.")
+
+WORKFLOWS = [
+    Workflow("llmga_text_to_image",
+             "## LLMGA: text to image\n\nType a short idea into **LLMGA Chat**. The assistant writes a detailed "
+             "prompt; **LLMGA Long Prompt Encode** feeds all of it (up to 300 tokens) to LLMGA's SD1.5 the way it "
+             "was trained." + MODELS_NOTE,
+             [note(""), *assistant_nodes("text_to_image", "a cozy wooden cabin in a snowy forest at dusk"),
+              *t2i_nodes((3, 1), 10), reply_preview()]),
+    Workflow("llmga_similar_image",
+             "## LLMGA: similar image\n\nLoad a picture; the assistant describes it as a generation prompt and "
+             "SD1.5 paints a new image with the same content." + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              *assistant_nodes("similar_image", "", image=(4, 0)), *t2i_nodes((3, 1), 10), reply_preview()]),
+    Workflow("llmga_inpaint",
+             "## LLMGA: inpainting\n\nLoad a picture with a transparent hole (or paint a mask in the mask editor). "
+             "The assistant sees the hole black, as in its training, and imagines what belongs there; LLMGA's "
+             "9-channel SD1.5 paints it and **LLMGA Paste Back** keeps every other pixel exactly." + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              *assistant_nodes("inpaint", "", image=(4, 0), mask=(4, 1)), *inpaint_nodes((4, 0), (4, 1), (3, 1)),
+              reply_preview()]),
+    Workflow("llmga_outpaint",
+             "## LLMGA: outpainting\n\n**LLMGA Outpaint Canvas** adds room around the picture (multiples of 8); the "
+             "assistant imagines the whole scene and LLMGA's inpainting SD1.5 fills the new area." + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              Node(5, "LLMGAOutpaintCanvas", (40, 980), {"right": 256, "left": 0, "top": 0, "bottom": 0,
+                                                         "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
+              *assistant_nodes("outpaint", "", image=(5, 0), mask=(5, 1)), *inpaint_nodes((5, 0), (5, 1), (3, 1)),
+              reply_preview()]),
+    Workflow("llmga_controlnet",
+             "## LLMGA: prompt + ControlNet\n\nThe assistant's long prompt composes with any SD1.5 ControlNet: the "
+             "conditioning from **LLMGA Long Prompt Encode** goes through ControlNetApplyAdvanced. Use a control "
+             "image made for your ControlNet (a lineart or canny drawing, a depth map…)." + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, title="Control image",
+                             size=(340, 320)),
+              *assistant_nodes("text_to_image", "a lighthouse on a cliff in a storm"),
+              *[n for n in t2i_nodes((3, 1), 10) if n.type != "KSampler"],
+              Node(20, "ControlNetLoader", (880, 1000), {"control_net_name": "control_v11p_sd15_lineart.pth"},
+                   size=(340, 60)),
+              Node(21, "ControlNetApplyAdvanced", (1280, 100), {"strength": 0.8, "start_percent": 0.0,
+                                                                "end_percent": 1.0},
+                   {"positive": (11, 0), "negative": (11, 1), "control_net": (20, 0), "image": (4, 0),
+                    "vae": (10, 2)}, size=(320, 190)),
+              Node(13, "KSampler", (1280, 340), {"seed": 0, **SAMPLER},
+                   {"model": (10, 0), "positive": (21, 0), "negative": (21, 1), "latent_image": (12, 0)},
+                   size=(320, 270)),
+              reply_preview()]),
+    Workflow("llmga_interactive",
+             "## LLMGA: two turns\n\nThe first **LLMGA Chat** turns an idea into an image; the second continues the "
+             "same conversation (its *history* input) to refine it, and renders again." + MODELS_NOTE,
+             [note(""), *assistant_nodes("text_to_image", "a fox in a meadow"), *t2i_nodes((3, 1), 10),
+              Node(6, "LLMGAChat", (420, 1500), {"message": "Make it a snowy winter night.", "task": "chat"},
+                   {"assistant": (2, 0), "history": (3, 3)}, size=(400, 440)),
+              *t2i_nodes((6, 1), 20, with_loader=False, y=1500, seed=1), reply_preview(),
+              reply_preview(6, 31, (420, 1980))]),
+]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ComfyServer(resolve_comfyui(), Path(tmp))
+        server.start()
+        try:
+            info = server.object_info()
+        finally:
+            server.stop()
+    (ROOT / "workflows" / "api").mkdir(parents=True, exist_ok=True)
+    for workflow in WORKFLOWS:
+        workflow.nodes[0].widgets["text"] = workflow.note
+        ui = ui_workflow(workflow, info)
+        for path, data in ((ROOT / "workflows" / f"{workflow.name}.json", ui),
+                           (ROOT / "workflows" / "api" / f"{workflow.name}.json", ui_to_api(ui, info))):
+            path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+            print(path.relative_to(ROOT))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
