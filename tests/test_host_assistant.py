@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import json
 import time
 
 import pytest
 from PIL import Image
-from workflow_api import ui_to_api
 
 pytestmark = pytest.mark.host
 
@@ -103,21 +100,6 @@ def test_cancel_stops_a_long_generation(comfy, host_assistant):
         time.sleep(0.05)
     kinds = [kind for kind, _ in comfy.status(prompt_id)["messages"]]
     assert "execution_interrupted" in kinds
-
-
-def test_shipped_assistant_text_to_image_workflow_renders(comfy, host_assistant, sd15_models, repo_root):
-    workflow = json.loads((repo_root / "workflows" / "llmga_assistant_text_to_image.json").read_text())
-    graph = ui_to_api(workflow, comfy.object_info())
-    # The released models are swapped for the tiny test ones; the wiring is what is under test.
-    graph["2"]["inputs"].update(model=released(host_assistant), device="cpu", dtype="fp32", allow_download=False)
-    graph["3"]["inputs"].update(max_new_tokens=16)
-    graph["4"]["inputs"]["ckpt_name"] = sd15_models.checkpoint.name
-    graph["7"]["inputs"].update(width=64, height=64)
-    graph["8"]["inputs"]["steps"] = 2
-    outputs = comfy.run(graph)
-    (image,) = outputs["10"]["images"]
-    assert Image.open(io.BytesIO(comfy.view(image))).size == (64, 64)
-    assert "text" in outputs["11"]
 
 
 def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
