@@ -80,6 +80,31 @@ def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures, hos
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def example_picture(comfy) -> Path:
+    """input/example.png, the picture the shipped workflows load: 64x48 with a transparent hole (its mask)."""
+    from PIL import Image
+
+    picture = Image.new("RGBA", (64, 48), (40, 120, 200, 255))
+    picture.paste((0, 0, 0, 0), (16, 12, 48, 36))
+    path = comfy.input_dir / "example.png"
+    picture.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(host_assistant: MLLMFixture, sd15_models: SD15Fixtures):
+    """Swaps a shipped workflow's released models for the test fixtures (see workflow_api.with_tiny_models)."""
+    from workflow_api import with_tiny_models
+
+    def swap(graph: dict) -> dict:
+        return with_tiny_models(graph, assistant=f"binxia/{host_assistant.path.name}", sd=sd15_models.diffusers.name,
+                                sd_inpainting=sd15_models.diffusers_inpainting.name,
+                                controlnet=sd15_models.controlnet.name)
+
+    return swap
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failed host test shows the tail of the server log, where ComfyUI writes its tracebacks."""

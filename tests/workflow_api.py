@@ -9,6 +9,16 @@ from __future__ import annotations
 import json
 
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+# The images each shipped workflow saves when run with_tiny_models (input picture 64x48, latents 64x64).
+TINY_RUN_IMAGE_SIZES = {
+    "llmga_text_to_image": [(64, 64)],
+    "llmga_similar_image": [(64, 64)],
+    "llmga_inpaint": [(64, 48)],
+    "llmga_outpaint": [(80, 48)],
+    "llmga_controlnet": [(64, 64)],
+    "llmga_interactive": [(64, 64), (64, 64)],
+    "llmga_extract_generation_prompt": [],
+}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
