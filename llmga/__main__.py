@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(run=_extract_prompt)
 
     from .mllm.cli import add_chat_command
+    from .sd.cli import add_sd_commands
 
     add_chat_command(commands)
+    add_sd_commands(commands)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""Stable Diffusion 1.5 text-to-image, inpainting and outpainting on diffusers, with LLMGA's long-prompt encoding.
+
+`load_sd15_pipeline` builds a diffusers pipeline from an SD1.5 folder (llmga-sd15-t2i-v2, llmga-sd15-inpainting-v2,
+any SD1.5 diffusers folder). Prompts go through `llmga.prompt.long_prompt` (up to 300 tokens, "llmga" or "lpw"
+mode) and reach diffusers as `prompt_embeds` / `negative_prompt_embeds`. Images go in and come out as PIL images;
+masks are [H, W] floats in [0, 1] (or PIL images), 1 / white where new content is painted.
+
+The official CLIs (cli-sd15.py, cli-sd15-inpainting.py) use 50 steps, guidance 7.5, negative "" and the scheduler
+saved with the model (PNDM for the released ones); callers pass those (the `python -m llmga` commands default to
+them). Where this module differs from the official scripts, on purpose:
+- no safety checker is loaded (the released folders name one; the official scripts ran it);
+- inpainting runs at the image's own size rounded to multiples of 8 (the official script stretches every input to
+  512x512 and returns 512x512), and the result is pasted back onto the input, so unmasked pixels are the input's
+  bit for bit (the official script keeps the VAE round trip everywhere);
+- seeds drive a CPU `torch.Generator`, so a seed gives the same image on any device (up to kernel differences).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from PIL import Image
+from safetensors import SafetensorError
+
+from ..hub import SD_FILES
+from ..mllm.loader import pick_device, pick_dtype
+from ..prompt.clip_binding import TransformersCLIP
+from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
+from . import canvas
+from .canvas import SD15_LATENT_SCALE, outpaint_canvas
+from .loading import SD15_CONTEXT_DIM
+
+logger = logging.getLogger(__name__)
+
+SDPipeline = StableDiffusionPipeline | StableDiffusionInpaintPipeline
+
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# What diffusers builds for a UNet config without cross_attention_dim.
+DIFFUSERS_DEFAULT_CONTEXT_DIM = 1280
+# UNet input channels: noisy latents (4) for text-to-image; + mask (1) + masked-image latents (4) for inpainting.
+T2I_CHANNELS = 4
+INPAINT_CHANNELS = 9
+# pipeline_stable_diffusion_inpaint_lpw.py binarises the mask at 0.5 (masked_image = image * (mask < 0.5)).
+MASK_THRESHOLD = 0.5
+# The gray of a blank canvas (InpaintModelConditioning's value for masked pixels).
+BLANK_GRAY = 0.5
+
+
+class SDPipelineError(ValueError):
+    """An SD request that cannot be served; the message says what was wrong and what to do."""
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def sd_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """device auto/cuda/cpu/mps and dtype auto/fp16/bf16/fp32 -> torch values. 'auto' dtype: fp16 on GPUs (what the
+    official scripts load SD1.5 in), fp32 on the CPU."""
+    target = pick_device(device)
+    if dtype == "auto" and target.type == "cuda":
+        return target, torch.float16
+    return target, pick_dtype(dtype, target)
+
+
+def is_inpainting_pipeline(pipe: SDPipeline) -> bool:
+    return isinstance(pipe, StableDiffusionInpaintPipeline)
+
+
+def _unet_channels(folder: Path) -> int:
+    """The UNet's input channels, after checking that `folder` is a complete SD1.5 diffusers folder (from the configs
+    alone, before any weights are read)."""
+    if not folder.is_dir():
+        raise SDPipelineError(f"{folder} is not a folder: give a diffusers SD1.5 folder ({SD_FILES}) such as "
+                              "models/diffusers/llmga-sd15-t2i-v2 (single-file checkpoints load in ComfyUI)")
+    missing = [name for name in ("model_index.json", *PIPELINE_PARTS) if not (folder / name).exists()]
+    if missing:
+        raise SDPipelineError(f"{folder} lacks {', '.join(missing)}: a diffusers SD1.5 folder holds {SD_FILES}; "
+                              "download the model again (an interrupted download leaves parts missing)")
+    config_path = folder / "unet" / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as error:
+        raise SDPipelineError(f"{config_path} is missing or not JSON ({error}): download the model again") from error
+    width = config.get("cross_attention_dim", DIFFUSERS_DEFAULT_CONTEXT_DIM)
+    if width != SD15_CONTEXT_DIM:
+        raise SDPipelineError(f"{folder} is not an SD1.5 model (cross-attention width {width}; SD1.5 has "
+                              f"{SD15_CONTEXT_DIM}): choose an SD1.5 folder such as llmga-sd15-t2i-v2")
+    channels = config.get("in_channels", T2I_CHANNELS)
+    if channels not in (T2I_CHANNELS, INPAINT_CHANNELS):
+        raise SDPipelineError(f"{folder} has a UNet with {channels} input channels; SD1.5 text-to-image UNets have "
+                              f"{T2I_CHANNELS} and inpainting UNets {INPAINT_CHANNELS}")
+    return channels
+
+
+def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",
+                       dtype: str = "auto") -> SDPipeline:
+    """A diffusers SD1.5 pipeline from `folder`, on `device` in `dtype` (see `sd_device_and_dtype`), safety checker off.
+
+    inpainting: build a StableDiffusionInpaintPipeline. The released llmga-sd15-inpainting-v2 is saved as a
+    StableDiffusionPipeline with a 9-channel UNet, so the pipeline class comes from the UNet, not model_index.json:
+    a 9-channel UNet always gets the inpainting pipeline (`text_to_image` then paints a blank canvas), a 4-channel one
+    gets it only when asked (diffusers then blends latents with the mask). Raises SDPipelineError for a missing or
+    incomplete folder and for models that are not SD1.5.
+    """
+    folder = Path(folder)
+    channels = _unet_channels(folder)
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting or channels == INPAINT_CHANNELS \
+        else StableDiffusionPipeline
+    target, torch_dtype = sd_device_and_dtype(device, dtype)
+    try:
+        with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every version
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch_dtype, safety_checker=None,
+                                                  feature_extractor=None, requires_safety_checker=False)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise SDPipelineError(f"{folder} could not be loaded as an SD1.5 pipeline ({error}): download the model "
+                              "again or choose another folder") from error
+    return pipe.to(target)
+
+
+# --- prompts, seeds, image conversion ------------------------------------------------------------------------
+
+
+def encode_prompts(pipe: SDPipeline, prompt: str, negative: str, *, mode: str = "llmga",
+                   max_chunks: int | None = None) -> LongPromptResult:
+    """Both prompts through the long-prompt encoder with the pipeline's text encoder (see
+    `llmga.prompt.long_prompt` for the modes); each prompt that loses tokens is logged as a warning."""
+    clip = TransformersCLIP(pipe.text_encoder, pipe.tokenizer)
+    result = encode_long_prompts(prompt, negative, clip.tokenize, clip.encode, mode=mode, bos=clip.bos, eos=clip.eos,
+                                 pad=clip.pad, max_chunks=max_chunks)
+    for warning in result.truncation_warnings():
+        logger.warning(warning)
+    return result
+
+
+def _embeddings(pipe: SDPipeline, encoded: LongPromptResult) -> dict[str, torch.Tensor]:
+    dtype = pipe.text_encoder.dtype
+    return {"prompt_embeds": encoded.positive.cond.to(pipe.device, dtype),
+            "negative_prompt_embeds": encoded.negative.cond.to(pipe.device, dtype)}
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the starting noise is drawn on the CPU, so it does not depend on the device."""
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def check_size(width: int | None, height: int | None) -> None:
+    """Raise SDPipelineError unless each size given (None: not given) is a positive multiple of 8."""
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (value < SD15_LATENT_SCALE or value % SD15_LATENT_SCALE):
+            lower = max(SD15_LATENT_SCALE, value - value % SD15_LATENT_SCALE)
+            raise SDPipelineError(f"{name} is {value} but must be a positive multiple of {SD15_LATENT_SCALE} (SD1.5 "
+                                  f"latents are 1/8 of the image): use {lower} or {lower + SD15_LATENT_SCALE}")
+
+
+def round_to_latent(size: int) -> int:
+    """`size` rounded to the nearest multiple of 8, at least 8."""
+    return max(SD15_LATENT_SCALE, round(size / SD15_LATENT_SCALE) * SD15_LATENT_SCALE)
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL image -> [1, H, W, 3] float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
+
+
+def tensor_image(image: torch.Tensor) -> Image.Image:
+    """[H, W, 3] (or [1, H, W, 3]) float in [0, 1] -> PIL image; exact for values that came from 8-bit pixels."""
+    pixels = (image.squeeze(0).float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def mask_array(mask: np.ndarray | Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """A mask as [H, W] float32 in [0, 1] (1 = paint), checked against the image size (width, height). A PIL mask is
+    read as grayscale (white = paint)."""
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.ndim != 2:
+        raise SDPipelineError(f"the mask must be one channel [H, W], got shape {list(mask.shape)}")
+    if (mask.shape[1], mask.shape[0]) != tuple(size):
+        raise SDPipelineError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}: "
+                              "use a mask of the same size as the image")
+    if not (mask >= MASK_THRESHOLD).any():
+        raise SDPipelineError("the mask marks no pixel to paint (all of it is below 50% gray): paint the area to "
+                              "replace white")
+    return mask.clip(0, 1)
+
+
+# --- generation ------------------------------------------------------------------------------------------------
+
+
+def text_to_image(pipe: SDPipeline, prompt: str, negative: str = "", *, steps: int, cfg: float, seed: int,
+                  width: int, height: int, mode: str = "llmga", count: int = 1) -> list[Image.Image]:
+    """`count` images of width x height (multiples of 8) for `prompt`; image i is drawn with seed + i alone, so each
+    one is reproduced by its own seed. An inpainting pipeline paints a blank canvas under a whole-image mask (the
+    LLMGA inpainting UNet was trained with such masks for a quarter of its samples)."""
+    check_size(width, height)
+    if is_inpainting_pipeline(pipe):
+        blank = Image.new("RGB", (width, height), (round(BLANK_GRAY * 255),) * 3)
+        return inpaint(pipe, blank, np.ones((height, width), dtype=np.float32), prompt, negative, steps=steps,
+                       cfg=cfg, seed=seed, mode=mode, count=count, paste_back=False)
+    embeddings = _embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode))
+    return [pipe(**embeddings, num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
+                 generator=seeded_generator(seed + index)).images[0] for index in range(count)]
+
+
+def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image, prompt: str, negative: str = "", *,
+            steps: int, cfg: float, seed: int, mode: str = "llmga", count: int = 1,
+            size: tuple[int, int] | None = None, paste_back: bool = True, feathering: int = 0) -> list[Image.Image]:
+    """`count` inpainted versions of `image` (seeds seed, seed + 1, ...), each the size of `image`.
+
+    mask: [H, W] float in [0, 1] or a grayscale PIL image, the image's size; SD repaints where it is >= 0.5 (the
+    official binarisation). size: (width, height) SD runs at, multiples of 8; None: the image's size rounded to
+    multiples of 8. The result is resized back to the image's size. paste_back: composite onto the input with
+    `canvas.paste_back` (the mask as given, so pixels where it is 0 stay the input's exactly, and soft mask values
+    blend); feathering: pixels inside the mask over which the generated image fades in.
+    """
+    if not is_inpainting_pipeline(pipe):
+        raise SDPipelineError("inpainting needs a pipeline loaded with inpainting=True (or a 9-channel inpainting "
+                              "UNet such as llmga-sd15-inpainting-v2)")
+    image = image.convert("RGB")
+    soft_mask = mask_array(mask, image.size)
+    width, height = size or (round_to_latent(image.width), round_to_latent(image.height))
+    check_size(width, height)
+    sd_image = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+    hard = Image.fromarray(((soft_mask >= MASK_THRESHOLD) * 255).astype(np.uint8))
+    sd_mask = hard if hard.size == (width, height) else hard.resize((width, height), Image.Resampling.NEAREST)
+    max_chunks = LPW_INPAINT_MAX_CHUNKS if mode == "lpw" else None  # the official inpainting lpw pipeline keeps 300
+    embeddings = _embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode, max_chunks=max_chunks))
+    original = image_tensor(image)
+    results = []
+    for index in range(count):
+        generated = pipe(**embeddings, image=sd_image, mask_image=sd_mask, width=width, height=height, strength=1.0,
+                         num_inference_steps=steps, guidance_scale=cfg, generator=seeded_generator(seed + index),
+                         output_type="pt").images  # [1, 3, h, w] in [0, 1]
+        generated = generated.float().cpu()
+        if (width, height) != image.size:
+            generated = torch.nn.functional.interpolate(generated, size=(image.height, image.width), mode="bicubic",
+                                                        antialias=True).clamp(0, 1)
+        generated = generated.permute(0, 2, 3, 1)
+        if paste_back:
+            generated = canvas.paste_back(original, generated, torch.from_numpy(soft_mask), feathering=feathering)
+        results.append(tensor_image(generated))
+    return results
+
+
+def outpaint_inputs(image: Image.Image, left: int, top: int, right: int, bottom: int,
+                    feathering: int = 0) -> tuple[Image.Image, np.ndarray]:
+    """The canvas to outpaint and its mask ([H', W'] float in [0, 1]): `image` padded with gray by the given pixels,
+    grown to multiples of 8, the mask ramping into the original over `feathering` pixels (see
+    `canvas.outpaint_canvas`)."""
+    if left == top == right == bottom == 0:
+        raise SDPipelineError("outpainting adds nothing: give the pixels to add on at least one side")
+    try:
+        padded, mask = outpaint_canvas(image_tensor(image), left, top, right, bottom, feathering=feathering,
+                                       fill=BLANK_GRAY)
+    except ValueError as error:
+        raise SDPipelineError(str(error)) from error
+    return tensor_image(padded), mask[0].numpy()
+
+
+def outpaint(pipe: SDPipeline, image: Image.Image, left: int, top: int, right: int, bottom: int, prompt: str,
+             negative: str = "", *, steps: int, cfg: float, seed: int, mode: str = "llmga", count: int = 1,
+             feathering: int = 0) -> list[Image.Image]:
+    """`image` extended by left/top/right/bottom pixels (grown to multiples of 8): `outpaint_inputs` + `inpaint`.
+    feathering: pixels of the original next to the new area that are repainted and blended softly."""
+    padded, mask = outpaint_inputs(image, left, top, right, bottom, feathering)
+    return inpaint(pipe, padded, mask, prompt, negative, steps=steps, cfg=cfg, seed=seed, mode=mode, count=count)
