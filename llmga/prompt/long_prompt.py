@@ -247,7 +247,11 @@ def encode_chunks(
     if not prompts:
         return []
     counts = [len(p.chunks) for p in prompts]
-    ids = torch.tensor([chunk for p in prompts for chunk in p.chunks], dtype=torch.long)
+    windows = [chunk for p in prompts for chunk in p.chunks]
+    # Each distinct window is encoded once: a short negative padded to the positive's k windows repeats the same
+    # all-padding window. dict keeps first-seen order, so the first window stays the first row (ComfyUI's pooled).
+    distinct = list(dict.fromkeys(windows))
+    ids = torch.tensor(distinct, dtype=torch.long)
     hidden, pooled = encode(ids)
     n = ids.shape[0]
     if hidden.ndim != 3 or tuple(hidden.shape[:2]) != (n, CHUNK_LENGTH) or pooled.ndim != 2 or pooled.shape[0] != n:
@@ -255,6 +259,9 @@ def encode_chunks(
             f"encode() must return hidden [{n}, {CHUNK_LENGTH}, C] and pooled [{n}, C'] for ids {tuple(ids.shape)}, "
             f"got {tuple(hidden.shape)} and {tuple(pooled.shape)}"
         )
+    row = {window: index for index, window in enumerate(distinct)}
+    order = torch.tensor([row[window] for window in windows], device=hidden.device)
+    hidden, pooled = hidden[order], pooled[order.to(pooled.device)]
     out = []
     start = 0
     for prompt, k in zip(prompts, counts, strict=True):
