@@ -90,7 +90,8 @@ class LoadSD15(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(tooltip="The SD1.5 UNet, for KSampler."),
-                io.Clip.Output(tooltip="The CLIP ViT-L/14 text encoder, for CLIPTextEncode."),
+                io.Clip.Output(tooltip="The CLIP ViT-L/14 text encoder, for LLMGA Long Prompt Encode or "
+                               "CLIPTextEncode."),
                 io.Vae.Output(tooltip="The VAE, for VAEDecode, VAEEncode and InpaintModelConditioning."),
             ],
         )
