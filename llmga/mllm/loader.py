@@ -230,8 +230,8 @@ def _bitsandbytes_config(quantization: str):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"{quantization} quantization needs the bitsandbytes package: "
-                         "pip install bitsandbytes") from error
+        raise ValueError(f"{quantization} quantization needs the bitsandbytes package in ComfyUI's Python; "
+                         "add it there or choose quantization 'none'") from error
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
