@@ -1,0 +1,27 @@
+"""Instruction editing: DDIM inversion and Direct Inversion (later: P2P attention control, DDPM noise maps)."""
+
+from .inversion import (
+    EpsFn,
+    StepHook,
+    alpha_at,
+    ddim_inversion,
+    ddim_sample,
+    ddim_sample_step,
+    ddim_timesteps,
+    direct_inversion_edit,
+    previous_timestep,
+    sd15_alphas_cumprod,
+)
+
+__all__ = [
+    "EpsFn",
+    "StepHook",
+    "alpha_at",
+    "ddim_inversion",
+    "ddim_sample",
+    "ddim_sample_step",
+    "ddim_timesteps",
+    "direct_inversion_edit",
+    "previous_timestep",
+    "sd15_alphas_cumprod",
+]

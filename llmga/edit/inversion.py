@@ -1,0 +1,173 @@
+"""Deterministic DDIM inversion and Direct Inversion ("PnP Inversion", Ju et al., ICLR'24) on the SD1.5 schedule.
+
+Everything here is written against a plain noise-prediction callable, so the same code serves diffusers, ComfyUI
+and tests:
+
+    eps(latents: [B,4,h,w], t: int, context: [B,T,C]) -> [B,4,h,w]
+
+Timesteps and ᾱ follow diffusers' `DDIMScheduler` for SD1.5 (scaled_linear betas 0.00085→0.012 over 1000 train
+steps, "leading" spacing, `steps_offset=1`, `set_alpha_to_one=False`, eta 0), computed here without diffusers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+"""eps(latents [B,4,h,w], t, context [B,T,C]) -> predicted noise [B,4,h,w]."""
+
+StepHook = Callable[[int, int, torch.Tensor], torch.Tensor]
+"""hook(step_index, t, latents [2,4,h,w] = [source, target]) -> latents; called once per sampling step."""
+
+# SD1.5 `scheduler_config.json`: scaled_linear, beta 0.00085 -> 0.012, 1000 train steps, steps_offset 1.
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START = 0.00085
+BETA_END = 0.012
+STEPS_OFFSET = 1
+
+
+def sd15_alphas_cumprod() -> torch.Tensor:
+    """ᾱ_t for t = 0..999: [1000] float32, computed in float32 exactly as diffusers does for SD1.5."""
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def ddim_timesteps(steps: int) -> list[int]:
+    """DDIM sampling timesteps, descending (50 steps: 981, 961, ..., 1), as diffusers' "leading" spacing."""
+    if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"steps is {steps}, expected 1..{NUM_TRAIN_TIMESTEPS}: pick a step count in that range")
+    ratio = NUM_TRAIN_TIMESTEPS // steps
+    return [i * ratio + STEPS_OFFSET for i in reversed(range(steps))]
+
+
+def previous_timestep(t: int, steps: int) -> int:
+    """The timestep one DDIM step below t; negative below the first one (that level uses ᾱ[0], see `alpha_at`)."""
+    return t - NUM_TRAIN_TIMESTEPS // steps
+
+
+def alpha_at(t: int, alphas_cumprod: torch.Tensor | None = None) -> float:
+    """ᾱ_t; for t < 0 (the clean end) ᾱ[0], because SD1.5 uses `set_alpha_to_one=False`."""
+    alphas = sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    return float(alphas[max(t, 0)])
+
+
+def ddim_sample_step(
+    x_t: torch.Tensor, t: int, t_prev: int, eps_value: torch.Tensor, alphas_cumprod: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Move a latent from level t to level t_prev along the deterministic DDIM (eta 0) path for a given eps.
+
+    The same formula runs both ways: t_prev < t samples (denoises), t_prev > t inverts (adds noise):
+    x_prev = √ᾱ_prev · (x_t − √(1−ᾱ_t)·eps)/√ᾱ_t + √(1−ᾱ_prev)·eps. A negative level means ᾱ[0].
+    x_t, eps_value: [B,4,h,w]; returns [B,4,h,w] in x_t's dtype.
+    """
+    alphas = sd15_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+    a_t, a_prev = alpha_at(t, alphas), alpha_at(t_prev, alphas)
+    x0_pred = (x_t - (1.0 - a_t) ** 0.5 * eps_value) / a_t**0.5
+    return a_prev**0.5 * x0_pred + (1.0 - a_prev) ** 0.5 * eps_value
+
+
+def _guided_eps(
+    eps: EpsFn, latents: torch.Tensor, t: int, context: torch.Tensor, uncond: torch.Tensor | None, guidance: float
+) -> torch.Tensor:
+    """eps for [B] latents; with guidance != 1, classifier-free guidance from one call on [uncond; cond]."""
+    if guidance == 1.0:
+        return eps(latents, t, context)
+    if uncond is None:
+        raise ValueError(f"guidance is {guidance} but uncond is None: pass the empty-prompt context or use 1.0")
+    noise_uncond, noise_cond = eps(torch.cat([latents, latents]), t, torch.cat([uncond, context])).chunk(2)
+    return noise_uncond + guidance * (noise_cond - noise_uncond)
+
+
+def ddim_inversion(
+    x0_latent: torch.Tensor,
+    context: torch.Tensor,
+    eps: EpsFn,
+    steps: int,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """Invert a clean latent along the DDIM path: returns [x_0, x_1, ..., x_T] (steps + 1 latents, [B,4,h,w] each).
+
+    Approximation (as PnPInversion and prompt-to-prompt): the step from level t_prev up to level t uses
+    eps(x_{t_prev}, t, context), the noise predicted at the *current* latent with the *next* timestep, in place of
+    the unknown eps(x_t, t). x_0 sits at level ᾱ[0]. PnPInversion's default is guidance 1 (conditional only);
+    other values apply CFG with `uncond` ([B,T,C]) during inversion (its ablation variant).
+    """
+    alphas = sd15_alphas_cumprod()
+    latents = [x0_latent]
+    x = x0_latent
+    for t in reversed(ddim_timesteps(steps)):
+        noise = _guided_eps(eps, x, t, context, uncond, guidance)
+        x = ddim_sample_step(x, previous_timestep(t, steps), t, noise, alphas)
+        latents.append(x)
+    return latents
+
+
+def ddim_sample(
+    x_t: torch.Tensor,
+    context: torch.Tensor,
+    eps: EpsFn,
+    steps: int,
+    guidance: float = 1.0,
+    uncond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Plain deterministic DDIM sampling from level T down to x_0: x_t [B,4,h,w] -> [B,4,h,w]."""
+    alphas = sd15_alphas_cumprod()
+    x = x_t
+    for t in ddim_timesteps(steps):
+        noise = _guided_eps(eps, x, t, context, uncond, guidance)
+        x = ddim_sample_step(x, t, previous_timestep(t, steps), noise, alphas)
+    return x
+
+
+def direct_inversion_edit(
+    x0: torch.Tensor,
+    source_context: torch.Tensor,
+    target_context: torch.Tensor,
+    uncond_context: torch.Tensor,
+    eps: EpsFn,
+    steps: int,
+    guidance: float,
+    attention_hook: StepHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edit a latent with Direct Inversion: returns (edited_x0, source_x0), each [1,4,h,w].
+
+    x0: [1,4,h,w] clean latent (VAE mean × 0.18215); contexts: [1,T,C] each, same T. Steps follow PnPInversion:
+    DDIM inversion with the source prompt (guidance 1) gives x*_0..x*_T; both branches start at x*_T and are
+    sampled together with CFG `guidance`, one eps call per step on the batch [uncond, uncond, source, target]
+    (conditional half last, the layout P2P attention control expects). After each step the source branch gets
+    offset_t = x*_{t-1} − x^src_{t-1}, which puts it back on the inversion trajectory; the target branch gets none.
+
+    PnPInversion measures these offsets in a separate pass with the source row also at x*_t; since attention
+    control never rewrites source rows, that pass sees the same source eps, so one fused pass gives the same
+    offsets at half the UNet calls.
+
+    attention_hook(step_index, t, latents [2,4,h,w]) -> latents runs after each step's update (where P2P's
+    `step_callback`, e.g. LocalBlend, goes); None does nothing. Attention maps themselves are changed inside `eps`.
+    """
+    expected = (1, *source_context.shape[1:])
+    contexts = {"source_context": source_context, "target_context": target_context, "uncond_context": uncond_context}
+    for name, context in contexts.items():
+        if tuple(context.shape) != expected:
+            raise ValueError(
+                f"{name} has shape {tuple(context.shape)}, expected {expected}:"
+                " encode one prompt per context, all to the same length"
+            )
+    if x0.shape[0] != 1:
+        raise ValueError(f"x0 has batch {x0.shape[0]}, expected 1: edit one image at a time")
+
+    alphas = sd15_alphas_cumprod()
+    trajectory = ddim_inversion(x0, source_context, eps, steps)
+    batch_context = torch.cat([uncond_context, uncond_context, source_context, target_context])
+    latents = torch.cat([trajectory[-1], trajectory[-1]])
+    for i, t in enumerate(ddim_timesteps(steps)):
+        noise_uncond, noise_cond = eps(torch.cat([latents, latents]), t, batch_context).chunk(2)
+        noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+        latents = ddim_sample_step(latents, t, previous_timestep(t, steps), noise, alphas)
+        offset = trajectory[steps - 1 - i] - latents[:1]
+        latents = torch.cat([latents[:1] + offset, latents[1:]])
+        if attention_hook is not None:
+            latents = attention_hook(i, t, latents)
+    return latents[1:], latents[:1]
