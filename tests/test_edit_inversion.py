@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from llmga.edit import (
+    AttentionControl,
     alpha_at,
     ddim_inversion,
     ddim_sample,
@@ -150,17 +151,44 @@ def test_direct_inversion_matches_pnp_two_pass_form() -> None:
 
 def test_direct_inversion_calls_eps_once_per_step_with_batch_of_four() -> None:
     data, eps = tensors(torch.float32), ToyEps(torch.float32)
-    hook_calls: list[tuple[int, int]] = []
+    events: list[tuple] = []
 
-    def hook(step: int, t: int, latents: torch.Tensor) -> torch.Tensor:
-        hook_calls.append((step, t))
-        return latents
+    class Recorder(AttentionControl):
+        def begin_step(self, step_index: int) -> None:
+            super().begin_step(step_index)
+            events.append(("begin", step_index, len(eps.calls)))
 
-    direct_inversion_edit(data["x0"], data["source"], data["target"], data["uncond"], eps, 10, 7.5, hook)
+        def step_callback(self, step_index: int, t: int, latents: torch.Tensor) -> torch.Tensor:
+            events.append(("callback", step_index, t, tuple(latents.shape)))
+            return latents
+
+    control = Recorder()
+    progress: list[tuple[int, int]] = []
+    direct_inversion_edit(data["x0"], data["source"], data["target"], data["uncond"], eps, 10, 7.5, control,
+                          on_step=lambda done, total: progress.append((done, total)))
     inversion_calls, sampling_calls = eps.calls[:10], eps.calls[10:]
     assert inversion_calls == [(1, t) for t in reversed(ddim_timesteps(10))]
     assert sampling_calls == [(4, t) for t in ddim_timesteps(10)]
-    assert hook_calls == list(enumerate(ddim_timesteps(10)))
+    expected = []
+    for i, t in enumerate(ddim_timesteps(10)):
+        expected += [("begin", i, 10 + i), ("callback", i, t, (2, 4, 6, 6))]
+    assert events == expected
+    assert progress == [(done, 20) for done in range(1, 21)]
+    assert not control.active
+
+
+def test_direct_inversion_deactivates_the_controller_when_cancelled() -> None:
+    data, eps = tensors(torch.float32), ToyEps(torch.float32)
+    control = AttentionControl()
+
+    def cancel(done: int, total: int) -> None:
+        if done == 13:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        direct_inversion_edit(data["x0"], data["source"], data["target"], data["uncond"], eps, 10, 7.5, control,
+                              on_step=cancel)
+    assert not control.active
 
 
 def test_direct_inversion_rejects_contexts_of_different_length() -> None:

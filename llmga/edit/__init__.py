@@ -1,8 +1,9 @@
 """Instruction editing: DDIM inversion and Direct Inversion (later: P2P attention control, DDPM noise maps)."""
 
+from .attention import AttentionControl, EmptyControl, controlled_attention
 from .inversion import (
     EpsFn,
-    StepHook,
+    StepCallback,
     alpha_at,
     ddim_inversion,
     ddim_sample,
@@ -14,8 +15,11 @@ from .inversion import (
 )
 
 __all__ = [
+    "AttentionControl",
+    "EmptyControl",
+    "controlled_attention",
     "EpsFn",
-    "StepHook",
+    "StepCallback",
     "alpha_at",
     "ddim_inversion",
     "ddim_sample",

@@ -15,11 +15,13 @@ from collections.abc import Callable
 
 import torch
 
+from .attention import AttentionControl
+
 EpsFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
 """eps(latents [B,4,h,w], t, context [B,T,C]) -> predicted noise [B,4,h,w]."""
 
-StepHook = Callable[[int, int, torch.Tensor], torch.Tensor]
-"""hook(step_index, t, latents [2,4,h,w] = [source, target]) -> latents; called once per sampling step."""
+StepCallback = Callable[[int, int], None]
+"""on_step(done, total): called after every UNet call of a pass (progress; raise from it to cancel)."""
 
 # SD1.5 `scheduler_config.json`: scaled_linear, beta 0.00085 -> 0.012, 1000 train steps, steps_offset 1.
 NUM_TRAIN_TIMESTEPS = 1000
@@ -87,6 +89,7 @@ def ddim_inversion(
     steps: int,
     guidance: float = 1.0,
     uncond: torch.Tensor | None = None,
+    on_step: StepCallback | None = None,
 ) -> list[torch.Tensor]:
     """Invert a clean latent along the DDIM path: returns [x_0, x_1, ..., x_T] (steps + 1 latents, [B,4,h,w] each).
 
@@ -94,14 +97,17 @@ def ddim_inversion(
     eps(x_{t_prev}, t, context), the noise predicted at the *current* latent with the *next* timestep, in place of
     the unknown eps(x_t, t). x_0 sits at level ᾱ[0]. PnPInversion's default is guidance 1 (conditional only);
     other values apply CFG with `uncond` ([B,T,C]) during inversion (its ablation variant).
+    on_step(done, steps) runs after each step.
     """
     alphas = sd15_alphas_cumprod()
     latents = [x0_latent]
     x = x0_latent
-    for t in reversed(ddim_timesteps(steps)):
+    for i, t in enumerate(reversed(ddim_timesteps(steps))):
         noise = _guided_eps(eps, x, t, context, uncond, guidance)
         x = ddim_sample_step(x, previous_timestep(t, steps), t, noise, alphas)
         latents.append(x)
+        if on_step is not None:
+            on_step(i + 1, steps)
     return latents
 
 
@@ -130,7 +136,8 @@ def direct_inversion_edit(
     eps: EpsFn,
     steps: int,
     guidance: float,
-    attention_hook: StepHook | None = None,
+    control: AttentionControl | None = None,
+    on_step: StepCallback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Edit a latent with Direct Inversion: returns (edited_x0, source_x0), each [1,4,h,w].
 
@@ -144,8 +151,11 @@ def direct_inversion_edit(
     control never rewrites source rows, that pass sees the same source eps, so one fused pass gives the same
     offsets at half the UNet calls.
 
-    attention_hook(step_index, t, latents [2,4,h,w]) -> latents runs after each step's update (where P2P's
-    `step_callback`, e.g. LocalBlend, goes); None does nothing. Attention maps themselves are changed inside `eps`.
+    control: a Prompt-to-Prompt controller (`llmga.edit.attention.AttentionControl`). It is active only during the
+    editing pass (the inversion pass calls the same `eps` with it inactive); `begin_step(i)` precedes each
+    step's UNet call, whose attention layers it rewrites through the binding `eps` was built with, and
+    `step_callback(i, t, latents [2,4,h,w])` (LocalBlend) follows each step's update and offset.
+    on_step(done, 2·steps) runs after every UNet call of both passes (progress; raise from it to cancel).
     """
     expected = (1, *source_context.shape[1:])
     contexts = {"source_context": source_context, "target_context": target_context, "uncond_context": uncond_context}
@@ -159,15 +169,33 @@ def direct_inversion_edit(
         raise ValueError(f"x0 has batch {x0.shape[0]}, expected 1: edit one image at a time")
 
     alphas = sd15_alphas_cumprod()
-    trajectory = ddim_inversion(x0, source_context, eps, steps)
+    total = 2 * steps
+
+    def inversion_progress(done: int, _: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+
+    if control is not None:
+        control.end_edit()
+    trajectory = ddim_inversion(x0, source_context, eps, steps, on_step=inversion_progress)
     batch_context = torch.cat([uncond_context, uncond_context, source_context, target_context])
     latents = torch.cat([trajectory[-1], trajectory[-1]])
-    for i, t in enumerate(ddim_timesteps(steps)):
-        noise_uncond, noise_cond = eps(torch.cat([latents, latents]), t, batch_context).chunk(2)
-        noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-        latents = ddim_sample_step(latents, t, previous_timestep(t, steps), noise, alphas)
-        offset = trajectory[steps - 1 - i] - latents[:1]
-        latents = torch.cat([latents[:1] + offset, latents[1:]])
-        if attention_hook is not None:
-            latents = attention_hook(i, t, latents)
+    if control is not None:
+        control.begin_edit(steps, (x0.shape[-2], x0.shape[-1]))
+    try:
+        for i, t in enumerate(ddim_timesteps(steps)):
+            if control is not None:
+                control.begin_step(i)
+            noise_uncond, noise_cond = eps(torch.cat([latents, latents]), t, batch_context).chunk(2)
+            noise = noise_uncond + guidance * (noise_cond - noise_uncond)
+            latents = ddim_sample_step(latents, t, previous_timestep(t, steps), noise, alphas)
+            offset = trajectory[steps - 1 - i] - latents[:1]
+            latents = torch.cat([latents[:1] + offset, latents[1:]])
+            if control is not None:
+                latents = control.step_callback(i, t, latents)
+            if on_step is not None:
+                on_step(steps + i + 1, total)
+    finally:
+        if control is not None:
+            control.end_edit()
     return latents[1:], latents[:1]

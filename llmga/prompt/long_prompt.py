@@ -274,6 +274,76 @@ def encode_chunks(
     return out
 
 
+def content_position(index: int, mode: str) -> int:
+    """Where content token `index` (0-based, after BOS) sits in the encoded sequence of length T.
+
+    llmga: 1 + index (interior BOS/EOS are dropped, so positions follow the flat id row); lpw: every window keeps
+    its BOS and EOS, so 77·(index // 75) + 1 + index % 75.
+    """
+    _check_mode(mode)
+    if mode == "llmga":
+        return 1 + index
+    return CHUNK_LENGTH * (index // CHUNK_CONTENT) + 1 + index % CHUNK_CONTENT
+
+
+def position_token_ids(prompt: ChunkedPrompt, mode: str) -> tuple[int, ...]:
+    """The token id behind each of the T positions of an encoded prompt (BOS, content, padding, EOS)."""
+    _check_mode(mode)
+    k = len(prompt.chunks)
+    if mode == "lpw" or k == 1:
+        return tuple(i for chunk in prompt.chunks for i in chunk)
+    return (prompt.chunks[0][0], *(i for chunk in prompt.chunks for i in chunk[1:-1]), prompt.chunks[-1][-1])
+
+
+@dataclass(frozen=True)
+class PromptGroup:
+    """Prompts encoded together to the same length T (one batch: CFG, or source/target/uncond of an edit).
+
+    encoded / tokens / chunked: one entry per prompt, in the order given; chunks: k; mode; token_limit.
+    """
+
+    encoded: tuple[EncodedPrompt, ...]
+    tokens: tuple[PromptTokens, ...]
+    chunked: tuple[ChunkedPrompt, ...]
+    chunks: int
+    mode: str
+    token_limit: int
+
+    @property
+    def length(self) -> int:
+        """T, the sequence length shared by every cond."""
+        return self.encoded[0].cond.shape[1]
+
+
+def encode_prompt_group(
+    texts: Sequence[str],
+    tokenize: Tokenize,
+    encode: EncodeChunks,
+    *,
+    mode: str = "llmga",
+    bos: int = SD15_BOS,
+    eos: int = SD15_EOS,
+    pad: int | None = None,
+    max_chunks: int | None = None,
+) -> PromptGroup:
+    """Encode any number of prompts to conds of one length T (k = the longest prompt's chunk count).
+
+    The arguments are those of `encode_long_prompts`, which is this function on [positive, negative].
+    """
+    max_chunks = resolve_max_chunks(mode, max_chunks)
+    tokens = [tokenize_prompt(text, tokenize, mode=mode, max_chunks=max_chunks) for text in texts]
+    chunked = chunk_prompt_tokens(tokens, bos=bos, eos=eos, pad=pad)
+    encoded = encode_chunks(chunked, encode, mode=mode)
+    return PromptGroup(
+        encoded=tuple(encoded),
+        tokens=tuple(tokens),
+        chunked=tuple(chunked),
+        chunks=len(chunked[0].chunks) if chunked else 0,
+        mode=mode,
+        token_limit=CHUNK_CONTENT * max_chunks,
+    )
+
+
 def encode_long_prompts(
     positive: str,
     negative: str,
@@ -295,16 +365,15 @@ def encode_long_prompts(
     official inpainting and editing pipelines). Output: LongPromptResult with conds [1, T, C], pooled [1, C'],
     the dropped token counts and k.
     """
-    max_chunks = resolve_max_chunks(mode, max_chunks)
-    tokens = [tokenize_prompt(text, tokenize, mode=mode, max_chunks=max_chunks) for text in (positive, negative)]
-    chunked = chunk_prompt_tokens(tokens, bos=bos, eos=eos, pad=pad)
-    encoded_positive, encoded_negative = encode_chunks(chunked, encode, mode=mode)
+    group = encode_prompt_group(
+        (positive, negative), tokenize, encode, mode=mode, bos=bos, eos=eos, pad=pad, max_chunks=max_chunks
+    )
     return LongPromptResult(
-        positive=encoded_positive,
-        negative=encoded_negative,
-        dropped_positive=tokens[0].dropped,
-        dropped_negative=tokens[1].dropped,
-        chunks=len(chunked[0].chunks),
+        positive=group.encoded[0],
+        negative=group.encoded[1],
+        dropped_positive=group.tokens[0].dropped,
+        dropped_negative=group.tokens[1].dropped,
+        chunks=group.chunks,
         mode=mode,
-        token_limit=CHUNK_CONTENT * max_chunks,
+        token_limit=group.token_limit,
     )
