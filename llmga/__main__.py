@@ -40,11 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--json", action="store_true", help="print prompt, display text and flags as JSON")
     extract.set_defaults(run=_extract_prompt)
 
+    from .edit.cli import add_edit_command
+    from .eval.cli import add_eval_commands
     from .mllm.cli import add_chat_command
     from .sd.cli import add_sd_commands
 
     add_chat_command(commands)
     add_sd_commands(commands)
+    add_eval_commands(commands)
+    add_edit_command(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .assistant import Chat, LoadAssistant
 from .canvas import OutpaintCanvas, PasteBack
+from .edit import InversionEdit
 from .long_prompt import LongPromptEncode
 from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
@@ -14,7 +15,7 @@ from .sd_loader import LoadSD15
 register_model_folders()
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LoadSD15, OutpaintCanvas, PasteBack,
+    LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LoadSD15, OutpaintCanvas, PasteBack, InversionEdit,
 ]
 
 

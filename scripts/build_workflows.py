@@ -163,6 +163,34 @@ def reply_preview(chat_id: int = 3, node_id: int = 30, pos=(420, 820)) -> Node:
     return Node(node_id, "PreviewAny", pos, {}, {"source": (chat_id, 0)}, title="Assistant reply", size=(400, 200))
 
 
+def edit_nodes(method: str, instruction: str) -> list[Node]:
+    """The official two-turn editing flow (cli-sd15-editing.py): turn 0 'Generate a similar image' with the picture
+    gives the source prompt, turn 1 the bare instruction gives the target prompt; each reply is parsed like the
+    official code (no tags: the whole reply), then LLMGA Inversion Edit edits the picture."""
+    return [
+        Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+        *assistant_nodes("similar_image", "Generate a similar image", image=(4, 0)),
+        Node(6, "LLMGAChat", (420, 1300), {"message": instruction, "task": "chat"},
+             {"assistant": (2, 0), "history": (3, 3)}, title="LLMGA Chat (instruction)", size=(400, 440)),
+        Node(7, "LLMGAExtractGenerationPrompt", (880, 560), {"no_tag_fallback": "whole reply"}, {"reply": (3, 4)},
+             title="Source prompt", size=(340, 120)),
+        Node(8, "LLMGAExtractGenerationPrompt", (880, 720), {"no_tag_fallback": "whole reply"}, {"reply": (6, 4)},
+             title="Target prompt", size=(340, 120)),
+        Node(10, "LLMGALoadSD15", (880, 100), {"model": SD_T2I}, size=(340, 100)),
+        Node(11, "LLMGAInversionEdit", (1280, 100), {"method": method},
+             {"model": (10, 0), "clip": (10, 1), "vae": (10, 2), "image": (4, 0), "source_prompt": (7, 0),
+              "target_prompt": (8, 0)}, size=(360, 620)),
+        Node(12, "SaveImage", (1680, 100), {"filename_prefix": "llmga_edit"}, {"images": (11, 0)}, size=(400, 420)),
+        Node(13, "MaskToImage", (1680, 560), {}, {"mask": (11, 1)}, size=(220, 50)),
+        Node(14, "PreviewImage", (1680, 640), {}, {"images": (13, 0)}, title="Edit mask", size=(400, 320)),
+        reply_preview(), reply_preview(6, 31, (420, 1780)),
+    ]
+
+
+EDIT_NOTE = ("\n\nAs in the official editing CLI, the first **LLMGA Chat** describes the picture (*Generate a similar "
+             "image*: the source prompt) and the second answers your instruction (the target prompt). Edit the "
+             "instruction in the second Chat.")
+
 MODELS_NOTE = ("\n\nModels: an LLMGA assistant in `models/LLM/` and LLMGA's SD1.5 in `models/diffusers/` — the "
                "released `binxia/…` names are downloaded on first use when the loaders' *allow_download* is on.")
 
@@ -219,6 +247,19 @@ WORKFLOWS = [
                    {"assistant": (2, 0), "history": (3, 3)}, size=(400, 440)),
               *t2i_nodes((6, 1), 20, with_loader=False, y=1500, seed=1), reply_preview(),
               reply_preview(6, 31, (420, 1980))]),
+]
+WORKFLOWS += [
+    Workflow("edit_instruction",
+             "## LLMGA: instruction editing (Direct Inversion + Prompt-to-Prompt)\n\nThe paper's editing: the "
+             "picture is inverted with the source prompt and regenerated towards the target prompt while "
+             "Prompt-to-Prompt keeps the layout. For a local edit, name the changed words in *blend_source_words* / "
+             "*blend_target_words* (LocalBlend)." + EDIT_NOTE + MODELS_NOTE,
+             [note(""), *edit_nodes("direct_inversion_p2p", "Make it winter, with snow everywhere.")]),
+    Workflow("edit_official_ddpm",
+             "## LLMGA: instruction editing (official DDPM inversion)\n\nWhat the official `cli-sd15-editing.py` "
+             "runs: edit-friendly DDPM inversion (50 steps, skip 25, source CFG 3.5), a DiffEdit mask of where the "
+             "prompts disagree, and target CFG 7.5 inside it." + EDIT_NOTE + MODELS_NOTE,
+             [note(""), *edit_nodes("ddpm_inversion", "Make it winter, with snow everywhere.")]),
 ]
 
 

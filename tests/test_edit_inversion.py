@@ -113,6 +113,24 @@ def test_direct_inversion_source_branch_returns_input(dtype: torch.dtype, atol: 
     torch.testing.assert_close(source_x0, data["x0"], rtol=0, atol=atol)
 
 
+def test_direct_inversion_source_row_follows_the_inversion_trajectory_at_every_step() -> None:
+    """The source's conditional row sees exactly x*_t at each edit step: its attention maps are the inversion's."""
+    data = tensors(torch.float64)
+    seen: list[torch.Tensor] = []
+    toy = ToyEps(torch.float64)
+
+    def eps(latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+        seen.append(latents.clone())
+        return toy(latents, t, context)
+
+    trajectory = ddim_inversion(data["x0"], data["source"], toy, 10)
+    direct_inversion_edit(data["x0"], data["source"], data["target"], data["uncond"], eps, 10, guidance=7.5)
+    edit_calls = seen[10:]
+    for i, latents in enumerate(edit_calls):
+        assert torch.equal(latents[1:2], trajectory[10 - i])
+        assert torch.equal(latents[0], latents[2])  # the unconditional row is the target's
+
+
 def pnp_two_pass_reference(data: dict[str, torch.Tensor], eps: ToyEps, steps: int, guidance: float) -> torch.Tensor:
     """PnPInversion's DirectInversion as written: an offset pass on the inversion trajectory, then the edit pass."""
     scheduler = sd15_ddim(steps)
@@ -149,7 +167,7 @@ def test_direct_inversion_matches_pnp_two_pass_form() -> None:
     assert (edited - data["x0"]).abs().max() > 1e-3  # a different target really changes the result
 
 
-def test_direct_inversion_calls_eps_once_per_step_with_batch_of_four() -> None:
+def test_direct_inversion_calls_eps_once_per_step_with_batch_of_three() -> None:
     data, eps = tensors(torch.float32), ToyEps(torch.float32)
     events: list[tuple] = []
 
@@ -168,7 +186,7 @@ def test_direct_inversion_calls_eps_once_per_step_with_batch_of_four() -> None:
                           on_step=lambda done, total: progress.append((done, total)))
     inversion_calls, sampling_calls = eps.calls[:10], eps.calls[10:]
     assert inversion_calls == [(1, t) for t in reversed(ddim_timesteps(10))]
-    assert sampling_calls == [(4, t) for t in ddim_timesteps(10)]
+    assert sampling_calls == [(3, t) for t in ddim_timesteps(10)]
     expected = []
     for i, t in enumerate(ddim_timesteps(10)):
         expected += [("begin", i, 10 + i), ("callback", i, t, (2, 4, 6, 6))]

@@ -18,6 +18,8 @@ TINY_RUN_IMAGE_SIZES = {
     "llmga_controlnet": [(64, 64)],
     "llmga_interactive": [(64, 64), (64, 64)],
     "llmga_extract_generation_prompt": [],
+    "edit_instruction": [(64, 48)],
+    "edit_official_ddpm": [(64, 48)],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -73,6 +75,8 @@ def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str
         elif kind == "EmptyLatentImage":
             inputs.update(width=64, height=64)
         elif kind == "KSampler":
+            inputs.update(steps=2)
+        elif kind == "LLMGAInversionEdit":
             inputs.update(steps=2)
         elif kind == "LLMGAOutpaintCanvas":
             inputs.update(left=0, top=0, right=16, bottom=0, feathering=4)

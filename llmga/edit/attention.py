@@ -6,10 +6,13 @@ bindings — diffusers attention processors (`llmga.edit.diffusers_attention`) a
 (`nodes/`) — only compute q, k, v the way their UNet does and call `controlled_attention`, so the attention
 arithmetic and everything a controller does is written once.
 
-Batch layout during an edit pass (what P2P expects): the UNet batch is `[uncond_0 .. uncond_{P-1}, cond_0 ..
-cond_{P-1}]` for P prompts (P = 2: source, target), and probabilities are batch-major, `[B·heads, Nq, Nk]` with row
-`b·heads + h`. So the conditional half is `probs[B·heads//2:]`, and within it prompt p owns rows
-`p·heads .. (p+1)·heads − 1`. Row 0 of the conditional half is the source: controllers never change it.
+Batch layout during an edit pass: the UNet batch holds unconditional rows first and the P conditional rows last,
+`[uncond..., cond_0 .. cond_{P-1}]` for P prompts (P = 2: source, target). Direct Inversion runs
+`[uncond_target, cond_source, cond_target]` (the source needs no unconditional row, see
+`llmga.edit.inversion.direct_inversion_edit`); plain P2P generation runs `[uncond_0, uncond_1, cond_0, cond_1]`.
+Probabilities are batch-major, `[B·heads, Nq, Nk]` with row `b·heads + h`, so the conditional rows are
+`probs[-P·heads:]` and prompt p owns rows `(B−P+p)·heads .. (B−P+p+1)·heads − 1`. The source's conditional rows
+are never changed; unconditional rows are never changed.
 
 Place: "down", "mid" or "up", the UNet part the layer sits in (SD1.5 order per forward: down 64² ×2, 32² ×2,
 16² ×2; mid 8²; up 16² ×3, 32² ×3, 64² ×3, each a self-attention then a cross-attention layer, at 512×512).
@@ -78,7 +81,8 @@ class AttentionControl:
         return False
 
     def edit_probs(self, probs: torch.Tensor, is_cross: bool, place: str, heads: int) -> torch.Tensor:
-        """Rewrite probabilities [B·heads, Nq, Nk] (layout in the module docstring); returns the same shape."""
+        """Rewrite probabilities [B·heads, Nq, Nk] (layout in the module docstring: the conditional rows are the last
+        P·heads); returns the same shape."""
         return probs
 
     def step_callback(self, step_index: int, t: int, latents: torch.Tensor) -> torch.Tensor:

@@ -142,14 +142,17 @@ def direct_inversion_edit(
     """Edit a latent with Direct Inversion: returns (edited_x0, source_x0), each [1,4,h,w].
 
     x0: [1,4,h,w] clean latent (VAE mean × 0.18215); contexts: [1,T,C] each, same T. Steps follow PnPInversion:
-    DDIM inversion with the source prompt (guidance 1) gives x*_0..x*_T; both branches start at x*_T and are
-    sampled together with CFG `guidance`, one eps call per step on the batch [uncond, uncond, source, target]
-    (conditional half last, the layout P2P attention control expects). After each step the source branch gets
-    offset_t = x*_{t-1} − x^src_{t-1}, which puts it back on the inversion trajectory; the target branch gets none.
+    DDIM inversion with the source prompt (guidance 1) gives x*_0..x*_T; both branches start at x*_T. The target
+    branch is sampled with CFG `guidance`; after each step the source branch gets offset_t = x*_{t-1} − x^src_{t-1},
+    which puts it back on the inversion trajectory, so it *is* x*_{t-1}; the target branch gets no offset.
 
-    PnPInversion measures these offsets in a separate pass with the source row also at x*_t; since attention
-    control never rewrites source rows, that pass sees the same source eps, so one fused pass gives the same
-    offsets at half the UNet calls.
+    Because the offset cancels the source's own update exactly, the source branch needs no CFG: its unconditional
+    row would only feed a latent that the offset overwrites. Each step is therefore one eps call on the batch
+    [uncond at the target latent, source at x*_t, target at the target latent] — the conditional rows last, the
+    layout P2P attention control expects (`llmga.edit.attention`) — three rows where PnPInversion runs four, with
+    the same attention maps and the same result. PnPInversion measures its offsets in a separate pass with the
+    source row also at x*_t; since attention control never rewrites source rows, that pass sees the same source
+    eps, so this fused form equals it (checked against the two-pass form in the tests).
 
     control: a Prompt-to-Prompt controller (`llmga.edit.attention.AttentionControl`). It is active only during the
     editing pass (the inversion pass calls the same `eps` with it inactive); `begin_step(i)` precedes each
@@ -178,7 +181,7 @@ def direct_inversion_edit(
     if control is not None:
         control.end_edit()
     trajectory = ddim_inversion(x0, source_context, eps, steps, on_step=inversion_progress)
-    batch_context = torch.cat([uncond_context, uncond_context, source_context, target_context])
+    batch_context = torch.cat([uncond_context, source_context, target_context])
     latents = torch.cat([trajectory[-1], trajectory[-1]])
     if control is not None:
         control.begin_edit(steps, (x0.shape[-2], x0.shape[-1]))
@@ -186,11 +189,11 @@ def direct_inversion_edit(
         for i, t in enumerate(ddim_timesteps(steps)):
             if control is not None:
                 control.begin_step(i)
-            noise_uncond, noise_cond = eps(torch.cat([latents, latents]), t, batch_context).chunk(2)
-            noise = noise_uncond + guidance * (noise_cond - noise_uncond)
-            latents = ddim_sample_step(latents, t, previous_timestep(t, steps), noise, alphas)
-            offset = trajectory[steps - 1 - i] - latents[:1]
-            latents = torch.cat([latents[:1] + offset, latents[1:]])
+            source, target = latents[:1], latents[1:]
+            noise_uncond, _, noise_target = eps(torch.cat([target, source, target]), t, batch_context).chunk(3)
+            noise = noise_uncond + guidance * (noise_target - noise_uncond)
+            target = ddim_sample_step(target, t, previous_timestep(t, steps), noise, alphas)
+            latents = torch.cat([trajectory[steps - 1 - i], target])
             if control is not None:
                 latents = control.step_callback(i, t, latents)
             if on_step is not None:

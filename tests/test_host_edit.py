@@ -1,0 +1,105 @@
+"""Host tests of LLMGA Inversion Edit in a real ComfyUI with the tiny SD1.5 checkpoint."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.host
+
+SOURCE = "a photo of a cat sitting on a wooden bench in a park, " * 6  # > 77 tokens: the long-prompt layout
+TARGET = "a photo of a dog sitting on a wooden bench in a park, " * 6
+
+
+def picture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def saved(comfy, outputs: dict, node: str) -> np.ndarray:
+    (entry,) = outputs[node]["images"]
+    return np.asarray(Image.open(io.BytesIO(comfy.view(entry))))
+
+
+def edit_graph(image_name: str, ckpt: str, **settings) -> dict:
+    inputs = {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "image": ["2", 0], "source_prompt": SOURCE,
+              "target_prompt": TARGET, "method": "direct_inversion_p2p", "steps": 3, "cfg": 7.5, "source_cfg": 3.5,
+              "skip": 25, "controller": "refine", "cross_replace": 0.4, "self_replace": 0.6,
+              "blend_source_words": "", "blend_target_words": "", "blend_threshold": 0.3, "prompt_mode": "llmga",
+              "seed": 3}
+    inputs.update(settings)
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": image_name}},
+        "3": {"class_type": "LLMGAInversionEdit", "inputs": inputs},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "llmga_edit"}},
+        "5": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 1]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "llmga_edit_mask"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def edit_input(comfy) -> tuple[str, np.ndarray]:
+    pixels = picture(61, 44)  # not multiples of 8: padded for the VAE and cropped back
+    Image.fromarray(pixels).save(comfy.input_dir / "llmga_edit_in.png")
+    return "llmga_edit_in.png", pixels
+
+
+def test_edit_node_schema(comfy):
+    info = comfy.object_info()["LLMGAInversionEdit"]
+    assert info["category"] == "LLMGA/edit"
+    assert info["output"] == ["IMAGE", "MASK"]
+    required = info["input"]["required"]
+    assert required["method"][1]["options"] == ["direct_inversion_p2p", "ddpm_inversion"]
+    assert required["method"][1]["default"] == "direct_inversion_p2p"
+    assert all("tooltip" in spec[1] for spec in required.values())
+
+
+@pytest.mark.parametrize("method", ["direct_inversion_p2p", "ddpm_inversion"])
+def test_edit_runs_and_keeps_the_input_size(comfy, sd15_models, edit_input, method):
+    name, pixels = edit_input
+    settings = {"method": method}
+    if method == "direct_inversion_p2p":
+        settings.update(blend_source_words="cat", blend_target_words="dog")
+    outputs = comfy.run(edit_graph(name, sd15_models.checkpoint.name, **settings))
+    edited, mask = saved(comfy, outputs, "4"), saved(comfy, outputs, "6")
+    assert edited.shape == pixels.shape
+    assert mask.shape[:2] == pixels.shape[:2]
+    assert not np.array_equal(edited, pixels)
+
+
+def test_target_equal_to_source_returns_the_input_unchanged(comfy, sd15_models, edit_input):
+    name, pixels = edit_input
+    outputs = comfy.run(edit_graph(name, sd15_models.checkpoint.name, target_prompt="  " + SOURCE, steps=1000))
+    assert np.array_equal(saved(comfy, outputs, "4"), pixels)
+    assert saved(comfy, outputs, "6").max() == 0
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"target_prompt": "   "}, "the target prompt is empty"),
+    ({"controller": "replace", "target_prompt": "a dog"}, "refine"),
+])
+def test_bad_edit_inputs_give_clear_errors(comfy, sd15_models, edit_input, settings, expected):
+    error = comfy.expect_error(edit_graph(edit_input[0], sd15_models.checkpoint.name, **settings))
+    assert error["exception_message"].startswith("LLMGA Inversion Edit: ")
+    assert expected in error["exception_message"]
+
+
+def test_inpainting_model_is_refused(comfy, sd15_models, edit_input):
+    error = comfy.expect_error(edit_graph(edit_input[0], sd15_models.checkpoint_inpainting.name))
+    assert "inpainting model" in error["exception_message"]
+
+
+def test_cancel_stops_an_edit(comfy, sd15_models, edit_input):
+    prompt_id = comfy.queue(edit_graph(edit_input[0], sd15_models.checkpoint.name, steps=1000))
+    comfy.wait_until_running(prompt_id)
+    time.sleep(1.0)
+    start = time.monotonic()
+    comfy.interrupt()
+    while "completed" not in comfy.get_json(f"/history/{prompt_id}").get(prompt_id, {}).get("status", {}):
+        assert time.monotonic() - start < 10, "the edit did not stop within 10 s of Cancel"
+        time.sleep(0.05)
+    assert "execution_interrupted" in [kind for kind, _ in comfy.status(prompt_id)["messages"]]
