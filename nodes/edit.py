@@ -20,9 +20,8 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io, ui
 
 from ..llmga.edit.attention import AttentionControl, controlled_attention
+from ..llmga.edit.options import CONTROLLERS, METHODS
 from ..llmga.edit.run import (
-    CONTROLLERS,
-    METHODS,
     EditSettings,
     TextBinding,
     edit_latent,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from llmga.edit import (
-    AttentionControl,
+from llmga.edit.attention import AttentionControl
+from llmga.edit.inversion import (
     alpha_at,
     ddim_inversion,
     ddim_sample,

@@ -1,31 +1,9 @@
-"""Instruction editing: DDIM inversion and Direct Inversion (later: P2P attention control, DDPM noise maps)."""
+"""Instruction editing on SD1.5, free of ComfyUI (modules load on demand, so the CLI starts without torch):
 
-from .attention import AttentionControl, EmptyControl, controlled_attention
-from .inversion import (
-    EpsFn,
-    StepCallback,
-    alpha_at,
-    ddim_inversion,
-    ddim_sample,
-    ddim_sample_step,
-    ddim_timesteps,
-    direct_inversion_edit,
-    previous_timestep,
-    sd15_alphas_cumprod,
-)
-
-__all__ = [
-    "AttentionControl",
-    "EmptyControl",
-    "controlled_attention",
-    "EpsFn",
-    "StepCallback",
-    "alpha_at",
-    "ddim_inversion",
-    "ddim_sample",
-    "ddim_sample_step",
-    "ddim_timesteps",
-    "direct_inversion_edit",
-    "previous_timestep",
-    "sd15_alphas_cumprod",
-]
+- `inversion`: the SD1.5 DDIM schedule, DDIM inversion and Direct Inversion;
+- `attention`: the attention-hook interface (`AttentionControl`, `controlled_attention`);
+- `alignment`, `p2p`: Prompt-to-Prompt token alignment and controllers (refine, replace, reweight, LocalBlend);
+- `ddpm`: the official method — edit-friendly DDPM inversion, SDE-DPM-Solver++ 2M, DiffEdit mask;
+- `run`: one edit from a latent and two prompts, for any binding; `diffusers_attention`, `pipeline`: the diffusers
+  binding; `cli`: `python -m llmga edit`.
+"""

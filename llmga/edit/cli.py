@@ -20,7 +20,7 @@ DEFAULT_SD = "binxia/llmga-sd15-t2i-v2"  # README: the SD15-T2I model also serve
 
 
 def add_edit_command(commands: argparse._SubParsersAction) -> None:
-    from .run import CONTROLLERS, METHODS
+    from .options import CONTROLLERS, METHODS
 
     parser = commands.add_parser(
         "edit", help="edit a picture by an instruction: the assistant writes source and target prompts, SD1.5 "

@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from ..prompt.long_prompt import LLMGA_MAX_CHUNKS, MODES, PromptGroup, encode_prompt_group
 from .attention import AttentionControl
 from .inversion import EpsFn, StepCallback, direct_inversion_edit
+from .options import CONTROLLERS, METHODS
 
-METHODS = ("direct_inversion_p2p", "ddpm_inversion")
-CONTROLLERS = ("refine", "replace")
 LATENT_SCALE = 8  # SD1.5 latents are 1/8 of the image
 
 ControlledEps = Callable[[AttentionControl | None], AbstractContextManager[EpsFn]]
