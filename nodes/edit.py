@@ -107,8 +107,10 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(word for word in text.replace(",", " ").split() if word)
 
 
-def blend_words(source: str, target: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The LocalBlend words of each prompt, or None when both are empty."""
+def blend_words(source: str, target: str) -> tuple[tuple[str, ...], tuple[str, ...]] | str | None:
+    """The LocalBlend words of each prompt; "auto" when either field says auto; None when both are empty."""
+    if "auto" in (source.strip().lower(), target.strip().lower()):
+        return "auto"
     words = (_words(source), _words(target))
     return words if any(words) else None
 
@@ -155,7 +157,8 @@ class InversionEdit(io.ComfyNode):
                                tooltip="Fraction of steps whose self-attention comes from the source (PnP: 0.6)."),
                 io.String.Input("blend_source_words", default="", optional=True,
                                 tooltip="LocalBlend: words of the source prompt whose region may change (e.g. "
-                                "'cat'); empty with empty target words: no LocalBlend."),
+                                "'cat'); 'auto': the words that differ between the prompts; both empty: no "
+                                "LocalBlend (the whole image may change)."),
                 io.String.Input("blend_target_words", default="", optional=True,
                                 tooltip="LocalBlend: words of the target prompt whose region may change (e.g. 'dog')."),
                 io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01,

@@ -48,6 +48,22 @@ def edit_input(comfy) -> tuple[str, np.ndarray]:
     return "llmga_edit_in.png", pixels
 
 
+def test_comfy_attention_patches_reproduce_stock_attention(comfy, sd15_models):
+    """The ComfyUI binding: explicit probabilities through a pass-through controller equal the MODEL's own attention
+    (≤ 1e-5), every attention layer is routed, and an edit of the target's rows changes only the target."""
+    from safetensors.torch import load_file
+
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_models.checkpoint.name}},
+             "2": {"class_type": "LLMGATestEditAttentionParity", "inputs": {"model": ["1", 0], "name": "parity"}}}
+    outputs = comfy.run(graph)
+    layers = int(outputs["2"]["text"][0])
+    out = load_file(comfy.output_dir / "parity.safetensors")
+    assert layers > 0 and layers % 2 == 0  # self and cross of every transformer block
+    assert (out["pass"] - out["stock"]).abs().max().item() <= 1e-5
+    assert (out["uniform"][:2] - out["stock"][:2]).abs().max().item() <= 1e-5
+    assert (out["uniform"][2] - out["stock"][2]).abs().max().item() > 1e-4
+
+
 def test_edit_node_schema(comfy):
     info = comfy.object_info()["LLMGAInversionEdit"]
     assert info["category"] == "LLMGA/edit"

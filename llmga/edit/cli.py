@@ -48,7 +48,8 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cross-replace", type=float, default=0.4, help="P2P cross-attention window (0.4)")
     parser.add_argument("--self-replace", type=float, default=0.6, help="P2P self-attention window (0.6)")
     parser.add_argument("--blend", nargs=2, metavar=("SOURCE_WORDS", "TARGET_WORDS"),
-                        help='LocalBlend words, e.g. --blend "cat" "dog" (comma or space separated)')
+                        help='LocalBlend words, e.g. --blend "cat" "dog" (comma or space separated; "auto" "auto": '
+                        'the words that differ between the prompts)')
     parser.add_argument("--encoding", choices=("llmga", "lpw"), default="llmga", help="long-prompt encoding")
     parser.add_argument("--no-crop", action="store_true", help=(
         "edit the picture at its own size (padded to multiples of 8) instead of the official centre crop to "
@@ -70,6 +71,8 @@ def _settings(args: argparse.Namespace, seed: int):
     from .run import EditSettings
 
     blend = (_words(args.blend[0]), _words(args.blend[1])) if args.blend else None
+    if args.blend and "auto" in (args.blend[0].lower(), args.blend[1].lower()):
+        blend = "auto"
     settings = EditSettings(method=args.method, steps=args.steps, guidance=args.cfg, source_guidance=args.source_cfg,
                             skip=args.skip, controller=args.controller, cross_replace=args.cross_replace,
                             self_replace=args.self_replace, blend_words=blend, prompt_mode=args.encoding, seed=seed)
@@ -116,6 +119,9 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
         prompts.append(given if given is not None else result.parsed.prompt(no_tag_fallback="whole reply"))
     del assistant, loaded, picture
     _free_memory()
+    if not prompts[1].strip():
+        raise InputError("the assistant's reply to the instruction is empty, so there is no target prompt: rephrase "
+                         "the instruction, raise --temperature, or give --target-prompt")
     return prompts[0], prompts[1], replies
 
 

@@ -57,10 +57,12 @@ class EditSettings:
     controller: str = "refine"  # P2P: refine (any prompts, token alignment) or replace (same word count)
     cross_replace: float = 0.4
     self_replace: float = 0.6
-    reweight_words: tuple[str, ...] = ()
+    reweight_words: tuple[str, ...] | None = None  # None: the target blend words (PnPInversion: ×2), (): none
     reweight_value: float = 2.0
-    blend_words: tuple[tuple[str, ...], tuple[str, ...]] | None = None  # (source words, target words): LocalBlend
+    # LocalBlend: None (off), (source words, target words), or "auto" (the words the alignment finds changed)
+    blend_words: tuple[tuple[str, ...], tuple[str, ...]] | str | None = None
     blend_threshold: float = 0.3
+    blend_start: float = 0.2  # PnPInversion: LocalBlend from step int(0.2·steps) on
     prompt_mode: str = "llmga"
     max_chunks: int = LLMGA_MAX_CHUNKS
     seed: int = 0
@@ -77,7 +79,9 @@ class EditSettings:
             raise ValueError(f"steps is {self.steps}; use 1..1000 (the papers use 50)")
         if not 0 <= self.skip < 100:
             raise ValueError(f"skip is {self.skip}; it is a percentage of the schedule, 0..99 (official: 25)")
-        for name in ("cross_replace", "self_replace", "blend_threshold"):
+        if isinstance(self.blend_words, str) and self.blend_words != "auto":
+            raise ValueError(f"blend words is {self.blend_words!r}; give (source words, target words) or 'auto'")
+        for name in ("cross_replace", "self_replace", "blend_threshold", "blend_start"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is {getattr(self, name)}; it is a fraction in 0..1")
         if not 1 <= self.max_chunks <= 8:
@@ -117,15 +121,16 @@ def truncation_warnings(group: PromptGroup) -> list[str]:
             for name, tokens in zip(("source", "target"), group.tokens, strict=False) if tokens.dropped]
 
 
-def build_controller(group: PromptGroup, text: TextBinding, settings: EditSettings) -> AttentionControl:
+def build_controller(group: PromptGroup, prompts: tuple[str, str], text: TextBinding,
+                     settings: EditSettings) -> AttentionControl:
     """The Prompt-to-Prompt controller the settings ask for (refine/replace, reweight, LocalBlend)."""
     from .p2p import build_p2p_controller
 
     return build_p2p_controller(
-        group, text.tokenize, method=settings.controller, cross_replace=settings.cross_replace,
+        group, text.tokenize, prompts=prompts, method=settings.controller, cross_replace=settings.cross_replace,
         self_replace=settings.self_replace, reweight_words=settings.reweight_words,
         reweight_value=settings.reweight_value, blend_words=settings.blend_words,
-        blend_threshold=settings.blend_threshold,
+        blend_threshold=settings.blend_threshold, blend_start=settings.blend_start,
     )
 
 
@@ -151,7 +156,7 @@ def edit_latent(
     warnings = truncation_warnings(group)
 
     if settings.method == "direct_inversion_p2p":
-        control = build_controller(group, text, settings)
+        control = build_controller(group, (source_prompt, target_prompt), text, settings)
         with controlled_eps(control) as eps:
             edited, _ = direct_inversion_edit(x0, source, target, uncond, eps, settings.steps, settings.guidance,
                                               control, on_step=on_step)

@@ -3,10 +3,14 @@ produced (CONDITIONING tensors) to the output folder, where host tests read it t
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import folder_paths
+import torch
 from safetensors.torch import save_file
+
+PACK_MODULE = "comfyui-llmga"  # the name the host tests link the pack under (scripts/comfyui_host.py PACK_NAME)
 
 
 class SaveConditioningForTest:
@@ -28,4 +32,58 @@ class SaveConditioningForTest:
         return {"ui": {"text": (name,)}}
 
 
-NODE_CLASS_MAPPINGS = {"LLMGATestSaveConditioning": SaveConditioningForTest}
+class EditAttentionParityForTest:
+    """Runs the pack's ComfyUI attention binding (nodes/edit.py) on a MODEL: the stock UNet output, the output with a
+    pass-through controller that takes every layer through explicit probabilities, and with a controller that makes
+    the target's conditional cross-attention uniform; saves all three."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "name": ("STRING", {"default": "parity"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def run(self, model, name):
+        import comfy.model_management
+
+        edit = importlib.import_module(f"{PACK_MODULE}.nodes.edit")
+        attention = importlib.import_module(f"{PACK_MODULE}.llmga.edit.attention")
+
+        class PassThrough(attention.AttentionControl):
+            layers = 0
+
+            def needs_probs(self, is_cross, num_queries, place):
+                return True
+
+            def edit_probs(self, probs, is_cross, place, heads):
+                PassThrough.layers += 1
+                return probs
+
+        class UniformTargetCross(attention.AttentionControl):
+            def needs_probs(self, is_cross, num_queries, place):
+                return is_cross
+
+            def edit_probs(self, probs, is_cross, place, heads):
+                probs = probs.clone()
+                probs[-heads:] = 1.0 / probs.shape[-1]
+                return probs
+
+        comfy.model_management.load_models_gpu([model])
+        generator = torch.Generator().manual_seed(0)
+        latents = torch.randn(3, 4, 8, 12, generator=generator)
+        context = torch.randn(3, 154, 768, generator=generator)
+        outputs = {}
+        for label, control in (("stock", None), ("pass", PassThrough()), ("uniform", UniformTargetCross())):
+            if control is not None:
+                control.begin_edit(1, (8, 12))
+            with edit.comfy_controlled_eps(model, control) as eps:
+                outputs[label] = eps(latents, 500, context).float().contiguous()
+        save_file(outputs, os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors"))
+        return {"ui": {"text": (str(PassThrough.layers),)}}
+
+
+NODE_CLASS_MAPPINGS = {"LLMGATestSaveConditioning": SaveConditioningForTest,
+                       "LLMGATestEditAttentionParity": EditAttentionParityForTest}
