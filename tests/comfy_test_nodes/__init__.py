@@ -3,14 +3,22 @@ produced (CONDITIONING tensors) to the output folder, where host tests read it t
 
 from __future__ import annotations
 
-import importlib
 import os
+import sys
 
 import folder_paths
 import torch
 from safetensors.torch import save_file
 
-PACK_MODULE = "comfyui-llmga"  # the name the host tests link the pack under (scripts/comfyui_host.py PACK_NAME)
+PACK_FOLDER = "comfyui-llmga"  # the name the host tests link the pack under (scripts/comfyui_host.py PACK_NAME)
+
+
+def pack_module(submodule: str):
+    """A module of the loaded pack; ComfyUI registers a custom-node folder under its path (dots escaped)."""
+    for name, module in sys.modules.items():
+        if name.endswith(os.sep + PACK_FOLDER) and f"{name}.{submodule}" in sys.modules:
+            return sys.modules[f"{name}.{submodule}"]
+    raise RuntimeError(f"the {PACK_FOLDER} pack is not loaded")
 
 
 class SaveConditioningForTest:
@@ -49,8 +57,8 @@ class EditAttentionParityForTest:
     def run(self, model, name):
         import comfy.model_management
 
-        edit = importlib.import_module(f"{PACK_MODULE}.nodes.edit")
-        attention = importlib.import_module(f"{PACK_MODULE}.llmga.edit.attention")
+        edit = pack_module("nodes.edit")
+        attention = pack_module("llmga.edit.attention")
 
         class PassThrough(attention.AttentionControl):
             layers = 0
