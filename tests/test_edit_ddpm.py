@@ -145,15 +145,29 @@ def test_mask_covers_where_the_prompts_change_eps(height: int, width: int, rows:
     x0, source, target, uncond, _ = setup(torch.float32, height, width)
     window = window_of(height, width, rows, cols)
     eps = LocalEps(torch.float32, window)
-    mask = diffedit_mask(x0, source, target, uncond, eps, generator=torch.Generator().manual_seed(0))
+    mask = diffedit_mask(x0, source, target, eps, generator=torch.Generator().manual_seed(0))
     assert mask.shape == (1, 1, height, width) and mask.dtype == torch.float32
     assert torch.equal(mask, window)
-    assert eps.calls == [(30, 500)]  # one call: [uncond, source, target] × 10 maps at the strength-0.5 level
+    assert eps.calls == [(20, 500)]  # one call: [source, target] × 10 maps at the strength-0.5 level
+
+
+def test_mask_equals_the_official_cfg_arithmetic_with_the_unconditional_rows() -> None:
+    """Official: ε̂ = ε_u + 7.5·(ε_c − ε_u) for both prompts, |ε̂_tar − ε̂_src|; the uncond cancels, the mask is equal."""
+    x0, source, target, uncond, _ = setup(torch.float64, 8, 8)
+    eps = LocalEps(torch.float64, torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)))
+    mask = diffedit_mask(x0, source, target, eps, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(10, 4, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    alpha = float(sd15_alphas_cumprod()[500])
+    noisy = alpha**0.5 * x0 + (1 - alpha) ** 0.5 * noise
+    u, c_src, c_tar = (eps(noisy, 500, c.expand(10, -1, -1)) for c in (uncond, source, target))
+    official = ((u + 7.5 * (c_tar - u)) - (u + 7.5 * (c_src - u))).abs().mean(dim=(0, 1), keepdim=True)
+    assert 0 < mask.sum() < 64
+    assert torch.equal(mask, threshold_difference_map(official, 3.0))
 
 
 def test_mask_without_guidance_batches_only_the_two_prompts() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
-    mask = diffedit_mask(x0, source, target, uncond, eps, guidance=1.0, num_maps=4)
+    mask = diffedit_mask(x0, source, target, eps, guidance=1.0, num_maps=4)
     assert eps.calls == [(8, 500)]
     assert torch.equal(mask, eps.window)
 
@@ -161,8 +175,8 @@ def test_mask_without_guidance_batches_only_the_two_prompts() -> None:
 def test_large_threshold_ratio_empties_the_mask() -> None:
     # The window is 9/36 of the map and the difference is flat inside it, so it survives only while 0.5·ratio·9/36 < 1.
     x0, source, target, uncond, eps = setup(torch.float32)
-    assert torch.equal(diffedit_mask(x0, source, target, uncond, eps, threshold_ratio=7.5), eps.window)
-    assert not diffedit_mask(x0, source, target, uncond, eps, threshold_ratio=8.5).any()
+    assert torch.equal(diffedit_mask(x0, source, target, eps, threshold_ratio=7.5), eps.window)
+    assert not diffedit_mask(x0, source, target, eps, threshold_ratio=8.5).any()
 
 
 def test_threshold_clamps_at_ratio_times_mean() -> None:
@@ -191,7 +205,7 @@ def test_one_eps_call_per_step_and_progress_over_all_calls() -> None:
     progress: list[tuple[int, int]] = []
     ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12, on_step=lambda *p: progress.append(p))
     timesteps = ddpm_edit_timesteps(12, 25)
-    assert eps.calls == [(30, 500)] + [(2, t) for t in timesteps] * 2
+    assert eps.calls == [(20, 500)] + [(2, t) for t in timesteps] * 2
     assert progress == [(done, 25) for done in range(1, 26)]
 
 

@@ -211,7 +211,6 @@ def diffedit_mask(
     x0: torch.Tensor,
     source_context: torch.Tensor,
     target_context: torch.Tensor,
-    uncond_context: torch.Tensor,
     eps: EpsFn,
     *,
     num_maps: int = MASK_NUM_MAPS,
@@ -224,26 +223,20 @@ def diffedit_mask(
     """Where the target prompt changes the noise prediction: a binary latent mask [1,1,h,w] (0/1 in x0's dtype).
 
     x0: [1,4,h,w] clean latent; contexts: [1,T,C], one T. x0 is noised `num_maps` times (one [num_maps,4,h,w] draw)
-    to `diffedit_timestep(steps, encode_strength)`; one eps call on [uncond, source, target] × num_maps gives
-    ε̂ = ε_u + g·(ε_c − ε_u) for both prompts (without CFG when guidance <= 1: [source, target] only);
-    |ε̂_target − ε̂_source| is averaged over the maps and channels and binarized by `threshold_difference_map`.
+    to `diffedit_timestep(steps, encode_strength)`. The mask is |ε̂_target − ε̂_source| with ε̂ = ε_u + g·(ε_c − ε_u),
+    averaged over the maps and channels and binarized by `threshold_difference_map`. The unconditional prediction
+    cancels in that difference (it is g·|ε_target − ε_source|), so one eps call on [source, target] × num_maps
+    suffices where the official code runs 4 × num_maps rows; the official CFG arithmetic gives the same mask.
     """
-    _check_batch(x0, source_context=source_context, target_context=target_context, uncond_context=uncond_context)
+    _check_batch(x0, source_context=source_context, target_context=target_context)
     if num_maps < 1:
         raise ValueError(f"num_maps is {num_maps}, expected a positive number of noise draws")
     t = diffedit_timestep(steps, encode_strength)
     latents = x0.expand(num_maps, -1, -1, -1)
     noisy = _add_noise(latents, _randn(latents.shape, x0, generator), t)
-    prompts = [source_context, target_context] if guidance <= 1 else [uncond_context, source_context, target_context]
-    context = torch.cat([c.expand(num_maps, -1, -1) for c in prompts])
-    predictions = eps(torch.cat([noisy] * len(prompts)), t, context).to(x0.dtype).chunk(len(prompts))
-    if guidance <= 1:
-        source, target = predictions
-    else:
-        noise_uncond, noise_source, noise_target = predictions
-        source = noise_uncond + guidance * (noise_source - noise_uncond)
-        target = noise_uncond + guidance * (noise_target - noise_uncond)
-    difference = (target - source).abs().mean(dim=(0, 1), keepdim=True)
+    context = torch.cat([c.expand(num_maps, -1, -1) for c in (source_context, target_context)])
+    source, target = eps(torch.cat([noisy, noisy]), t, context).to(x0.dtype).chunk(2)
+    difference = (guidance * (target - source)).abs().mean(dim=(0, 1), keepdim=True)
     return threshold_difference_map(difference, threshold_ratio)
 
 
@@ -364,7 +357,7 @@ def ddpm_inversion_edit(
     mask = None
     if use_mask:
         mask = diffedit_mask(
-            x0, source_context, target_context, uncond_context, eps,
+            x0, source_context, target_context, eps,
             threshold_ratio=mask_threshold_ratio, generator=generator,
         )
         if on_step is not None:
