@@ -15,7 +15,7 @@ PACK_FOLDER = "comfyui-llmga"  # the name the host tests link the pack under (sc
 
 def pack_module(submodule: str):
     """A module of the loaded pack; ComfyUI registers a custom-node folder under its path (dots escaped)."""
-    for name, module in sys.modules.items():
+    for name in list(sys.modules):
         if name.endswith(os.sep + PACK_FOLDER) and f"{name}.{submodule}" in sys.modules:
             return sys.modules[f"{name}.{submodule}"]
     raise RuntimeError(f"the {PACK_FOLDER} pack is not loaded")
