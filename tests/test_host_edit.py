@@ -87,6 +87,18 @@ def test_edit_runs_and_keeps_the_input_size(comfy, sd15_models, edit_input, meth
     assert not np.array_equal(edited, pixels)
 
 
+def test_each_image_of_a_batch_is_edited(comfy, sd15_models, edit_input):
+    name, pixels = edit_input
+    graph = edit_graph(name, sd15_models.checkpoint.name, steps=2)
+    graph["7"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}}
+    graph["3"]["inputs"]["image"] = ["7", 0]
+    outputs = comfy.run(graph)
+    assert len(outputs["4"]["images"]) == 2 and len(outputs["6"]["images"]) == 2
+    first, second = (np.asarray(Image.open(io.BytesIO(comfy.view(entry)))) for entry in outputs["4"]["images"])
+    assert first.shape == second.shape == pixels.shape
+    assert np.array_equal(first, second)  # same picture, same prompts: deterministic
+
+
 def test_target_equal_to_source_returns_the_input_unchanged(comfy, sd15_models, edit_input):
     name, pixels = edit_input
     outputs = comfy.run(edit_graph(name, sd15_models.checkpoint.name, target_prompt="  " + SOURCE, steps=1000))
