@@ -9,7 +9,8 @@ ddpm:     the official method: DiffEdit mask, edit-friendly inversion (CFG 3.5) 
 The prompts are LLMGA-like (two 75-token chunks, T = 152) and tokenised with the real SD1.5 CLIP tokenizer; the
 text encoder and VAE are left out of all variants (they cost the same in each). Times are medians of interleaved
 repetitions; the ratio is against t2i (target for di_p2p: <= 2.2). Peak memory: CUDA's max_memory_allocated per
-variant on a GPU; on a CPU the peak RSS of a fresh process running that variant once (--only).
+variant on a GPU; on a CPU, in a fresh process running that variant once (--only), how far the peak RSS rises
+above the RSS with the model loaded (Linux /proc: VmHWM after resetting it, minus VmRSS).
 
     python bench/bench_edit.py [--unet DIR] [--size 256] [--steps 20] [--repeats 3] [--device auto] [--dtype auto]
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -96,6 +96,14 @@ def runner(name: str, unet, group, tokenize, contexts, latent: torch.Tensor, ste
     return {"t2i": t2i, "di_p2p": di_p2p, "ddpm": ddpm}[name]
 
 
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def timed(run, device: torch.device) -> tuple[float, int]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -129,10 +137,10 @@ def main() -> None:
     latent = torch.randn(1, 4, args.size // 8, args.size // 8, generator=torch.Generator().manual_seed(1)).to(device)
     runs = {name: runner(name, unet, group, tokenize, contexts, latent, args.steps) for name in VARIANTS}
     if args.only:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM) to the current RSS
+        before = rss_mb("VmRSS")
         runs[args.only]()
-        print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                          "before_mb": before / 1024}))
+        print(json.dumps({"peak_rss_mb": rss_mb("VmHWM"), "before_mb": before}))
         return
     print(f"device {device}, dtype {dtype}, latent {tuple(latent.shape)}, steps {args.steps}, T {group.length}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
@@ -154,7 +162,7 @@ def main() -> None:
                        "--device", "cpu", "--dtype", args.dtype] + (["--unet", str(args.unet)] if args.unet else [])
             result = subprocess.run(command, capture_output=True, text=True, check=True)
             out = json.loads(result.stdout.splitlines()[-1])
-            memory = f"{out['peak_rss_mb']:.0f} MB RSS ({out['peak_rss_mb'] - out['before_mb']:+.0f} MB in the run)"
+            memory = f"+{out['peak_rss_mb'] - out['before_mb']:.0f} MB RSS above the loaded model"
         median = statistics.median(times[name])
         print(f"{name:>8}  {median:9.2f}  {median / base:6.2f}  {memory}")
 

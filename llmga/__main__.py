@@ -43,12 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .edit.cli import add_edit_command
     from .eval.cli import add_eval_commands
     from .mllm.cli import add_chat_command
+    from .restore.cli import add_restore_command
     from .sd.cli import add_sd_commands
 
     add_chat_command(commands)
     add_sd_commands(commands)
     add_eval_commands(commands)
     add_edit_command(commands)
+    add_restore_command(commands)
     return parser
 
 

@@ -28,6 +28,13 @@ RELEASED_MLLMS = (
     "llmga-llama-2-7b-chat-full-finetune",
 )
 RELEASED_SD = ("llmga-sd15-t2i-v2", "llmga-sd15-inpainting-v2")
+
+# DiffRIR's weights are not on the hub (a Google Drive folder linked from the README, file names unpublished):
+# workflows name the x1 GAN S2 model by this file name, and the loaders say where to get it.
+DIFFRIR_FILE = "DiffRIRS2_GAN_x1.pth"
+DIFFRIR_DOWNLOAD = ("DiffRIR's weights are not on the Hugging Face hub: download the S2 x1 weights (net_g_*.pth of "
+                    "train_DiffRIRS2_GAN_x1, the model LLMGA's restoration step means) from the Google Drive folder "
+                    f"linked in https://github.com/Zj-BinXia/DiffRIR and save it as {DIFFRIR_FILE} in {{folders}}")
 # What a complete folder holds (for error messages), and what to fetch of it.
 MLLM_FILES = "config.json, model*.safetensors (+ model.safetensors.index.json), tokenizer files"
 SD_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"

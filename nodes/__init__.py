@@ -10,12 +10,14 @@ from .edit import InversionEdit
 from .long_prompt import LongPromptEncode
 from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
+from .restore import DiffRIRRestore, LoadDiffRIR
 from .sd_loader import LoadSD15
 
 register_model_folders()
 
 NODES: list[type[io.ComfyNode]] = [
     LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LoadSD15, OutpaintCanvas, PasteBack, InversionEdit,
+    LoadDiffRIR, DiffRIRRestore,
 ]
 
 

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from comfy_server import ComfyServer  # noqa: E402
 from comfyui_host import resolve_comfyui  # noqa: E402
 from workflow_api import is_widget, ui_to_api  # noqa: E402
+
+from llmga.hub import DIFFRIR_FILE as DIFFRIR  # noqa: E402
 
 ASSISTANT = "binxia/llmga-Qwen2-0.5B-full-finetune"
 SD_T2I = "binxia/llmga-sd15-t2i-v2"
@@ -159,6 +161,18 @@ def inpaint_nodes(pixels: tuple[int, int], mask: tuple[int, int], prompt_from: t
     ]
 
 
+def with_restore(nodes: list[Node], pixels: tuple[int, int], mask: tuple[int, int], x: int = 880) -> list[Node]:
+    """The inpaint nodes with LLMGA Paste Back replaced by DiffRIR: the decoded result is restored against the
+    original's kept pixels (which DiffRIR keeps exactly, as Paste Back did)."""
+    kept = [node for node in nodes if node.type not in ("LLMGAPasteBack", "SaveImage")]
+    return kept + [
+        Node(17, "LLMGALoadDiffRIR", (x + 760, 560), {"model": DIFFRIR}, size=(300, 90)),
+        Node(15, "LLMGADiffRIRRestore", (x + 760, 700), {"seed": 0},
+             {"diffrir": (17, 0), "generated": (14, 0), "reference": pixels, "mask": mask}, size=(300, 250)),
+        Node(16, "SaveImage", (x + 1100, 340), {"filename_prefix": "llmga"}, {"images": (15, 0)}, size=(400, 420)),
+    ]
+
+
 def reply_preview(chat_id: int = 3, node_id: int = 30, pos=(420, 820)) -> Node:
     return Node(node_id, "PreviewAny", pos, {}, {"source": (chat_id, 0)}, title="Assistant reply", size=(400, 200))
 
@@ -247,6 +261,27 @@ WORKFLOWS = [
                    {"assistant": (2, 0), "history": (3, 3)}, size=(400, 440)),
               *t2i_nodes((6, 1), 20, with_loader=False, y=1500, seed=1), reply_preview(),
               reply_preview(6, 31, (420, 1980))]),
+]
+RESTORE_NOTE = ("\n\n**LLMGA DiffRIR Restore** then makes the new region's texture, brightness and contrast match the "
+                "kept pixels (which it keeps exactly). DiffRIR's weights are not on the hub: download the S2 x1 GAN "
+                "weights from the Google Drive folder linked in https://github.com/Zj-BinXia/DiffRIR and save them "
+                f"as `models/diffrir/{DIFFRIR}` (or pick your file in **LLMGA Load DiffRIR**).")
+WORKFLOWS += [
+    Workflow("llmga_inpaint_restore",
+             "## LLMGA: inpainting + DiffRIR\n\nLike *llmga_inpaint*: the assistant imagines what belongs in the "
+             "hole and LLMGA's 9-channel SD1.5 paints it." + RESTORE_NOTE + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              *assistant_nodes("inpaint", "", image=(4, 0), mask=(4, 1)),
+              *with_restore(inpaint_nodes((4, 0), (4, 1), (3, 1)), (4, 0), (4, 1)), reply_preview()]),
+    Workflow("llmga_outpaint_restore",
+             "## LLMGA: outpainting + DiffRIR\n\nLike *llmga_outpaint*: **LLMGA Outpaint Canvas** adds room, the "
+             "assistant imagines the whole scene and LLMGA's inpainting SD1.5 fills the new area." + RESTORE_NOTE
+             + MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              Node(5, "LLMGAOutpaintCanvas", (40, 980), {"right": 256, "left": 0, "top": 0, "bottom": 0,
+                                                         "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
+              *assistant_nodes("outpaint", "", image=(5, 0), mask=(5, 1)),
+              *with_restore(inpaint_nodes((5, 0), (5, 1), (3, 1)), (5, 0), (5, 1)), reply_preview()]),
 ]
 WORKFLOWS += [
     Workflow("edit_instruction",

@@ -70,7 +70,16 @@ def host_assistant(comfy_base_dir: Path) -> MLLMFixture:
 
 
 @pytest.fixture(scope="session")
-def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures, host_assistant: MLLMFixture):
+def host_diffrir(comfy_base_dir: Path) -> Path:
+    """A tiny DiffRIR x1 network in the test server's models/diffrir (the released .pth layout)."""
+    from fixtures.diffrir import build_diffrir_fixture
+
+    return build_diffrir_fixture(comfy_base_dir / "models" / "diffrir")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_path: Path, comfy_base_dir: Path, sd15_models: SD15Fixtures, host_assistant: MLLMFixture,
+          host_diffrir: Path):
     """A running ComfyUI server with this pack installed; stopped at the end of the session."""
     server = ComfyServer(comfy_path, comfy_base_dir)
     server.start()
@@ -93,14 +102,14 @@ def example_picture(comfy) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(host_assistant: MLLMFixture, sd15_models: SD15Fixtures):
+def tiny_models(host_assistant: MLLMFixture, sd15_models: SD15Fixtures, host_diffrir: Path):
     """Swaps a shipped workflow's released models for the test fixtures (see workflow_api.with_tiny_models)."""
     from workflow_api import with_tiny_models
 
     def swap(graph: dict) -> dict:
         return with_tiny_models(graph, assistant=f"binxia/{host_assistant.path.name}", sd=sd15_models.diffusers.name,
                                 sd_inpainting=sd15_models.diffusers_inpainting.name,
-                                controlnet=sd15_models.controlnet.name)
+                                controlnet=sd15_models.controlnet.name, diffrir=host_diffrir.name)
 
     return swap
 

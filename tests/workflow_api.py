@@ -18,6 +18,8 @@ TINY_RUN_IMAGE_SIZES = {
     "llmga_controlnet": [(64, 64)],
     "llmga_interactive": [(64, 64), (64, 64)],
     "llmga_extract_generation_prompt": [],
+    "llmga_inpaint_restore": [(64, 48)],
+    "llmga_outpaint_restore": [(80, 48)],
     "edit_instruction": [(64, 48)],
     "edit_official_ddpm": [(64, 48)],
 }
@@ -58,7 +60,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
     return graph
 
 
-def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str, controlnet: str) -> dict:
+def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str, controlnet: str,
+                     diffrir: str) -> dict:
     """A copy of an API-format graph of a shipped workflow with the released models swapped for the test fixtures
     and everything sized to run in seconds on a CPU; the wiring stays exactly as shipped."""
     tiny = json.loads(json.dumps(graph))
@@ -76,6 +79,8 @@ def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str
             inputs.update(width=64, height=64)
         elif kind == "KSampler":
             inputs.update(steps=2)
+        elif kind == "LLMGALoadDiffRIR":
+            inputs.update(model=diffrir, dtype="fp32")
         elif kind == "LLMGAInversionEdit":
             inputs.update(steps=2)
         elif kind == "LLMGAOutpaintCanvas":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,9 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_pickle(path: Path) -> object:
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives (since torch 1.6; DiffRIR is newer)
+        raise DiffRIRLoadError(f"{path} is truncated or corrupt, or not a torch checkpoint (no zip archive inside): "
+                               f"download the {S2_WEIGHTS} again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

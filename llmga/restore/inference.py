@@ -1,0 +1,342 @@
+"""DiffRIR inference at any size: input checks, the official padding and compositing, mask growing, and tiled
+inference that shares one prior z per image.
+
+The official path (`inference_diffrir.py`, x1): the mask is binarised at 0.5 (1 = generated region), the network gets
+`cat([generated, (1-mask)*reference])` reflect-padded at the bottom/right to a multiple of `model.pad_multiple`, the
+output is cropped and composited `out*mask + (1-mask)*reference`, so unmasked pixels are the reference exactly.
+
+x2/x4 models: the released script feeds them the x1 input and fails; here they get what their training code built,
+`cat([generated at 1/s, PixelUnshuffle_s((1-mask)*reference)])`, with the generated image downscaled by an s×s box
+average (`area`), and restore it to full size.
+
+Large images run in tiles of `tile` image pixels (a multiple of 32 = `pad_multiple`·`scale` for every scale) that
+overlap and blend with a sin² window; every tile of an image uses the same prior z, computed once from the whole
+image (downscaled to at most `PRIOR_MAX_PIXELS`). Preparation, the padded input and the blend happen on the inputs'
+device in float32; only the prior input and one tile at a time go to the model's device, in the model's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .network import initial_noise
+
+MASK_THRESHOLD = 0.5  # inference_diffrir.py: mask < 0.5 -> 0, mask >= 0.5 -> 1
+PRIOR_MAX_PIXELS = 2048 * 2048  # larger (padded) images are area-downscaled to about this many pixels for the prior
+# Working memory of one network pass per padded image pixel, fp32, dim 64 (the released size). Measured: peak RSS
+# growth of the official S2 network on CPU rises 1230-1630 B per pixel from 256² to 384² to 512² (the 4x upsampling
+# tail, 256 floats per pixel, dominates); 2000 leaves room for allocator slack and conv workspaces. fp16/bf16: half.
+BYTES_PER_PIXEL_FP32 = 2000
+MIN_TILE = 128  # below this the channel attention sees too little of the picture to be useful
+MAX_AUTO_TILE = 2048
+CPU_FALLBACK_BUDGET = 8 << 30  # bytes assumed free when the platform cannot tell
+
+TileCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RestoreInputs:
+    """Checked inputs, batch sizes equal: generated, reference [B,H,W,3] float32 in [0,1]; mask [B,H,W] in {0,1}."""
+
+    generated: Tensor
+    reference: Tensor
+    mask: Tensor
+
+
+def _as_rgb(image: Tensor, name: str) -> Tensor:
+    """[B,H,W,C] (or [H,W,C]) with C = 1 (gray), 3 (RGB) or 4 (RGBA, alpha dropped) -> [B,H,W,3] float32."""
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"the {name} image has shape {list(image.shape)}; expected [B, H, W, C] with C = 1 (gray), "
+                         "3 (RGB) or 4 (RGBA)")
+    image = image.float()
+    if image.shape[-1] == 1:
+        return image.expand(-1, -1, -1, 3)
+    return image[..., :3]
+
+
+def prepare_inputs(generated: Tensor, reference: Tensor, mask: Tensor) -> RestoreInputs:
+    """Check and normalise the three inputs.
+
+    generated: [B,H,W,C] float in [0,1], the picture after inpainting/outpainting; reference: [1 or B,H,W,C], the
+    original (its pixels outside the mask are kept); C = 1, 3 or 4 (gray becomes RGB, alpha is dropped).
+    mask: [1 or B,H,W] (or [H,W]) float, >= 0.5 where the picture was generated. A single reference or mask serves
+    every picture of the batch. Raises ValueError naming the mismatch.
+    """
+    generated, reference = _as_rgb(generated, "generated"), _as_rgb(reference, "reference")
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3:
+        raise ValueError(f"the mask has shape {list(mask.shape)}; expected [B, H, W] (one channel, white = generated)")
+    size = tuple(generated.shape[1:3])
+    for name, other in (("reference", tuple(reference.shape[1:3])), ("mask", tuple(mask.shape[1:3]))):
+        if other != size:
+            raise ValueError(f"the {name} is {other[1]}x{other[0]} but the generated image is {size[1]}x{size[0]}: "
+                             f"resize the {name} to the generated image's size (or crop both the same way)")
+    batch = generated.shape[0]
+    for name, count in (("reference", reference.shape[0]), ("mask", mask.shape[0])):
+        if count not in (1, batch):
+            raise ValueError(f"the {name} batch holds {count} images but the generated batch {batch}: give one "
+                             f"{name} for all or one per generated image")
+    mask = (mask.float() >= MASK_THRESHOLD).float()
+    return RestoreInputs(generated, reference.expand(batch, -1, -1, -1), mask.expand(batch, -1, -1))
+
+
+def _dilate(mask: Tensor, radius: int) -> Tensor:
+    """[B,1,H,W] {0,1} grown by `radius` px (square, separable max filter; outside the image counts as empty)."""
+    if radius <= 0:
+        return mask
+    size = 2 * radius + 1
+    mask = F.max_pool2d(mask, (size, 1), stride=1, padding=(radius, 0))
+    return F.max_pool2d(mask, (1, size), stride=1, padding=(0, radius))
+
+
+def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0) -> tuple[Tensor, Tensor]:
+    """mask [B,H,W] in {0,1} -> (region, blend), both [B,H,W].
+
+    region {0,1}: the mask grown by `dilate` px (square), the area the network regenerates (the reference is hidden
+    from it there). blend in [0,1]: the compositing weight of the network output, 1 deep inside the region, falling
+    linearly over its outermost `feather` px to 1/(feather+1) at its edge, 0 outside it (image borders do not count as
+    edges, so outpainted bands stay fully restored). Outside the region the result is the reference exactly. With
+    dilate >= feather the original mask keeps weight 1. dilate = feather = 0 gives the official mask for both.
+    """
+    if dilate < 0 or feather < 0:
+        raise ValueError(f"dilate is {dilate} and feather is {feather}; both are pixel counts, 0 or more")
+    region = _dilate(mask[:, None].float(), dilate)
+    blend, inside = region, region
+    for _ in range(feather):
+        inside = 1 - _dilate(1 - inside, 1)  # one more pixel eroded off the edge
+        blend = blend + inside
+    return region[:, 0], (blend / (feather + 1))[:, 0]
+
+
+def reflect_pad(x: Tensor, multiple: int) -> Tensor:
+    """[B,C,H,W] reflect-padded at the bottom/right to multiples of `multiple` (inference_diffrir.py `pad_test`).
+    Pictures smaller than the padding reflect repeatedly instead of failing (one pixel wide: replicated)."""
+    if min(x.shape[-2:]) == 1:
+        return F.pad(x, (0, -x.shape[-1] % multiple, 0, -x.shape[-2] % multiple), mode="replicate")
+    while x.shape[-2] % multiple or x.shape[-1] % multiple:
+        height, width = x.shape[-2:]
+        x = F.pad(x, (0, min(-width % multiple, width - 1), 0, min(-height % multiple, height - 1)), mode="reflect")
+    return x
+
+
+def network_input(generated: Tensor, hidden_reference: Tensor, scale: int) -> Tensor:
+    """generated, hidden_reference = (1-mask)*reference: [B,3,H,W] with H, W multiples of `scale` -> the network input
+    on the low-resolution grid: x1 [B,6,H,W]; x2 [B,15,H/2,W/2]; x4 [B,51,H/4,W/4] (algorithms.md A.2)."""
+    if scale == 1:
+        return torch.cat([generated, hidden_reference], dim=1)
+    low = F.avg_pool2d(generated, scale)  # = F.interpolate(mode="area") at an integer factor
+    return torch.cat([low, F.pixel_unshuffle(hidden_reference, scale)], dim=1)
+
+
+def prior_input(generated: Tensor, hidden_reference: Tensor, scale: int, grid: int) -> Tensor:
+    """The network input the prior sees: the whole padded picture [B,3,H,W] (H, W multiples of `grid`), area-
+    downscaled first when it holds more than PRIOR_MAX_PIXELS, to sides that stay multiples of `grid`."""
+    height, width = generated.shape[-2:]
+    if height * width > PRIOR_MAX_PIXELS:
+        factor = math.sqrt(PRIOR_MAX_PIXELS / (height * width))
+        size = (max(grid, int(height * factor) // grid * grid), max(grid, int(width * factor) // grid * grid))
+        generated = F.interpolate(generated, size=size, mode="area")
+        hidden_reference = F.interpolate(hidden_reference, size=size, mode="area")
+    return network_input(generated, hidden_reference, scale)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` px covering `length` px, consecutive tiles overlapping by at least `overlap`
+    (the last one is moved back to end at `length`). length, tile, overlap: multiples of the grid."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, tile - overlap))
+    return [*starts, length - tile]
+
+
+def _ramp(size: int, start: int, length: int, overlap: int) -> Tensor:
+    """[size] weights of one tile along one axis: sin² rising over `overlap` px at an edge shared with a neighbour, 1
+    elsewhere; two neighbours at the regular step sum to 1 exactly, and no weight is 0."""
+    weight = torch.ones(size)
+    if overlap == 0:
+        return weight
+    rise = torch.sin(0.5 * math.pi * (torch.arange(overlap) + 0.5) / overlap) ** 2
+    if start > 0:
+        weight[:overlap] = rise
+    if start + size < length:
+        weight[-overlap:] = rise.flip(0)
+    return weight
+
+
+def bytes_per_pixel(dtype: torch.dtype) -> int:
+    """Peak working memory of one full-size (dim 64) network pass per image pixel in `dtype`."""
+    return BYTES_PER_PIXEL_FP32 if dtype == torch.float32 else BYTES_PER_PIXEL_FP32 // 2
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes a network pass may use on `device`: CUDA free + cached, MPS recommended - allocated, CPU MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return CPU_FALLBACK_BUDGET
+
+
+def auto_tile(budget: int, dtype: torch.dtype, grid: int = 32) -> int:
+    """The largest tile side (a multiple of `grid`, MIN_TILE..MAX_AUTO_TILE) whose pass fits `budget` bytes."""
+    side = int(math.sqrt(max(budget, 0) / bytes_per_pixel(dtype))) // grid * grid
+    return max(MIN_TILE, min(MAX_AUTO_TILE, side))
+
+
+def _check_tiling(tile: int, overlap: int, grid: int) -> None:
+    if tile < grid or tile % grid:
+        raise ValueError(f"tile is {tile} px; use a multiple of {grid} (the network's grid), e.g. 512")
+    if overlap < 0 or overlap % grid or overlap >= tile:
+        raise ValueError(f"overlap is {overlap} px with tile {tile}; use a multiple of {grid} smaller than the tile "
+                         f"(e.g. {tile // 4 // grid * grid})")
+
+
+def default_overlap(tile: int, grid: int = 32) -> int:
+    """A quarter of the tile, on the grid (at least one grid step)."""
+    return max(grid, tile // 4 // grid * grid) if tile > grid else 0
+
+
+def _model_placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One network pass: picture `image`, image-pixel box [top, top+height) x [left, left+width) of the padded grid."""
+
+    image: int
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def _plan(region: Tensor, padded: tuple[int, int], tile: int | None, overlap: int) -> list[_Tile]:
+    """The passes to run: one per picture (tile None) or its tiles, leaving out those with no masked pixel."""
+    tiles = []
+    for image in range(region.shape[0]):
+        height, width = padded if tile is None else (min(tile, padded[0]), min(tile, padded[1]))
+        for top in tile_starts(padded[0], height, overlap):
+            for left in tile_starts(padded[1], width, overlap):
+                if region[image, top:top + height, left:left + width].any():
+                    tiles.append(_Tile(image, top, left, height, width))
+    return tiles
+
+
+def _run_tiles(model: nn.Module, x: Tensor, priors: dict[int, Tensor], tiles: list[_Tile], scale: int,
+               overlap: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
+    """Run the passes on the low-resolution input x [B,C_in,Hp/s,Wp/s]; returns {picture: [3,Hp,Wp] float32}, each
+    tile's output weighted by its window and normalised by the summed windows."""
+    device, dtype = _model_placement(model)
+    padded = (x.shape[-2] * scale, x.shape[-1] * scale)
+    sums: dict[int, Tensor] = {}
+    weights: dict[int, Tensor] = {}
+    for done, part in enumerate(tiles, start=1):
+        if part.image not in sums:
+            sums[part.image] = x.new_zeros((3, *padded))
+            weights[part.image] = x.new_zeros((1, *padded))
+        rows = slice(part.top // scale, (part.top + part.height) // scale)
+        cols = slice(part.left // scale, (part.left + part.width) // scale)
+        out = model.restore(x[part.image:part.image + 1, :, rows, cols].to(device, dtype), priors[part.image])
+        window = (_ramp(part.height, part.top, padded[0], overlap)[:, None]
+                  * _ramp(part.width, part.left, padded[1], overlap)[None, :]).to(x.device)
+        box = (slice(None), slice(part.top, part.top + part.height), slice(part.left, part.left + part.width))
+        sums[part.image][box] += out[0].float().to(x.device) * window
+        weights[part.image][box] += window
+        del out
+        if on_tile is not None:
+            on_tile(done, len(tiles))
+    return {image: total / weights[image].clamp_min(1e-12) for image, total in sums.items()}
+
+
+def _overlap(tile: int | None, overlap: int | None, grid: int) -> int:
+    """The overlap used with `tile` (None: one pass, no overlap): as asked when it is smaller than the tile."""
+    if tile is None:
+        return 0
+    return overlap if overlap is not None and overlap < tile else default_overlap(tile, grid)
+
+
+def _smaller_tile(tile: int | None, padded: tuple[int, int], dtype: torch.dtype, device: torch.device,
+                  grid: int) -> int:
+    """The tile size to try after running out of memory with `tile` (None: the whole picture): half its side, or
+    less when the free memory says so, at least MIN_TILE."""
+    halved = max(MIN_TILE, (max(padded) if tile is None else tile) // 2 // grid * grid)
+    return min(halved, auto_tile(available_memory(device), dtype, grid))
+
+
+def _run_passes(model: nn.Module, x: Tensor, priors: dict[int, Tensor], region: Tensor, tile: int | None,
+                overlap: int | None, grid: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
+    """`_run_tiles` with the tile size asked for, or chosen: the whole picture when its estimated memory fits the
+    device, else the largest tile that fits; on CUDA out-of-memory, again with tiles half as large."""
+    device, dtype = _model_placement(model)
+    scale = int(model.scale)
+    padded = (x.shape[-2] * scale, x.shape[-1] * scale)
+    plan_tile = tile
+    if tile is None and padded[0] * padded[1] * bytes_per_pixel(dtype) > available_memory(device):
+        plan_tile = auto_tile(available_memory(device), dtype, grid)
+    while True:
+        step = _overlap(plan_tile, overlap, grid)
+        try:
+            return _run_tiles(model, x, priors, _plan(region, padded, plan_tile, step), scale, step, on_tile)
+        except torch.cuda.OutOfMemoryError:
+            if tile is not None or (max(padded) if plan_tile is None else plan_tile) <= MIN_TILE:
+                raise
+        torch.cuda.empty_cache()  # out of the except block: the failed pass's tensors are released by now
+        plan_tile = _smaller_tile(plan_tile, padded, dtype, device, grid)
+
+
+def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: Tensor, *, seed: int = 0,
+                  tile: int | None = None, overlap: int | None = None, dilate: int = 0, feather: int = 0,
+                  on_tile: TileCallback | None = None) -> Tensor:
+    """Restore the generated region of each picture with DiffRIR; returns [B,H,W,3] float32 in [0,1].
+
+    generated, reference, mask: as `prepare_inputs` takes them. model: a DiffRIR (`scale`, `pad_multiple`,
+    `prior(x, noise)`, `restore(x, z)`) in eval mode; it runs in its own dtype and device. seed: the prior noise,
+    `initial_noise(B, seed)`, row i for picture i. tile: None = automatic (the whole picture when its estimated memory
+    fits the device, else tiles; on CUDA out-of-memory, tiles of half the size are tried), or a tile side in image px,
+    a multiple of 32. overlap: between tiles, a multiple of 32 (default a quarter of the tile). dilate, feather: see
+    `grow_mask`. on_tile(done, total): called after every network pass; an exception raised from it cancels.
+    Pixels outside the (grown) mask are the reference exactly; pictures whose mask is empty are the reference.
+    """
+    inputs = prepare_inputs(generated, reference, mask)
+    region, blend = grow_mask(inputs.mask, dilate, feather)
+    scale = int(model.scale)
+    grid = int(model.pad_multiple) * scale  # 32 image px for x1, x2 and x4
+    if tile is not None:
+        _check_tiling(tile, default_overlap(tile, grid) if overlap is None else overlap, grid)
+    elif overlap is not None and (overlap < 0 or overlap % grid):
+        raise ValueError(f"overlap is {overlap} px; use a multiple of {grid} (the network's grid), e.g. 128")
+    device, dtype = _model_placement(model)
+    reference_chw = inputs.reference.permute(0, 3, 1, 2)
+    hidden = reflect_pad((1 - region[:, None]) * reference_chw, grid)
+    generated_chw = reflect_pad(inputs.generated.permute(0, 3, 1, 2), grid)
+    noise = initial_noise(region.shape[0], seed)
+    todo = [image for image in range(region.shape[0]) if region[image].any()]
+    with torch.no_grad():
+        x = network_input(generated_chw, hidden, scale)
+        priors = {image: model.prior(prior_input(generated_chw[image:image + 1], hidden[image:image + 1], scale, grid)
+                                     .to(device, dtype), noise[image:image + 1].to(device, dtype)) for image in todo}
+        restored = _run_passes(model, x, priors, region, tile, overlap, grid, on_tile)
+    result = inputs.reference.clone()
+    height, width = region.shape[1:]
+    for image, out in restored.items():
+        out = out[:, :height, :width].clamp(0, 1).permute(1, 2, 0)
+        weight = blend[image][..., None]
+        result[image] = torch.where(weight > 0, weight * out + (1 - weight) * inputs.reference[image], result[image])
+    return result
