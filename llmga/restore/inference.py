@@ -332,6 +332,7 @@ def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: 
         x = network_input(generated_chw, hidden, scale)
         priors = {image: model.prior(prior_input(generated_chw[image:image + 1], hidden[image:image + 1], scale, grid)
                                      .to(device, dtype), noise[image:image + 1].to(device, dtype)) for image in todo}
+        del generated_chw, hidden  # x holds both; freeing them keeps big pictures' peak memory down
         restored = _run_passes(model, x, priors, region, tile, overlap, grid, on_tile)
     result = inputs.reference.clone()
     height, width = region.shape[1:]
