@@ -397,3 +397,24 @@ def test_cli_reports_bad_input_with_exit_status_2(tmp_path, capsys, change, word
     assert main(cli_args(paths, model, tmp_path / "out.png", *extra)) == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize(("height", "width"), [(45, 67), (1, 40), (30, 1), (96, 64), (5, 3)])
+def test_tile_source_reads_exactly_the_reflect_padded_input(height: int, width: int) -> None:
+    from llmga.restore.inference import TileSource
+
+    g = torch.Generator().manual_seed(0)
+    generated, reference = torch.rand(2, 2, height, width, 3, generator=g)
+    region = (torch.rand(2, height, width, generator=g) > 0.5).float()
+    source = TileSource(generated, reference, region, 32, 1)
+    whole_generated = reflect_pad(generated.permute(0, 3, 1, 2), 32)
+    whole_hidden = reflect_pad((1 - region[:, None]) * reference.permute(0, 3, 1, 2), 32)
+    assert source.padded == tuple(whole_generated.shape[-2:])
+    for image in range(2):
+        gen, hidden = source.parts(image, 0, 0, *source.padded)
+        assert torch.equal(gen[0], whole_generated[image]) and torch.equal(hidden[0], whole_hidden[image])
+        box = source.tile(image, 0, 32, 32, 32) if source.padded[1] >= 64 else source.tile(image, 0, 0, 32, 32)
+        left = 32 if source.padded[1] >= 64 else 0
+        expected = torch.cat([whole_generated[image, :, :32, left:left + 32],
+                              whole_hidden[image, :, :32, left:left + 32]])
+        assert torch.equal(box[0], expected)

@@ -149,6 +149,57 @@ def prior_input(generated: Tensor, hidden_reference: Tensor, scale: int, grid: i
     return network_input(generated, hidden_reference, scale)
 
 
+def reflect_indices(length: int, multiple: int, replicate: bool = False) -> Tensor:
+    """Indices into an axis of `length` that `reflect_pad` reads for each padded position ([L_padded] int64); with
+    `replicate` (a picture one pixel high or wide), edge replication as `reflect_pad` then does on both axes."""
+    index = torch.arange(length, dtype=torch.float32)[None, None]
+    if replicate:
+        return F.pad(index, (0, -length % multiple), mode="replicate")[0, 0].long()
+    while index.shape[-1] % multiple:
+        size = index.shape[-1]
+        index = F.pad(index, (0, min(-size % multiple, size - 1)), mode="reflect")
+    return index[0, 0].long()
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """x [B,C,H,W] in channels-last memory: the layout inference_diffrir.py feeds (HWC images permuted to CHW), which
+    the convolutions round slightly differently from NCHW; matching it keeps results bit-identical."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class TileSource:
+    """The reflect-padded network input of every picture, read a box at a time, so a big picture's whole padded
+    input never sits in memory at once (tiles and the prior gather the pixels they need).
+
+    generated, reference: [B,H,W,3] float32; region: [B,H,W] {0,1} (1: hidden from the network); grid: the padding
+    multiple in image px; scale: the network's.
+    """
+
+    def __init__(self, generated: Tensor, reference: Tensor, region: Tensor, grid: int, scale: int) -> None:
+        self.generated, self.reference, self.region, self.scale = generated, reference, region, scale
+        height, width = region.shape[1:]
+        replicate = min(height, width) == 1
+        self.rows = reflect_indices(height, grid, replicate).to(region.device)
+        self.cols = reflect_indices(width, grid, replicate).to(region.device)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """(Hp, Wp): the padded picture size in image px."""
+        return len(self.rows), len(self.cols)
+
+    def parts(self, image: int, top: int, left: int, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """(generated, (1 - region)·reference), each [1,3,height,width], of the padded picture's box."""
+        rows, cols = self.rows[top:top + height], self.cols[left:left + width]
+        generated = self.generated[image][rows][:, cols].permute(2, 0, 1)[None]
+        kept = 1 - self.region[image][rows][:, cols]
+        hidden = (kept[..., None] * self.reference[image][rows][:, cols]).permute(2, 0, 1)[None]
+        return generated, hidden
+
+    def tile(self, image: int, top: int, left: int, height: int, width: int) -> Tensor:
+        """The network input of a box of the padded picture: [1, C_in, height/s, width/s] (`network_input`)."""
+        return channels_last(network_input(*self.parts(image, top, left, height, width), self.scale))
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of `tile` px covering `length` px, consecutive tiles overlapping by at least `overlap`
     (the last one is moved back to end at `length`). length, tile, overlap: multiples of the grid."""
@@ -239,27 +290,27 @@ def _plan(region: Tensor, padded: tuple[int, int], tile: int | None, overlap: in
     return tiles
 
 
-def _run_tiles(model: nn.Module, x: Tensor, priors: dict[int, Tensor], tiles: list[_Tile], scale: int,
+def _run_tiles(model: nn.Module, source: TileSource, priors: dict[int, Tensor], tiles: list[_Tile], scale: int,
                overlap: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
-    """Run the passes on the low-resolution input x [B,C_in,Hp/s,Wp/s]; returns {picture: [3,Hp,Wp] float32}, each
-    tile's output weighted by its window and normalised by the summed windows."""
+    """Run the passes, reading each tile's input from `source`; returns {picture: [3,Hp,Wp] float32}, each tile's
+    output weighted by its window and normalised by the summed windows."""
     device, dtype = _model_placement(model)
-    padded = (x.shape[-2] * scale, x.shape[-1] * scale)
+    padded = source.padded
+    home = source.region.device
     sums: dict[int, Tensor] = {}
     weights: dict[int, Tensor] = {}
     for done, part in enumerate(tiles, start=1):
         if part.image not in sums:
-            sums[part.image] = x.new_zeros((3, *padded))
-            weights[part.image] = x.new_zeros((1, *padded))
-        rows = slice(part.top // scale, (part.top + part.height) // scale)
-        cols = slice(part.left // scale, (part.left + part.width) // scale)
-        out = model.restore(x[part.image:part.image + 1, :, rows, cols].to(device, dtype), priors[part.image])
+            sums[part.image] = torch.zeros((3, *padded), device=home)
+            weights[part.image] = torch.zeros((1, *padded), device=home)
+        x = source.tile(part.image, part.top, part.left, part.height, part.width)
+        out = model.restore(x.to(device, dtype), priors[part.image])
         window = (_ramp(part.height, part.top, padded[0], overlap)[:, None]
-                  * _ramp(part.width, part.left, padded[1], overlap)[None, :]).to(x.device)
+                  * _ramp(part.width, part.left, padded[1], overlap)[None, :]).to(home)
         box = (slice(None), slice(part.top, part.top + part.height), slice(part.left, part.left + part.width))
-        sums[part.image][box] += out[0].float().to(x.device) * window
+        sums[part.image][box] += out[0].float().to(home) * window
         weights[part.image][box] += window
-        del out
+        del out, x
         if on_tile is not None:
             on_tile(done, len(tiles))
     return {image: total / weights[image].clamp_min(1e-12) for image, total in sums.items()}
@@ -280,20 +331,20 @@ def _smaller_tile(tile: int | None, padded: tuple[int, int], dtype: torch.dtype,
     return min(halved, auto_tile(available_memory(device), dtype, grid))
 
 
-def _run_passes(model: nn.Module, x: Tensor, priors: dict[int, Tensor], region: Tensor, tile: int | None,
+def _run_passes(model: nn.Module, source: TileSource, priors: dict[int, Tensor], region: Tensor, tile: int | None,
                 overlap: int | None, grid: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
     """`_run_tiles` with the tile size asked for, or chosen: the whole picture when its estimated memory fits the
     device, else the largest tile that fits; on CUDA out-of-memory, again with tiles half as large."""
     device, dtype = _model_placement(model)
     scale = int(model.scale)
-    padded = (x.shape[-2] * scale, x.shape[-1] * scale)
+    padded = source.padded
     plan_tile = tile
     if tile is None and padded[0] * padded[1] * bytes_per_pixel(dtype) > available_memory(device):
         plan_tile = auto_tile(available_memory(device), dtype, grid)
     while True:
         step = _overlap(plan_tile, overlap, grid)
         try:
-            return _run_tiles(model, x, priors, _plan(region, padded, plan_tile, step), scale, step, on_tile)
+            return _run_tiles(model, source, priors, _plan(region, padded, plan_tile, step), scale, step, on_tile)
         except torch.cuda.OutOfMemoryError:
             if tile is not None or (max(padded) if plan_tile is None else plan_tile) <= MIN_TILE:
                 raise
@@ -323,17 +374,14 @@ def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: 
     elif overlap is not None and (overlap < 0 or overlap % grid):
         raise ValueError(f"overlap is {overlap} px; use a multiple of {grid} (the network's grid), e.g. 128")
     device, dtype = _model_placement(model)
-    reference_chw = inputs.reference.permute(0, 3, 1, 2)
-    hidden = reflect_pad((1 - region[:, None]) * reference_chw, grid)
-    generated_chw = reflect_pad(inputs.generated.permute(0, 3, 1, 2), grid)
+    source = TileSource(inputs.generated, inputs.reference, region, grid, scale)
     noise = initial_noise(region.shape[0], seed)
     todo = [image for image in range(region.shape[0]) if region[image].any()]
     with torch.no_grad():
-        x = network_input(generated_chw, hidden, scale)
-        priors = {image: model.prior(prior_input(generated_chw[image:image + 1], hidden[image:image + 1], scale, grid)
-                                     .to(device, dtype), noise[image:image + 1].to(device, dtype)) for image in todo}
-        del generated_chw, hidden  # x holds both; freeing them keeps big pictures' peak memory down
-        restored = _run_passes(model, x, priors, region, tile, overlap, grid, on_tile)
+        priors = {image: model.prior(channels_last(prior_input(*source.parts(image, 0, 0, *source.padded), scale,
+                                                               grid)).to(device, dtype),
+                                     noise[image:image + 1].to(device, dtype)) for image in todo}
+        restored = _run_passes(model, source, priors, region, tile, overlap, grid, on_tile)
     result = inputs.reference.clone()
     height, width = region.shape[1:]
     for image, out in restored.items():
