@@ -1,0 +1,456 @@
+"""Stage 2 of LLMGA: fine-tune the UNet of an SD1.5 diffusers folder on images and long (MLLM-style) prompts.
+
+    accelerate launch --config_file training/configs/accelerate/multi_gpu.yaml \
+        -m training.stage2_sd --config training/configs/stage2_t2i.yaml
+    python -m training.stage2_sd --config training/configs/stage2_inpaint.yaml --set max_train_steps=100
+
+What it reproduces (llmga/diffusers/train_text_to_image.py and train_text_to_image_inpaint.py, run by
+scripts/train_llmga_s2_sd15_{t2i,inpaint}.sh):
+- only the UNet trains (VAE and CLIP text encoder frozen, run in the mixed-precision dtype); AdamW, constant lr
+  after warm-up, gradient clipping, diffusers `EMAModel` (its saved weights are the EMA ones), epsilon-prediction
+  MSE on the scheduler's DDPM noise (`snr_gamma` / `noise_offset` available, off as in the official runs);
+- prompts encoded with the "llmga" long-prompt encoding (`llmga.prompt.long_prompt`: up to 4 x 75 tokens, interior
+  BOS/EOS dropped, k chunks set by the batch's longest prompt), inside the training step as the official code does;
+- images resized (bilinear, shorter side) to `resolution`, center-cropped, randomly flipped, scaled to [-1, 1];
+- inpainting: a 9-channel UNet input `cat([noisy latents, mask at latent size (nearest), masked-image latents])`,
+  mask 1 = hole, `masked_image = image * (1 - mask)`, masks of the official mix (training/data/masks.py, with its
+  25% all-ones masks), 5% empty prompts;
+- the result is the base folder with the new `unet/` (what `load_sd15_pipeline` and `LLMGA Load SD1.5` read).
+
+Deviations: images are converted to RGB; `center_crop: false` gives a random crop (the official datasets always
+center-crop); besides the released T2I/train.json the data may be a user's captioned images (training/data/
+datasets.py); random draws come from per-sample / per-step generators so resuming is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedType, init_empty_weights
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import SchedulerType, get_scheduler
+from diffusers.training_utils import EMAModel, compute_snr
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from llmga.prompt.clip_binding import TransformersCLIP
+from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
+from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, _unet_channels
+
+from .common import (
+    ConfigError,
+    EpochShuffleSampler,
+    data_position,
+    epoch_batches,
+    frozen_model_context,
+    load_config,
+    make_accelerator,
+    parse_overrides,
+    progress_bar,
+    resume_checkpoint,
+    sample_rng,
+    save_checkpoint,
+    seed_everything,
+    step_generator,
+)
+from .data.datasets import DataError, read_t2i, read_user_captions
+from .data.masks import MIXES, SD_INPAINT_MASKS, draw_mask
+
+MaskFn = Callable[[int, int, np.random.Generator], np.ndarray]
+TASK_CHANNELS = {"t2i": T2I_CHANNELS, "inpaint": INPAINT_CHANNELS}
+
+
+@dataclass
+class Stage2Config:
+    """Stage-2 settings; defaults are scripts/train_llmga_s2_sd15_t2i.sh (and diffusers' defaults it relies on)."""
+
+    pretrained_model: str  # an SD1.5 diffusers folder: 4-channel UNet for t2i, 9-channel for inpaint
+    train_data: str  # T2I/train.json (released), a .jsonl of {"image", "caption"}, or a folder of image + .txt
+    output_dir: str  # checkpoints, logs, and the trained diffusers folder
+    image_root: str | None = None  # where T2I/train.json's image paths start (the official ./data/imgs)
+    task: Literal["t2i", "inpaint"] = "t2i"
+    resolution: int = 512
+    center_crop: bool = True  # the official datasets always center-crop; false: random crop
+    random_flip: bool = True
+    train_batch_size: int = 32  # per process
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 50000
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 0  # the script passes 1000 then 0; the last one wins
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    use_ema: bool = True
+    ema_decay: float = 0.9999  # diffusers EMAModel default (no warm-up: min(decay, (1 + n) / (10 + n)))
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    caption_dropout: float = 0.0  # dataset_inpainting.py: 0.05; dataset_text2img.py: none
+    mask_mix: str = SD_INPAINT_MASKS.name  # a training/data/masks.py mix; the default is dataset_inpainting.py's
+    max_chunks: int = LLMGA_MAX_CHUNKS  # my_utils/util.py get_text_index(max_embeddings_multiples=4)
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = "bf16"  # None: what `accelerate launch` says
+    allow_tf32: bool = True
+    gradient_checkpointing: bool = True
+    dataloader_num_workers: int = 0
+    checkpointing_steps: int = 2000
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = "latest"  # "latest", a checkpoint-<step> folder, or null
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps",
+                    "checkpointing_steps", "max_chunks")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (the VAE's factor), got {self.resolution}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout is a probability in [0, 1], got {self.caption_dropout}")
+        if self.mask_mix not in MIXES:
+            raise ValueError(f"mask_mix {self.mask_mix!r} is not one of {', '.join(MIXES)}")
+        if self.seed < 0 or self.lr_warmup_steps < 0 or self.dataloader_num_workers < 0:
+            raise ValueError("seed, lr_warmup_steps and dataloader_num_workers must not be negative")
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise ValueError(f"lr_scheduler {self.lr_scheduler!r} is not one of {', '.join(schedulers)}")
+        if Path(self.output_dir).resolve() == Path(self.pretrained_model).resolve():
+            raise ValueError("output_dir must not be the pretrained_model folder: the trained model is written there")
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+
+def read_image_prompt_rows(source: str | Path, image_root: str | Path | None = None) -> list[tuple[Path, str]]:
+    """(image path, prompt) rows, read by training/data/datasets.py: the released T2I/train.json (a .json list;
+    its detailed `caption` is the prompt, as dataset_text2img.py; images under `image_root`, records without one
+    skipped), or a user's folder of images with same-stem .txt captions, or a .jsonl of {"image", "caption"}.
+    Raises DataError for unreadable records, no records, and images that do not exist."""
+    source = Path(source)
+    if source.suffix == ".json":
+        rows = [(r.image, r.caption) for r in read_t2i(source, image_root) if r.image is not None]
+    else:
+        rows = [(r.image, r.caption) for r in read_user_captions(source)]
+    if not rows:
+        raise DataError(f"{source}: no records with an image")
+    missing = [str(path) for path, _ in rows if not path.is_file()]
+    if missing:
+        raise DataError(f"{source}: {len(missing)} image(s) not found ({', '.join(missing[:5])}); check the paths"
+                        + ("" if source.suffix != ".json" else " and image_root"))
+    return rows
+
+
+def image_tensor(image: Image.Image, resolution: int, center_crop: bool, flip: bool,
+                 rng: np.random.Generator) -> torch.Tensor:
+    """The official transform: shorter side to `resolution` (bilinear, torchvision's rounding), a square crop (center
+    or random), optional horizontal flip (p 0.5), to [3, res, res] float in [-1, 1]."""
+    image = image.convert("RGB")
+    width, height = image.size
+    if width <= height:
+        size = (resolution, int(resolution * height / width))
+    else:
+        size = (int(resolution * width / height), resolution)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    spare_x, spare_y = size[0] - resolution, size[1] - resolution
+    if center_crop:
+        left, top = int(round(spare_x / 2.0)), int(round(spare_y / 2.0))
+    else:
+        left, top = int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if flip and rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def sd_mask_maker(mix_name: str) -> MaskFn:
+    """make_mask(height, width, rng) drawing from a mix of training/data/masks.py (the official stage-2 one is
+    "llmga_sd_inpaint": strokes 0.25 / boxes 0.25 / outpainting 0.5, then 25% all-ones masks)."""
+    mix = MIXES[mix_name]
+
+    def make_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        state = np.random.RandomState(rng.integers(0, 2**32, size=4))
+        return draw_mask(mix, height, width, state).mask
+
+    return make_mask
+
+
+class ImagePromptDataset(Dataset):
+    """Items {"pixel_values": [3, R, R] in [-1, 1], "prompt": str}, plus for inpainting "mask": [1, R, R] in {0, 1}
+    and "masked_image": pixel_values * (1 - mask). Random choices come from `sample_rng(seed, epoch, index)`."""
+
+    def __init__(self, rows: Sequence[tuple[Path, str]], config: Stage2Config, make_mask: MaskFn | None) -> None:
+        self.rows = list(rows)
+        self.config = config
+        self.make_mask = make_mask
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        c = self.config
+        rng = sample_rng(c.seed, self.epoch, index)
+        path, prompt = self.rows[index]
+        if rng.random() < c.caption_dropout:
+            prompt = ""
+        with Image.open(path) as image:
+            pixels = image_tensor(image, c.resolution, c.center_crop, c.random_flip, rng)
+        item = {"pixel_values": pixels, "prompt": prompt}
+        if self.make_mask is not None:
+            mask = np.asarray(self.make_mask(c.resolution, c.resolution, rng), dtype=np.float32)
+            if mask.shape != (c.resolution, c.resolution):
+                raise ValueError(f"make_mask returned shape {mask.shape}, expected ({c.resolution}, {c.resolution})")
+            mask = torch.from_numpy((mask >= 0.5).astype(np.float32))[None]
+            item.update(mask=mask, masked_image=pixels * (1 - mask))
+        return item
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    batch = {key: torch.stack([item[key] for item in items]) for key in items[0] if key != "prompt"}
+    batch["prompt"] = [item["prompt"] for item in items]
+    return batch
+
+
+# --- models and the loss -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SDParts:
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    noise_scheduler: DDPMScheduler
+
+
+def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None = None) -> SDParts:
+    """The parts of an SD1.5 diffusers folder on the CPU in float32, after checking that its UNet fits `task`
+    (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
+    try:
+        channels = _unet_channels(Path(folder))
+    except SDPipelineError as error:
+        raise ConfigError(f"pretrained_model: {error}") from error
+    if channels != TASK_CHANNELS[task]:
+        other = next(name for name, n in TASK_CHANNELS.items() if n == channels)
+        raise ConfigError(f"pretrained_model {folder} has a {channels}-channel UNet, which trains task '{other}', "
+                          f"not '{task}': set task: {other} or choose a {TASK_CHANNELS[task]}-channel model")
+    with frozen_model_context(accelerator) if accelerator is not None else contextlib.nullcontext():
+        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+    return SDParts(
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        text_encoder=text_encoder,
+        vae=vae,
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32),
+        noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+    )
+
+
+def encode_batch_prompts(clip: TransformersCLIP, prompts: Sequence[str], max_chunks: int) -> torch.Tensor:
+    """The batch's prompts with the "llmga" encoding, all to the same length T = 75k + 2: [B, T, 768]."""
+    group = encode_prompt_group(prompts, clip.tokenize, clip.encode, mode="llmga", bos=clip.bos, eos=clip.eos,
+                                pad=clip.pad, max_chunks=max_chunks)
+    return torch.cat([encoded.cond for encoded in group.encoded])
+
+
+def denoising_loss(parts: SDParts, unet: torch.nn.Module, batch: dict[str, Any], config: Stage2Config,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The stage-2 loss of one batch (scalar): MSE between the UNet's prediction and the noise (or velocity) target,
+    optionally min-SNR weighted. `unet` is the (prepared) trained model; all random draws come from `generator`."""
+    vae, scheduler = parts.vae, parts.noise_scheduler
+    dtype, device = vae.dtype, vae.device
+    latents = vae.encode(batch["pixel_values"].to(device, dtype)).latent_dist.sample(generator)
+    latents = latents * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=dtype)
+    if config.noise_offset:
+        noise += config.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=device,
+                                                   dtype=dtype)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator,
+                              device=device)
+    model_input = scheduler.add_noise(latents, noise, timesteps)
+    if config.task == "inpaint":
+        masked = vae.encode(batch["masked_image"].to(device, dtype)).latent_dist.sample(generator)
+        masked = masked * vae.config.scaling_factor
+        mask = F.interpolate(batch["mask"].to(device, dtype), size=latents.shape[-2:])
+        model_input = torch.cat([model_input, mask, masked], dim=1)
+    context = encode_batch_prompts(TransformersCLIP(parts.text_encoder, parts.tokenizer), batch["prompt"],
+                                   config.max_chunks)
+    if scheduler.config.prediction_type == "epsilon":
+        target = noise
+    elif scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ConfigError(f"unsupported prediction_type {scheduler.config.prediction_type!r} in the scheduler config")
+    prediction = unet(model_input, timesteps, context).sample
+    if config.snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+    snr = compute_snr(scheduler, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        snr = snr + 1
+    weights = torch.clamp(snr, max=config.snr_gamma) / snr
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (loss * weights).mean()
+
+
+def write_sd15_folder(base: str | Path, output_dir: str | Path, unet_config: dict[str, Any],
+                      state_dict: dict[str, torch.Tensor]) -> None:
+    """output_dir = the base folder's pipeline parts (model_index.json and every part it names, copied as they
+    are) with `unet/` written from `state_dict` (float32 safetensors)."""
+    base, output_dir = Path(base), Path(output_dir)
+    index = json.loads((base / "model_index.json").read_text())
+    shutil.copy2(base / "model_index.json", output_dir / "model_index.json")
+    for part in index:
+        if not part.startswith("_") and part != "unet" and (base / part).is_dir():
+            shutil.copytree(base / part, output_dir / part, dirs_exist_ok=True)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(unet_config)
+    unet.load_state_dict({key: value.float().cpu() for key, value in state_dict.items()}, assign=True)
+    if (output_dir / "unet").exists():
+        shutil.rmtree(output_dir / "unet")
+    unet.save_pretrained(output_dir / "unet")
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # per optimizer step of this run, averaged over processes and accumulation
+    global_step: int
+    output_dir: Path
+
+
+def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
+    """Train the UNet as configured and write the diffusers folder to config.output_dir.
+
+    make_mask: the inpainting masks, `make_mask(height, width, rng) -> [H, W] in {0, 1}` (default: config.mask_mix);
+    unused for t2i.
+    """
+    rows = read_image_prompt_rows(config.train_data, config.image_root)
+    accelerator = make_accelerator(config, "stage2_sd")
+    sharded = accelerator.distributed_type == DistributedType.FSDP or (
+        accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3)
+    if config.use_ema and sharded:
+        raise ConfigError("use_ema needs the whole UNet on every process: use DDP or DeepSpeed ZeRO-2, or set "
+                          "use_ema: false for ZeRO-3 / FSDP")
+    seed_everything(config.seed, accelerator)
+    parts = load_sd_parts(config.pretrained_model, config.task, accelerator)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    for frozen in (parts.vae, parts.text_encoder):
+        frozen.requires_grad_(False)
+        frozen.to(accelerator.device)
+        if weight_dtype != torch.float32:
+            frozen.to(dtype=weight_dtype)
+    unet = parts.unet
+    unet.train()
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel,
+                   model_config=unet.config) if config.use_ema else None
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1,
+                                  config.adam_beta2), weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    if config.task == "inpaint":
+        make_mask = make_mask or sd_mask_maker(config.mask_mix)
+    dataset = ImagePromptDataset(rows, config, make_mask if config.task == "inpaint" else None)
+    sampler = EpochShuffleSampler(len(dataset), config.seed)
+    dataloader = DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler, collate_fn=collate,
+                            num_workers=config.dataloader_num_workers)
+    # The prepared scheduler steps once per process per step, hence the factor (as the official script).
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=config.max_train_steps * accelerator.num_processes)
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
+    if ema is not None:
+        ema.to(accelerator.device)  # load_state leaves the shadow weights on the CPU
+
+    accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config value wins over ours
+    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
+    first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
+    bar = progress_bar(accelerator, config.max_train_steps, global_step)
+    losses, step_loss, micro_step, started = [], 0.0, 0, time.perf_counter()
+    for epoch in range(first_epoch, math.ceil(config.max_train_steps / steps_per_epoch)):
+        if global_step >= config.max_train_steps:
+            break
+        batches = epoch_batches(accelerator, dataloader, epoch, skip if epoch == first_epoch else 0,
+                                (sampler, dataset))
+        for batch in batches:
+            with accelerator.accumulate(unet):
+                generator = step_generator(config.seed, accelerator.process_index, global_step, micro_step,
+                                           accelerator.device)
+                micro_step += 1
+                loss = denoising_loss(parts, unet, batch, config, generator)
+                step_loss += accelerator.gather(loss.detach().reshape(1)).mean().item() / accumulation
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(unet.parameters())
+            global_step += 1
+            seconds, started = time.perf_counter() - started, time.perf_counter()
+            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_seconds": seconds,
+                             "samples": len(batch["prompt"]) * accelerator.num_processes * accumulation},
+                            step=global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            losses.append(step_loss)
+            step_loss, micro_step = 0.0, 0
+            if global_step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+                started = time.perf_counter()  # step_seconds times training, not checkpoint writes
+            if global_step >= config.max_train_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(accelerator.unwrap_model(unet).parameters())
+    state_dict = accelerator.get_state_dict(unet)
+    if accelerator.is_main_process:
+        write_sd15_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
+                          state_dict)
+        accelerator.print(f"wrote the trained SD1.5 folder to {config.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(losses=losses, global_step=global_step, output_dir=Path(config.output_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts")
+    parser.add_argument("--config", required=True, help="YAML or JSON file with Stage2Config keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(args.config, Stage2Config, parse_overrides(args.set)))
+    except (ConfigError, DataError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
