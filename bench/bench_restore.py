@@ -23,20 +23,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
+from bench_edit import rss_mb  # noqa: E402
 
 from llmga.restore.inference import restore_image  # noqa: E402
 from llmga.restore.network import DiffRIR  # noqa: E402
-
-
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def inputs(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from ..cli_support import run_reporting, unique_png
 from ..sd.cli import InputError, _free_memory, _open_image, _resolve, _show_library_warnings
 
 DEFAULT_SD = "binxia/llmga-sd15-t2i-v2"  # README: the SD15-T2I model also serves instruction editing
@@ -126,62 +127,46 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
 
 
 def run_edit_command(args: argparse.Namespace) -> int:
-    import torch
-
     from ..hub import ModelNotFoundError
     from ..mllm.chat import ChatError
     from ..mllm.checkpoint import CheckpointError
     from ..sd.pipelines import SDPipelineError
 
     _show_library_warnings()
-    try:
-        seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-        settings = _settings(args, seed)
-        if args.out.suffix.lower() not in ("", ".png") and not args.out.is_dir():
-            raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
-        from .pipeline import edit_image, official_crop
-
-        image = _open_image(args.image, "RGB")
-        image = image if args.no_crop else official_crop(image)
-        sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
-        source, target, replies = _prompts(args, image, seed)
-        print(f"Source prompt: {source}\nTarget prompt: {target}", flush=True)
-        from ..sd.pipelines import load_sd15_pipeline
-
-        pipe = load_sd15_pipeline(sd_path, device=args.device, dtype=args.dtype)
-
-        def on_step(done: int, steps: int) -> None:
-            if done == steps or done % 10 == 0:
-                print(f"editing: {done}/{steps} UNet calls", file=sys.stderr, flush=True)
-
-        edited, mask, result = edit_image(pipe, image, source, target, settings, on_step=on_step)
-        if result.unchanged:
-            print("note: the target prompt equals the source prompt; the picture is unchanged", file=sys.stderr)
-        path = _output_path(args.out, seed)
-        edited.save(path, pnginfo=_png_info(args, sd_path, source, target, replies, seed))
-        mask.save(path.with_name(path.stem + "-mask.png"))
-        print(f"Saved {path} and {path.with_name(path.stem + '-mask.png').name}")
-        return 0
-    except (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError) as error:
-        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
-        return 2
-    except torch.cuda.OutOfMemoryError as error:
-        print(f"error: out of GPU memory ({str(error).splitlines()[0]}): use --dtype fp16, a smaller picture, or "
-              "--device cpu", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    errors = (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError)
+    return run_reporting(lambda: _edit(args), errors,
+                         "use --dtype fp16, a smaller picture, or --device cpu")
 
 
-def _output_path(out: Path, seed: int) -> Path:
-    if out.suffix.lower() == ".png" and not out.is_dir():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    path, copy = out / f"edit-{seed}.png", 1
-    while path.exists():
-        path, copy = out / f"edit-{seed}-{copy}.png", copy + 1
-    return path
+def _edit(args: argparse.Namespace) -> int:
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    settings = _settings(args, seed)
+    if args.out.suffix.lower() not in ("", ".png") and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
+    from .pipeline import edit_image, official_crop
+
+    image = _open_image(args.image, "RGB")
+    image = image if args.no_crop else official_crop(image)
+    sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
+    source, target, replies = _prompts(args, image, seed)
+    print(f"Source prompt: {source}\nTarget prompt: {target}", flush=True)
+    from ..sd.pipelines import load_sd15_pipeline
+
+    pipe = load_sd15_pipeline(sd_path, device=args.device, dtype=args.dtype)
+
+    def on_step(done: int, steps: int) -> None:
+        if done == steps or done % 10 == 0:
+            print(f"editing: {done}/{steps} UNet calls", file=sys.stderr, flush=True)
+
+    edited, mask, result = edit_image(pipe, image, source, target, settings, on_step=on_step)
+    if result.unchanged:
+        print("note: the target prompt equals the source prompt; the picture is unchanged", file=sys.stderr)
+    path = unique_png(args.out, f"edit-{seed}")
+    edited.save(path, pnginfo=_png_info(args, sd_path, source, target, replies, seed))
+    mask.save(path.with_name(path.stem + "-mask.png"))
+    print(f"Saved {path} and {path.with_name(path.stem + '-mask.png').name}")
+    return 0
+
 
 
 def _png_info(args: argparse.Namespace, sd_path: Path, source: str, target: str, replies: list[str], seed: int):

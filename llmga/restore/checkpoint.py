@@ -144,11 +144,9 @@ def _read_pickle(path: Path) -> object:
             raise DiffRIRLoadError(f"{path} is not a readable torch file ({error}): download it again") from error
         raise DiffRIRLoadError(
             f"{path} holds Python objects besides tensors, and loading it would run code from the file, so it is "
-            "refused (torch.load(weights_only=True)). If you trust its source, convert it once to safetensors: "
-            "python -c \"import torch; from safetensors.torch import save_file; "
-            f"c = torch.load(r'{path}', weights_only=False); sd = c.get('params_ema', c.get('params', c)); "
-            f"save_file({{k: v.clone().contiguous() for k, v in sd.items()}}, r'{path.with_suffix('.safetensors')}')\""
-            " and load the .safetensors file") from error
+            "refused (torch.load(weights_only=True)). Use the released file as downloaded, or, if you trust this "
+            "one, save its params_ema tensors to safetensors in a separate session and load the .safetensors "
+            "file") from error
     except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
         raise DiffRIRLoadError(f"{path} is truncated or corrupt ({error}): download it again") from error
 

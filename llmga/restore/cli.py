@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_support import run_reporting, unique_png
 from ..sd.cli import InputError, _open_image, _show_library_warnings
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
@@ -102,51 +103,35 @@ def _tensor(image):
 
 
 def run_restore_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoint import DiffRIRLoadError, load_diffrir
+    from .checkpoint import DiffRIRLoadError
 
     _show_library_warnings()
-    try:
-        _check_numbers(args)
-        generated, reference, mask = _read_inputs(args)
-        device, dtype = _device_and_dtype(args.device, args.dtype)
-        from .inference import restore_image
-
-        model = load_diffrir(args.model, device=device, dtype=dtype)
-
-        def on_tile(done: int, total: int) -> None:
-            if total > 1:
-                print(f"restoring: {done}/{total} tiles", file=sys.stderr, flush=True)
-
-        restored = restore_image(model, _tensor(generated), _tensor(reference), _tensor(mask),
-                                 seed=args.seed, tile=args.tile, overlap=args.overlap, dilate=args.dilate,
-                                 feather=args.feather, on_tile=on_tile)
-        path = _output_path(args.out, args.image)
-        _save_png(restored[0], path, _png_info(args, model.scale, dtype))
-        print(f"Saved {path}")
-        return 0
-    except (InputError, DiffRIRLoadError, ValueError, OSError) as error:
-        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
-        return 2
-    except torch.cuda.OutOfMemoryError as error:
-        print(f"error: out of GPU memory ({str(error).splitlines()[0]}): use a smaller --tile, --dtype fp16, or "
-              "--device cpu", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    errors = (InputError, DiffRIRLoadError, ValueError, OSError)
+    return run_reporting(lambda: _restore(args), errors,
+                         "use a smaller --tile, --dtype fp16, or --device cpu")
 
 
-def _output_path(out: Path, image: Path) -> Path:
-    """`out` itself when it names a .png, else `<out>/<image stem>-restored.png`, never overwriting a file there."""
-    if out.suffix.lower() == ".png" and not out.is_dir():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    path, copy = out / f"{image.stem}-restored.png", 1
-    while path.exists():
-        path, copy = out / f"{image.stem}-restored-{copy}.png", copy + 1
-    return path
+def _restore(args: argparse.Namespace) -> int:
+    _check_numbers(args)
+    generated, reference, mask = _read_inputs(args)
+    device, dtype = _device_and_dtype(args.device, args.dtype)
+    from .checkpoint import load_diffrir
+    from .inference import restore_image
+
+    model = load_diffrir(args.model, device=device, dtype=dtype)
+
+    def on_tile(done: int, total: int) -> None:
+        if total > 1:
+            print(f"restoring: {done}/{total} tiles", file=sys.stderr, flush=True)
+
+    restored = restore_image(model, _tensor(generated), _tensor(reference), _tensor(mask),
+                             seed=args.seed, tile=args.tile, overlap=args.overlap, dilate=args.dilate,
+                             feather=args.feather, on_tile=on_tile)
+    path = unique_png(args.out, f"{args.image.stem}-restored")
+    _save_png(restored[0], path, _png_info(args, model.scale, dtype))
+    print(f"Saved {path}")
+    return 0
+
 
 
 def _save_png(image, path: Path, info) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cli_support import is_png_file, run_reporting, unique_png
+
 if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
@@ -107,37 +109,31 @@ class Picture:
 
 
 def run_sd_command(args: argparse.Namespace) -> int:
-    import torch
-
     from ..hub import ModelNotFoundError
     from ..mllm.chat import ChatError
     from ..mllm.checkpoint import CheckpointError
     from .pipelines import SDPipelineError
 
     _show_library_warnings()
-    try:
-        _check_numbers(args)
-        picture = _read_picture(args)
-        sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
-        seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-        reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
-        print(f"Generation prompt: {prompt}", flush=True)
-        images = _render(args, sd_path, picture, prompt, seed)
-        paths = _output_paths(args.out, args.sd_command, [seed + index for index in range(len(images))])
-        for index, (image, path) in enumerate(zip(images, paths, strict=True)):
-            info = _png_info(args, sd_path, prompt, reply, seed + index, image.size)
-            image.save(path, pnginfo=info)
-            print(f"Saved {path} (seed {seed + index})")
-        return 0
-    except (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError) as error:
-        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
-        return 2
-    except torch.cuda.OutOfMemoryError as error:
-        print(f"error: out of GPU memory ({str(error).splitlines()[0]}): use a smaller --width/--height or --count, "
-              "--dtype fp16, or --device cpu", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    errors = (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError)
+    return run_reporting(lambda: _run_sd(args), errors,
+                         "use a smaller --width/--height or --count, --dtype fp16, or --device cpu")
+
+
+def _run_sd(args: argparse.Namespace) -> int:
+    _check_numbers(args)
+    picture = _read_picture(args)
+    sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
+    print(f"Generation prompt: {prompt}", flush=True)
+    images = _render(args, sd_path, picture, prompt, seed)
+    paths = _output_paths(args.out, args.sd_command, [seed + index for index in range(len(images))])
+    for index, (image, path) in enumerate(zip(images, paths, strict=True)):
+        info = _png_info(args, sd_path, prompt, reply, seed + index, image.size)
+        image.save(path, pnginfo=info)
+        print(f"Saved {path} (seed {seed + index})")
+    return 0
 
 
 def _show_library_warnings() -> None:
@@ -267,19 +263,10 @@ def _working_size(size: tuple[int, int], width: int | None, height: int | None) 
 def _output_paths(out: Path, command: str, seeds: list[int]) -> list[Path]:
     """Where to write each image: `out` itself (a .png; numbered -000, -001, ... for several), or
     `<out>/<command>-<seed>.png` in a folder, never overwriting an existing file there."""
-    if out.suffix.lower() == ".png" and not out.is_dir():
+    if is_png_file(out) and len(seeds) > 1:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if len(seeds) == 1:
-            return [out]
         return [out.with_name(f"{out.stem}-{index:03d}.png") for index in range(len(seeds))]
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in seeds:
-        path, copy = out / f"{command}-{seed}.png", 1
-        while path.exists():
-            path, copy = out / f"{command}-{seed}-{copy}.png", copy + 1
-        paths.append(path)
-    return paths
+    return [unique_png(out, f"{command}-{seed}") for seed in seeds]
 
 
 def _png_info(args: argparse.Namespace, sd_path: Path, prompt: str, reply: str | None, seed: int,
