@@ -103,6 +103,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return " or ".join(repr(v) for v in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(hint))
     return getattr(hint, "__name__", str(hint))
@@ -120,6 +122,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         return False, value
     if origin is Literal:
         return value in typing.get_args(hint), value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        coerced = [_coerce(item, typing.get_args(hint)[0]) for item in value]
+        return all(fits for fits, _ in coerced), [item for _, item in coerced]
     if hint is type(None):
         return value is None, value
     if hint is bool:

@@ -110,7 +110,7 @@ def vision_config(name: str, local: Path | None) -> CLIPVisionConfig:
     raise CheckpointError(f"the vision tower {name!r} is unknown and no local folder for it was found")
 
 
-def _split_weights(checkpoint: LLMGACheckpoint) -> tuple[dict, dict]:
+def split_weights(checkpoint: LLMGACheckpoint) -> tuple[dict, dict]:
     """The projector and vision-tower tensors of the checkpoint, keys without their LLaVA prefixes."""
     projector, vision = {}, {}
     for key, tensor in checkpoint.tensors((PROJECTOR_PREFIX, VISION_PREFIX)):
@@ -121,7 +121,7 @@ def _split_weights(checkpoint: LLMGACheckpoint) -> tuple[dict, dict]:
     return projector, vision
 
 
-def _vision_weights_from_folder(folder: Path) -> dict:
+def vision_weights_from_folder(folder: Path) -> dict:
     state = {}
     for file in weight_files(folder):
         for key, tensor in read_weight_file(file):
@@ -138,7 +138,7 @@ def _download_vision_tower(name: str) -> Path:
     return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
 
 
-def _load_strict(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
+def load_strict(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
     """Load `state` into `module`, or raise CheckpointError naming what does not fit. Keys may carry the
     `vision_model.` prefix of released CLIP files whether or not this transformers version's module uses it."""
     own_prefix = "vision_model." if any(k.startswith("vision_model.") for k in module.state_dict()) else ""
@@ -186,11 +186,11 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
         language_model.to(target)
     language_model.eval()
 
-    projector_state, vision_state = _split_weights(checkpoint)
+    projector_state, vision_state = split_weights(checkpoint)
     config = checkpoint.config
     projector = build_projector(config.get("mm_projector_type", "linear"), config["mm_hidden_size"],
                                 base_config.hidden_size)
-    _load_strict(projector, projector_state, "projector", str(checkpoint.path))
+    load_strict(projector, projector_state, "projector", str(checkpoint.path))
 
     tower_name = config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_L_336
     local = find_vision_tower(tower_name, clip_vision_dirs)
@@ -204,9 +204,9 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                 f"{checkpoint.path} holds no vision-tower weights and {tower_name!r} was not found locally (searched "
                 f"{searched}): put {CLIP_L_336} (config.json, model.safetensors, preprocessor_config.json) in a "
                 "clip_vision model folder, or allow downloads")
-        vision_state, vision_source = _vision_weights_from_folder(local), str(local)
+        vision_state, vision_source = vision_weights_from_folder(local), str(local)
     vision_tower = CLIPVisionModel(vision_config(tower_name, local))
-    _load_strict(vision_tower, vision_state, "vision tower", vision_source)
+    load_strict(vision_tower, vision_state, "vision tower", vision_source)
 
     model = LLMGAModel(language_model, vision_tower.to(target, torch_dtype).eval(),
                        projector.to(target, torch_dtype).eval(),

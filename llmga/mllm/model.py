@@ -7,11 +7,13 @@ one image, `mm_patch_merge_type="flat"`, `mm_vision_select_layer=-2`, `mm_vision
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel, PreTrainedModel
 
 # llava/constants.py: the sentinel id that `tokenizer_image_token` puts where the image goes.
 IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100  # llava/constants.py: labels that carry no loss
 
 
 def build_projector(kind: str, vision_hidden: int, hidden: int) -> nn.Module:
@@ -55,16 +57,57 @@ class LLMGAModel(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         return self.language_model.get_input_embeddings().weight.dtype
 
-    @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[B, 3, S, S] normalised pixels -> [B, N, hidden] projected image features (N = 576 for CLIP-L/14-336)."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] normalised pixels -> [B, N, hidden] projected image features (N = 576 for CLIP-L/14-336).
+
+        The vision tower is frozen (it runs without gradients, as the official `CLIPVisionTower.forward`); the
+        projector keeps its graph, so training can back-propagate into it."""
         tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
         tower_device = self.vision_tower.get_input_embeddings().weight.device
-        outputs = self.vision_tower(pixel_values.to(tower_device, tower_dtype), output_hidden_states=True)
+        with torch.no_grad():
+            outputs = self.vision_tower(pixel_values.to(tower_device, tower_dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.select_layer]
         if self.select_feature == "patch":
             features = features[:, 1:]
         return self.projector(features.to(self.compute_dtype()))
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`image_features` for inference (no graph)."""
+        return self.image_features(pixel_values)
+
+    def splice(self, input_ids: list[int], image_features: torch.Tensor | None, text_embeds: torch.Tensor,
+               labels: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[L, hidden] embeddings (and [L] labels) of one sequence: `text_embeds` ([T, hidden], the embeddings of
+        input_ids without the -200 sentinels) with the image features put at each sentinel, in order; labels of
+        image positions are IGNORE_INDEX. An unused image (no sentinel, or a text-only sample given a dummy image)
+        enters as a zero-length slice, as the official code does, so the projector stays in the autograd graph."""
+        sentinels = [i for i, token in enumerate(input_ids) if token == IMAGE_TOKEN_INDEX]
+        available = 0 if image_features is None else image_features.shape[0]
+        if len(sentinels) > available:
+            raise ValueError(f"the prompt has {len(sentinels)} <image> places but {available} image(s) were given")
+        # Gemma multiplies its input embeddings by sqrt(hidden). transformers < 5 did it to the whole inputs_embeds
+        # inside the model, image features included, which is what LLMGA was trained with; transformers >= 5 does
+        # it inside the embedding module, so the spliced image features need the same factor here.
+        scale = getattr(self.language_model.get_input_embeddings(), "embed_scale", None)
+        if image_features is not None and scale is not None:
+            image_features = image_features * scale.to(image_features.dtype)
+        pieces, label_pieces, start, text_pos = [], [], 0, 0
+        for image_index, position in enumerate(sentinels):
+            length = position - start
+            pieces.append(text_embeds[text_pos:text_pos + length])
+            pieces.append(image_features[image_index].to(text_embeds.dtype))
+            if labels is not None:
+                label_pieces += labels[start:position] + [IGNORE_INDEX] * image_features.shape[1]
+            text_pos += length
+            start = position + 1
+        pieces.append(text_embeds[text_pos:])
+        if image_features is not None and not sentinels:
+            pieces.append(image_features[0, :0].to(text_embeds.dtype))
+        if labels is None:
+            return torch.cat(pieces), None
+        label_pieces += labels[start:]
+        return torch.cat(pieces), torch.tensor(label_pieces, dtype=torch.long, device=text_embeds.device)
 
     def embed(self, input_ids: list[int], image_features: torch.Tensor | None) -> torch.Tensor:
         """[1, L, hidden] input embeddings: token embeddings with the image features put at each -200 sentinel.
@@ -72,26 +115,34 @@ class LLMGAModel(nn.Module):
         input_ids: token ids with IMAGE_TOKEN_INDEX where an image goes. image_features: [n_images, N, hidden],
         used in order (the official code takes them in order too).
         """
-        sentinels = [i for i, token in enumerate(input_ids) if token == IMAGE_TOKEN_INDEX]
-        available = 0 if image_features is None else image_features.shape[0]
-        if len(sentinels) > available:
-            raise ValueError(f"the prompt has {len(sentinels)} <image> places but {available} image(s) were given")
         text_ids = torch.tensor([t for t in input_ids if t != IMAGE_TOKEN_INDEX], dtype=torch.long,
                                 device=self.input_device())
+        text_embeds = self.language_model.get_input_embeddings()(text_ids)
+        return self.splice(input_ids, image_features, text_embeds)[0].unsqueeze(0)
+
+    def training_inputs(self, batch_ids: list[list[int]], batch_labels: list[list[int]],
+                        batch_features: list[torch.Tensor | None],
+                        max_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A right-padded training batch, as `prepare_inputs_labels_for_multimodal` builds it.
+
+        batch_ids / batch_labels: per sample, token ids (with -200 sentinels) and labels (IGNORE_INDEX outside the
+        supervised spans). batch_features: per sample, its [n, N, hidden] image features or None. Each sequence is
+        cut to `max_length` after the image is spliced in (the official `tokenizer_model_max_length` cut).
+        Returns inputs_embeds [B, L, hidden] (zeros in the padding), attention_mask [B, L] and labels [B, L]
+        (IGNORE_INDEX in the padding)."""
         embedding = self.language_model.get_input_embeddings()
-        text_embeds = embedding(text_ids)
-        # Gemma multiplies its input embeddings by sqrt(hidden). transformers < 5 did it to the whole inputs_embeds
-        # inside the model, image features included, which is what LLMGA was trained with; transformers >= 5 does
-        # it inside the embedding module, so the spliced image features need the same factor here.
-        scale = getattr(embedding, "embed_scale", None)
-        if image_features is not None and scale is not None:
-            image_features = image_features * scale.to(image_features.dtype)
-        pieces, start, text_pos = [], 0, 0
-        for image_index, position in enumerate(sentinels):
-            length = position - start
-            pieces.append(text_embeds[text_pos:text_pos + length])
-            pieces.append(image_features[image_index].to(text_embeds.dtype))
-            text_pos += length
-            start = position + 1
-        pieces.append(text_embeds[text_pos:])
-        return torch.cat(pieces).unsqueeze(0)
+        text_ids = [[t for t in ids if t != IMAGE_TOKEN_INDEX] for ids in batch_ids]
+        flat = torch.tensor([t for ids in text_ids for t in ids], dtype=torch.long, device=self.input_device())
+        text_embeds = embedding(flat).split([len(ids) for ids in text_ids])
+        rows = zip(batch_ids, batch_labels, batch_features, text_embeds, strict=True)
+        sequences = [self.splice(ids, features, embeds, labels) for ids, labels, features, embeds in rows]
+        sequences = [(embeds[:max_length], labels[:max_length]) for embeds, labels in sequences]
+        length = max(embeds.shape[0] for embeds, _ in sequences)
+        device = sequences[0][0].device
+        mask = torch.zeros(len(sequences), length, device=device, dtype=torch.long)
+        targets = torch.full((len(sequences), length), IGNORE_INDEX, device=device, dtype=torch.long)
+        for row, (embeds, labels) in enumerate(sequences):
+            mask[row, :embeds.shape[0]] = 1
+            targets[row, :embeds.shape[0]] = labels
+        inputs = torch.stack([F.pad(embeds, (0, 0, 0, length - embeds.shape[0])) for embeds, _ in sequences])
+        return inputs, mask, targets

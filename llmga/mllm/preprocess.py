@@ -77,9 +77,13 @@ def black_out_mask(image: Image.Image, mask: np.ndarray, threshold: float = MASK
     return Image.fromarray((rgb * keep).astype(np.uint8))
 
 
-def pixel_values(image: Image.Image, processing: ImageProcessing = ImageProcessing()) -> torch.Tensor:
-    """[3, crop, crop] float32 tensor for the vision tower, from a PIL image of any size and mode."""
-    square = stretch_to_square(image.convert("RGB"))
+def pixel_values(image: Image.Image, processing: ImageProcessing = ImageProcessing(), *,
+                 stretch: bool = True) -> torch.Tensor:
+    """[3, crop, crop] float32 tensor for the vision tower, from a PIL image of any size and mode.
+
+    stretch: stretch to a square first (the official CLIs and fine-tuning data); False keeps the aspect ratio and
+    centre-crops, the plain CLIP processor that the official projector pretraining fell back to."""
+    square = stretch_to_square(image.convert("RGB")) if stretch else image.convert("RGB")
     width, height = square.size
     scale = processing.size / min(width, height)
     resized = square.resize((round(width * scale), round(height * scale)), processing.resample)

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from llmga.mllm.chat import tokenize_with_image
+from llmga.mllm.model import IGNORE_INDEX
 from llmga.mllm.preprocess import black_out_mask
 from llmga.mllm.tasks import IMAGE_TOKEN, QUES_PROMPT, build_user_message
 from llmga.mllm.templates import ChatTemplate, get_template
@@ -45,7 +46,6 @@ from llmga.prompt import GEN_END, GEN_START
 from .datasets import Turn
 from .masks import MLLM_MASKS, MaskDraw, MaskGenerator
 
-IGNORE_INDEX = -100  # llava/constants.py
 SIMILAR_IMAGE_GENERATE_P = 0.7  # sg_dataset.py: `random.random() < 0.7` generates, else describes
 T2I_DESCRIBE_P = 0.5  # text_dataset.py: `random.random() < 0.5` is the description task
 MLLM_MASK_THRESHOLD = 0.5  # inpainting_dataset.py: mask >= 0.5 -> 1 before `(1 - mask) * image`

@@ -1,0 +1,687 @@
+"""Stage 1 of LLMGA: train the MLLM (CLIP ViT-L/14-336 -> mlp2x_gelu projector -> base LLM) to write generation
+prompts, and write the official LLMGA checkpoint folder that `LLMGA Load Assistant` and `load_llmga` read.
+
+    accelerate launch --config_file training/configs/accelerate/deepspeed_zero3.yaml \
+        -m training.stage1_mllm --config training/configs/stage1_pretrain.yaml     # 0: projector pretraining
+    accelerate launch --config_file training/configs/accelerate/deepspeed_zero3.yaml \
+        -m training.stage1_mllm --config training/configs/stage1_finetune.yaml     # 1: full fine-tuning
+    python -m training.stage1_mllm --config F --set max_train_steps=10              # one process
+
+What it reproduces (llmga/llava/train/train.py and pretrain.py, run by scripts/pretrain_<llm>.sh and
+scripts/train_llmga_s1_<llm>.sh; ../shared/reference/llmga_official.md §5-§6):
+- `mode: pretrain`: only the projector trains (LLM and vision tower frozen), on LLaVA-Pretrain
+  (blip_laion_cc_sbu_558k.json) rendered with the *target LLM's* chat template; images go through the plain CLIP
+  processor (short side to 336, centre crop), as `pretrain.py` fell back to; lr 1e-3. Writes `config.json` +
+  `mm_projector.bin` (`model.mm_projector.*`, bfloat16), which `pretrain_mm_adapter` of the next run and
+  `load_llmga(folder, base=<base LLM>)` read.
+- `mode: finetune`: LLM + projector train, the vision tower stays frozen; the data is the official
+  ConcatDataset([LLaVA mix665k, inpainting, similar image, edit, text (LIMA, OASST2, T2I)]) built by
+  training/data/conversations.py (the official draws, templates and loss masks); images 512 (stretched, LAION
+  centre-cropped) then CLIP; lr 2e-5. Writes the full LLMGA folder: the base config + LLaVA's `mm_*` keys
+  (`model_type` llava_*), bfloat16 safetensors shards keyed as the release (LLM keys, `model.mm_projector.*`,
+  `model.vision_tower.vision_tower.vision_model.*`), the tokenizer (pad token set per template as train.py does)
+  and the generation config.
+- AdamW (no weight decay), cosine schedule with 3% warm-up, global batch = processes x batch x accumulation
+  (8 x 4 x 4 = 128 officially), gradient clipping 1.0, bf16, sequences cut at 2048 tokens (before and after the
+  image is spliced in), gradient checkpointing, one epoch.
+
+Deviations: the official collator masks every token equal to the pad id (pad = unk or an EOS-like token) as
+padding; here padding is known by length, so a pad-id token inside the text stays in. A text-only sample gets no
+dummy image run through CLIP; when a batch has no image at all, one blank image keeps the projector in the graph
+(what the official zero images are for, under DeepSpeed/DDP). A batch whose labels are all masked (every reply cut
+away by the 2048 limit) contributes a zero loss instead of NaN. `model_name_or_path` may also be an LLMGA folder,
+to continue fine-tuning a released checkpoint on one's own data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PretrainedConfig
+from transformers import get_scheduler as hf_get_scheduler
+
+from llmga.mllm.checkpoint import (
+    FAMILY_BY_ARCHITECTURE,
+    FAMILY_BY_MODEL_TYPE,
+    PROJECTOR_FILE,
+    PROJECTOR_PREFIX,
+    VISION_PREFIX,
+    CheckpointError,
+    family_of,
+    read_checkpoint,
+    read_weight_file,
+)
+from llmga.mllm.loader import (
+    CLIP_L_336,
+    load_strict,
+    split_weights,
+    vision_config,
+    vision_weights_from_folder,
+)
+from llmga.mllm.model import IGNORE_INDEX, LLMGAModel, build_projector
+from llmga.mllm.preprocess import ImageProcessing, pixel_values
+from llmga.mllm.templates import TEMPLATE_NAMES, get_template, template_for
+
+from .common import (
+    ConfigError,
+    EpochShuffleSampler,
+    data_position,
+    epoch_batches,
+    load_config,
+    make_accelerator,
+    parse_overrides,
+    progress_bar,
+    resume_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
+from .data.conversations import (
+    Conversation,
+    chat_conversation,
+    edit_conversation,
+    inpainting_sample,
+    similar_image_conversation,
+    text_to_image_conversation,
+    tokenize_conversation,
+)
+from .data.datasets import (
+    DataError,
+    load_training_image,
+    read_captioned_images,
+    read_edit,
+    read_sharegpt,
+    read_t2i,
+    read_user_captions,
+)
+
+# The keys `initialize_vision_modules` / train.py add to the base config, as in every released config.json.
+LLAVA_KEYS = {
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch",
+    "mm_patch_merge_type": "flat",
+    "image_aspect_ratio": "resizesquare",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+    "use_mm_proj": True,
+    "freeze_mm_mlp_adapter": False,
+    "mm_projector_lr": None,
+    "tokenizer_padding_side": "right",
+}
+# The released model_type / architecture of each base-LLM family (llava/model/language_model/*.py).
+LLAVA_MODEL_TYPE = {"llama": "llava_llama", "mistral": "llava_mistral", "qwen2": "llava_Qwen2", "phi3": "llava_Phi3",
+                    "gemma": "llava_gemma"}
+LLAVA_ARCHITECTURE = {family: name for name, family in FAMILY_BY_ARCHITECTURE.items()}
+# train.py: templates whose tokenizer gets pad = unk (the `else` branch); llama_3 gets the first reserved token.
+PAD_IS_UNK_TEMPLATES = ("v1", "llava_v1", "llava_llama_2", "mistral_instruct")
+LLAMA_3_PAD = "<|reserved_special_token_0|>"
+SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DATA_KEYS = ("pretrain_data", "llava_data", "inpainting_data", "similar_image_data", "edit_data", "t2i_data")
+
+
+@dataclass
+class Stage1Config:
+    """Stage-1 settings; defaults are scripts/train_llmga_s1_*.sh (fine-tuning) and HF TrainingArguments' defaults
+    they rely on. configs/stage1_pretrain.yaml holds the projector-pretraining values."""
+
+    model_name_or_path: str  # the base LLM folder (e.g. Qwen2-0.5B-Instruct), or an LLMGA folder to continue from
+    output_dir: str  # checkpoints, logs, and the trained LLMGA folder
+    mode: Literal["pretrain", "finetune"] = "finetune"
+    vision_tower: str | None = CLIP_L_336  # a local CLIP ViT-L/14-336 folder (config.json + weights)
+    pretrain_mm_mlp_adapter: str | None = None  # --pretrain_mm_mlp_adapter: the pretraining's mm_projector.bin
+    version: str = "auto"  # --version: the chat template (v1, llama_3, mistral_instruct, qwen_2, phi_3, gemma)
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_vision_select_layer: int = -2
+    # Data. Relative paths resolve against data_root (the released layout: jsons/..., llava-imgs, llmga-imgs).
+    data_root: str | None = None
+    image_folder: str | None = None  # --image_folder: LLaVA (mix665k, LLaVA-Pretrain) images
+    image_folder2: str | None = None  # --image_folder2: LLMGA images (COCO, LAION, JourneyDB)
+    pretrain_data: str | None = None  # LLaVA-Pretrain blip_laion_cc_sbu_558k.json (mode pretrain)
+    llava_data: str | None = None  # llava_v1_5_mix665k.json (VQADataset)
+    inpainting_data: str | None = None  # inpainting/train.json, or a folder / .jsonl of your captioned images
+    similar_image_data: str | None = None  # SG/train.json, or a folder / .jsonl of your captioned images
+    edit_data: str | None = None  # Edit/train.json
+    t2i_data: str | None = None  # T2I/train.json (text-only prompt refinement)
+    text_data: list[str] = field(default_factory=list)  # lima.json, oasst2.json (ShareGPT text chats)
+    model_max_length: int = 2048
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    num_train_epochs: int = 1
+    max_train_steps: int | None = None  # overrides num_train_epochs
+    learning_rate: float = 2e-5  # pretraining: 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = "bf16"  # None: what `accelerate launch` says
+    allow_tf32: bool = True
+    gradient_checkpointing: bool = True
+    attention: str = "sdpa"  # transformers attn_implementation; the official runs used flash_attention_2
+    dataloader_num_workers: int = 4
+    checkpointing_steps: int = 50000
+    checkpoints_total_limit: int | None = 1
+    resume_from_checkpoint: str | None = "latest"  # "latest", a checkpoint-<step> folder, or null
+    save_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # the released weights are bfloat16
+    max_shard_size: str = "5GB"
+    seed: int = 42  # TrainingArguments' default
+
+    def __post_init__(self) -> None:
+        for name in ("model_max_length", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "num_train_epochs", "checkpointing_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ValueError(f"max_train_steps must be at least 1 (or null: num_train_epochs), got "
+                             f"{self.max_train_steps}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio is a fraction in [0, 1), got {self.warmup_ratio}")
+        if self.version != "auto" and self.version not in TEMPLATE_NAMES:
+            raise ValueError(f"version {self.version!r} is not 'auto' or one of {', '.join(TEMPLATE_NAMES)}")
+        if self.mode == "pretrain" and not self.pretrain_data and not self.llava_data:
+            raise ValueError("mode pretrain trains on image-caption chats: set pretrain_data (LLaVA-Pretrain's "
+                             "blip_laion_cc_sbu_558k.json) or llava_data")
+        if self.mode == "finetune" and not any(getattr(self, key) for key in DATA_KEYS[1:]) and not self.text_data:
+            raise ValueError(f"no training data: set at least one of {', '.join(DATA_KEYS[1:])}, text_data")
+        if self.mode == "pretrain" and self.pretrain_mm_mlp_adapter:
+            raise ValueError("pretrain_mm_mlp_adapter starts fine-tuning from a pretrained projector; projector "
+                             "pretraining (mode pretrain) starts from a fresh one: remove it or use mode finetune")
+        if Path(self.output_dir).resolve() == Path(self.model_name_or_path).resolve():
+            raise ValueError("output_dir must not be the model_name_or_path folder: the trained model is written there")
+
+    def data_path(self, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() or self.data_root is None else Path(self.data_root) / path
+
+
+# --- data ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample of the concatenated dataset: which builder makes it (`kind`) and the record it reads."""
+
+    kind: Literal["pretrain", "chat", "inpainting", "similar_image", "edit", "t2i"]
+    record: Any
+
+
+def _captioned(path: Path, image_root: Path | None):
+    """A released SG / inpainting json, or a user's folder of images + .txt or .jsonl of {"image", "caption"}."""
+    return read_captioned_images(path, image_root) if path.suffix == ".json" else read_user_captions(path)
+
+
+def read_stage1_records(config: Stage1Config) -> list[Record]:
+    """Every sample, in the official ConcatDataset order: [LLaVA mix665k, inpainting, similar image, edit, text
+    (LIMA, OASST2, then T2I)], or LLaVA-Pretrain for mode pretrain. Raises DataError for unreadable files, records
+    without their fields, and images that do not exist."""
+    image_folder, image_folder2 = config.data_path(config.image_folder), config.data_path(config.image_folder2)
+    records: list[Record] = []
+    if config.mode == "pretrain":
+        sources = [config.pretrain_data, config.llava_data]
+        for source in filter(None, sources):
+            records += [Record("pretrain", r) for r in read_sharegpt(config.data_path(source), image_folder)]
+    else:
+        if config.llava_data:
+            records += [Record("chat", r) for r in read_sharegpt(config.data_path(config.llava_data), image_folder)]
+        for kind, key in (("inpainting", "inpainting_data"), ("similar_image", "similar_image_data")):
+            if getattr(config, key):
+                records += [Record(kind, r) for r in _captioned(config.data_path(getattr(config, key)), image_folder2)]
+        if config.edit_data:
+            records += [Record("edit", r) for r in read_edit(config.data_path(config.edit_data), image_folder2)]
+        for source in config.text_data:
+            chats = read_sharegpt(config.data_path(source))
+            with_image = [i for i, chat in enumerate(chats) if chat.image is not None]
+            if with_image:
+                raise DataError(f"{source}: text_data holds text-only chats, but record {with_image[0]} has an "
+                                "image; put LLaVA-style image chats in llava_data")
+            records += [Record("chat", r) for r in chats]
+        if config.t2i_data:
+            records += [Record("t2i", r) for r in read_t2i(config.data_path(config.t2i_data))]
+    if not records:
+        raise DataError("the configured data files hold no records")
+    missing = sorted({str(path) for path in map(_record_image, records) if path is not None and not path.is_file()})
+    if missing:
+        raise DataError(f"{len(missing)} image(s) not found ({', '.join(missing[:5])}); check image_folder "
+                        "(LLaVA images), image_folder2 (LLMGA images) and data_root")
+    return records
+
+
+def _record_image(record: Record) -> Path | None:
+    return None if record.kind == "t2i" else getattr(record.record, "image", None)
+
+
+def sample_random(seed: int, epoch: int, index: int) -> random.Random:
+    """The generator of one sample's random draws (task phrasing, mask): the same in every process, worker and
+    resumed run, different in each epoch."""
+    return random.Random(f"{seed}:{epoch}:{index}")
+
+
+class Stage1Dataset(Dataset):
+    """Items {"input_ids": [int], "labels": [int], "pixel_values": [3, S, S] or None} built from `records`."""
+
+    def __init__(self, records: Sequence[Record], tokenizer, template: str, processing: ImageProcessing,
+                 config: Stage1Config) -> None:
+        self.records = list(records)
+        self.tokenizer = tokenizer
+        self.template = get_template(template)
+        self.processing = processing
+        self.config = config
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def conversation(self, index: int) -> tuple[Conversation, Image.Image | None]:
+        """The sample's conversation and the image the vision tower sees (None for text-only samples)."""
+        item = self.records[index]
+        record, rng = item.record, sample_random(self.config.seed, self.epoch, index)
+        if item.kind == "t2i":
+            return text_to_image_conversation(record.short, record.caption, rng), None
+        if item.kind == "chat":
+            has_image = record.image is not None
+            image = load_training_image(record.image) if has_image else None
+            return chat_conversation(record.turns, has_image=has_image, task="chat"), image
+        if item.kind == "pretrain":
+            return chat_conversation(record.turns, has_image=True, task="pretrain"), _open(record.image)
+        image = load_training_image(record.image, crop=record.crop)
+        if item.kind == "similar_image":
+            return similar_image_conversation(record.caption, rng), image
+        if item.kind == "inpainting":
+            conversation, masked, _ = inpainting_sample(image, record.caption, rng)
+            return conversation, masked
+        return edit_conversation(record.instruction, record.new_caption), image
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        conversation, image = self.conversation(index)
+        tokens = tokenize_conversation(conversation, self.template, self.tokenizer, self.config.model_max_length)
+        pixels = None
+        if image is not None:
+            # pretrain.py ran the plain CLIP processor (centre crop); the fine-tuning data is square already.
+            pixels = pixel_values(image, self.processing, stretch=self.records[index].kind != "pretrain")
+        return {"input_ids": tokens.input_ids, "labels": tokens.labels, "pixel_values": pixels}
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise DataError(f"{path}: cannot open image ({error}); check the image folder") from None
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Lists of token ids and labels (padded in the model, after the image is spliced in), the images of the
+    samples that have one stacked, and which sample each image belongs to."""
+    owners = [i for i, item in enumerate(items) if item["pixel_values"] is not None]
+    images = torch.stack([items[i]["pixel_values"] for i in owners]) if owners else None
+    return {"input_ids": [item["input_ids"] for item in items], "labels": [item["labels"] for item in items],
+            "pixel_values": images, "image_owners": owners}
+
+
+# --- the model -----------------------------------------------------------------------------------------------------
+
+
+class Stage1Model(nn.Module):
+    """The trained network behind one `forward(batch) -> loss`, so that DDP / DeepSpeed / FSDP wrap one module."""
+
+    def __init__(self, llmga: LLMGAModel, max_length: int, image_size: int) -> None:
+        super().__init__()
+        self.llmga = llmga
+        self.max_length = max_length
+        self.image_size = image_size
+
+    def forward(self, input_ids: list[list[int]], labels: list[list[int]], pixel_values: torch.Tensor | None,
+                image_owners: list[int]) -> torch.Tensor:
+        llmga = self.llmga
+        device = llmga.input_device()
+        if pixel_values is None:  # keep the projector in the graph: every process must use every trained parameter
+            pixel_values = torch.zeros(1, 3, self.image_size, self.image_size, device=device)
+        features = llmga.image_features(pixel_values.to(device))
+        per_sample: list[torch.Tensor | None] = [None] * len(input_ids)
+        for row, owner in enumerate(image_owners):
+            per_sample[owner] = features[row:row + 1]
+        if not image_owners:
+            per_sample[0] = features[:1]  # consumed as a zero-length slice
+        embeds, attention_mask, targets = llmga.training_inputs(input_ids, labels, per_sample, self.max_length)
+        supervised = bool((targets[:, 1:] != IGNORE_INDEX).any())
+        outputs = llmga.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                       labels=targets if supervised else None, use_cache=False)
+        return outputs.loss if supervised else outputs.logits.sum() * 0.0
+
+
+@dataclass
+class Stage1Parts:
+    model: LLMGAModel
+    tokenizer: Any
+    template: str
+    processing: ImageProcessing
+    base_config: PretrainedConfig
+    family: str
+    vision_tower_name: str
+
+
+def _base_llm_config(folder: Path) -> tuple[PretrainedConfig, dict | None]:
+    """(base LLM config, LLMGA config.json or None) of model_name_or_path."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"model_name_or_path {folder} has no config.json: give a base LLM folder (e.g. "
+                          "Qwen2-0.5B-Instruct, downloaded) or an LLMGA checkpoint folder")
+    raw = json.loads(config_file.read_text())
+    if family_of(raw) is not None and "mm_hidden_size" in raw:
+        try:
+            checkpoint = read_checkpoint(folder)
+        except CheckpointError as error:
+            raise ConfigError(f"model_name_or_path: {error}") from error
+        return checkpoint.base_config(), raw
+    if raw.get("model_type") not in FAMILY_BY_MODEL_TYPE.values():
+        raise ConfigError(f"model_name_or_path {folder} is a {raw.get('model_type')!r} model; LLMGA is built on "
+                          f"{', '.join(sorted(set(FAMILY_BY_MODEL_TYPE.values())))} base LLMs")
+    return AutoConfig.from_pretrained(folder), None
+
+
+def choose_template(version: str, family: str, vocab_size: int, tokenizer) -> str:
+    """The chat template of the run: `version`, or for "auto" the official training --version of the family
+    (Vicuna and other Llama-2-vocabulary models: "v1", the training wording)."""
+    if version != "auto":
+        return version
+    name = template_for(LLAVA_MODEL_TYPE[family], vocab_size, getattr(tokenizer, "chat_template", None))
+    return "v1" if name == "llava_v1" else name
+
+
+def prepare_tokenizer(folder: Path, template: str | None, max_length: int):
+    """The tokenizer as train.py sets it up: model_max_length, right padding, and the pad token of the template
+    (v1 / Mistral / Llama-2: pad = unk; Llama-3: unk = pad = <|reserved_special_token_0|>; the others as they
+    come, falling back to EOS when the tokenizer has no pad token)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=max_length, padding_side="right")
+    if template in PAD_IS_UNK_TEMPLATES and tokenizer.unk_token is not None:
+        tokenizer.pad_token = tokenizer.unk_token
+    elif template == "llama_3":
+        if tokenizer.unk_token is None:
+            tokenizer.unk_token = LLAMA_3_PAD
+        tokenizer.pad_token = tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _projector_state(path: Path) -> dict[str, torch.Tensor]:
+    """`model.mm_projector.*` of a pretraining's mm_projector.bin (torch.load weights_only) or a safetensors file."""
+    if not path.is_file():
+        raise ConfigError(f"pretrain_mm_mlp_adapter {path} does not exist: give the mm_projector.bin that projector "
+                          "pretraining (mode: pretrain) wrote")
+    try:
+        state = dict(read_weight_file(path, (PROJECTOR_PREFIX,)))
+    except CheckpointError as error:
+        raise ConfigError(f"pretrain_mm_mlp_adapter: {error}") from error
+    if not state:
+        raise ConfigError(f"pretrain_mm_mlp_adapter {path} holds no {PROJECTOR_PREFIX}* weights")
+    return {key[len(PROJECTOR_PREFIX):]: value for key, value in state.items()}
+
+
+def load_stage1_parts(config: Stage1Config) -> Stage1Parts:
+    """The network to train, in float32 on the CPU (accelerate moves it), with its tokenizer and template."""
+    folder = Path(config.model_name_or_path)
+    base_config, llmga_config = _base_llm_config(folder)
+    family = base_config.model_type
+    tokenizer_probe = AutoTokenizer.from_pretrained(folder)
+    template = choose_template(config.version, family, base_config.vocab_size, tokenizer_probe)
+    tokenizer = prepare_tokenizer(folder, template, config.model_max_length)
+    language_model = AutoModelForCausalLM.from_pretrained(folder, config=base_config, dtype=torch.float32,
+                                                          attn_implementation=config.attention)
+
+    tower_name = config.vision_tower or (llmga_config or {}).get("mm_vision_tower") or CLIP_L_336
+    vision_state: dict = {}
+    projector_state: dict = {}
+    if llmga_config is not None:
+        projector_state, vision_state = split_weights(read_checkpoint(folder))
+        tower_name = config.vision_tower or llmga_config.get("mm_vision_tower", CLIP_L_336)
+    local = Path(tower_name) if tower_name and Path(tower_name).is_dir() else None
+    if not vision_state:
+        if local is None:
+            raise ConfigError(f"vision_tower {tower_name!r} is not a local folder: download "
+                              f"{CLIP_L_336} (config.json, model.safetensors, preprocessor_config.json) and give its "
+                              "path")
+        vision_state = vision_weights_from_folder(local)
+    vision_tower = CLIPVisionModel(vision_config(tower_name, local))
+    load_strict(vision_tower, vision_state, "vision tower", str(local or folder))
+    vision_tower.requires_grad_(False).eval()
+
+    projector_type = (llmga_config or {}).get("mm_projector_type", config.mm_projector_type)
+    projector = build_projector(projector_type, vision_tower.config.hidden_size, base_config.hidden_size)
+    if config.pretrain_mm_mlp_adapter:
+        projector_state = _projector_state(Path(config.pretrain_mm_mlp_adapter))
+    if projector_state:
+        load_strict(projector, projector_state, "projector", config.pretrain_mm_mlp_adapter or str(folder))
+    elif config.mode == "finetune":
+        warnings.warn("fine-tuning starts from a randomly initialised projector: set pretrain_mm_mlp_adapter to the "
+                      "mm_projector.bin of projector pretraining", stacklevel=2)
+    model = LLMGAModel(language_model, vision_tower, projector,
+                       select_layer=(llmga_config or {}).get("mm_vision_select_layer", config.mm_vision_select_layer))
+    processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
+    return Stage1Parts(model, tokenizer, template, processing, base_config, family, str(tower_name))
+
+
+# --- writing the official folder -----------------------------------------------------------------------------------
+
+
+def official_state_dict(state: dict[str, torch.Tensor], tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """Stage1Model state-dict keys -> the released keys: LLM keys as the base `XForCausalLM` (no lm_head when tied),
+    `model.mm_projector.*`, `model.vision_tower.vision_tower.vision_model.*`."""
+    official = {}
+    for key, value in state.items():
+        key = key.removeprefix("llmga.")
+        if key.startswith("language_model."):
+            name = key[len("language_model."):]
+            if tie_word_embeddings and name == "lm_head.weight":
+                continue
+            official[name] = value
+        elif key.startswith("projector."):
+            official[PROJECTOR_PREFIX + key[len("projector."):]] = value
+        elif key.startswith("vision_tower."):
+            name = key[len("vision_tower."):]
+            official[VISION_PREFIX + ("" if name.startswith("vision_model.") else "vision_model.") + name] = value
+    return official
+
+
+def llava_config(parts: Stage1Parts, config: Stage1Config, tune_mm_mlp_adapter: bool) -> dict[str, Any]:
+    """config.json of the written folder: the base LLM's config plus LLaVA's keys, as train.py leaves it."""
+    fields = parts.base_config.to_dict()
+    for key in ("architectures", "model_type", "_name_or_path", "transformers_version", "auto_map", "dtype"):
+        fields.pop(key, None)
+    return {
+        "architectures": [LLAVA_ARCHITECTURE[parts.family]],
+        "model_type": LLAVA_MODEL_TYPE[parts.family],
+        **fields,
+        **LLAVA_KEYS,
+        "mm_projector_type": config.mm_projector_type,
+        "mm_vision_select_layer": parts.model.select_layer,
+        "mm_vision_tower": parts.vision_tower_name,
+        "mm_hidden_size": parts.model.vision_tower.config.hidden_size,
+        "tune_mm_mlp_adapter": tune_mm_mlp_adapter,
+        "tokenizer_model_max_length": config.model_max_length,
+        "use_cache": True,
+        "torch_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.save_dtype],
+    }
+
+
+def write_llmga_folder(parts: Stage1Parts, config: Stage1Config, state: dict[str, torch.Tensor],
+                       output_dir: Path) -> None:
+    """Write the trained model in the official layout (see the module docstring) into output_dir."""
+    dtype = SAVE_DTYPES[config.save_dtype]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.mode == "pretrain":
+        projector = {k: v.to(dtype).cpu() for k, v in official_state_dict(state, False).items()
+                     if k.startswith(PROJECTOR_PREFIX)}
+        torch.save(projector, output_dir / PROJECTOR_FILE)
+        (output_dir / "config.json").write_text(json.dumps(llava_config(parts, config, True), indent=2) + "\n")
+        return
+    weights = {k: v.to(dtype).contiguous().cpu()
+               for k, v in official_state_dict(state, parts.base_config.tie_word_embeddings).items()}
+    split = split_torch_state_dict_into_shards(weights, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=config.max_shard_size)
+    for old in list(output_dir.glob("model*.safetensors")) + list(output_dir.glob("model.safetensors.index.json")):
+        old.unlink()
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({key: weights[key] for key in keys}, str(output_dir / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())},
+                 "weight_map": split.tensor_to_filename}
+        (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (output_dir / "config.json").write_text(json.dumps(llava_config(parts, config, False), indent=2) + "\n")
+    parts.tokenizer.save_pretrained(output_dir)
+    generation = parts.model.language_model.generation_config
+    if generation is not None:
+        generation.save_pretrained(output_dir)
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]  # per optimizer step of this run, averaged over processes and accumulation
+    global_step: int
+    output_dir: Path
+
+
+def enable_checkpointing(language_model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (transformers' newer name when it has it)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(language_model, "activation_checkpointing_enable"):
+        language_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _trainable(model: LLMGAModel, mode: str) -> list[nn.Parameter]:
+    """pretrain: the projector only; finetune: LLM + projector. The vision tower never trains."""
+    model.requires_grad_(False)
+    trained = [model.projector] if mode == "pretrain" else [model.projector, model.language_model]
+    for module in trained:
+        module.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train(config: Stage1Config) -> TrainResult:
+    """Train as configured and write the LLMGA folder (or, for pretraining, mm_projector.bin) to output_dir."""
+    records = read_stage1_records(config)
+    accelerator = make_accelerator(config, "stage1_mllm")
+    seed_everything(config.seed, accelerator)
+    parts = load_stage1_parts(config)
+    model = parts.model
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    parameters = _trainable(model, config.mode)
+    model.language_model.config.use_cache = False
+    if config.gradient_checkpointing:
+        enable_checkpointing(model.language_model)
+    model.language_model.train(config.mode == "finetune")
+    model.projector.train()
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    model.vision_tower.to(accelerator.device, weight_dtype)  # frozen: run in the mixed-precision dtype (train.py)
+    wrapper = Stage1Model(model, config.model_max_length, parts.processing.crop_size)
+
+    dataset = Stage1Dataset(records, parts.tokenizer, parts.template, parts.processing, config)
+    sampler = EpochShuffleSampler(len(dataset), config.seed)
+    dataloader = DataLoader(dataset, batch_size=config.per_device_train_batch_size, sampler=sampler,
+                            collate_fn=collate, num_workers=config.dataloader_num_workers)
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  eps=config.adam_epsilon, weight_decay=config.weight_decay)
+    accumulation = config.gradient_accumulation_steps
+    batches_per_process = math.ceil(len(dataset) / (config.per_device_train_batch_size * accelerator.num_processes))
+    steps_per_epoch = math.ceil(batches_per_process / accumulation)
+    total_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
+    warmup = math.ceil(total_steps * config.warmup_ratio)
+    # The prepared scheduler steps once per process per step, hence the factor (as stage 2 and diffusers do).
+    lr_scheduler = hf_get_scheduler(config.lr_scheduler, optimizer,
+                                    num_warmup_steps=warmup * accelerator.num_processes,
+                                    num_training_steps=total_steps * accelerator.num_processes)
+    wrapper, optimizer, dataloader, lr_scheduler = accelerator.prepare(wrapper, optimizer, dataloader, lr_scheduler)
+    global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
+    accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config value wins over ours
+    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
+
+    first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
+    bar = progress_bar(accelerator, total_steps, global_step)
+    losses, step_loss, started = [], 0.0, time.perf_counter()
+    step_tokens = 0
+    for epoch in range(first_epoch, math.ceil(total_steps / steps_per_epoch)):
+        if global_step >= total_steps:
+            break
+        batches = epoch_batches(accelerator, dataloader, epoch, skip if epoch == first_epoch else 0,
+                                (sampler, dataset))
+        for batch in batches:
+            with accelerator.accumulate(wrapper):
+                loss = wrapper(**batch)
+                step_loss += accelerator.gather(loss.detach().reshape(1)).mean().item() / accumulation
+                step_tokens += sum(len(ids) for ids in batch["input_ids"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            seconds, started = time.perf_counter() - started, time.perf_counter()
+            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_seconds": seconds,
+                             "samples": len(batch["input_ids"]) * accelerator.num_processes * accumulation,
+                             "text_tokens": step_tokens}, step=global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            losses.append(step_loss)
+            step_loss, step_tokens = 0.0, 0
+            if global_step % config.checkpointing_steps == 0:
+                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
+                started = time.perf_counter()
+            if global_step >= total_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(wrapper)
+    if accelerator.is_main_process:
+        model.language_model.config.use_cache = True
+        write_llmga_folder(parts, config, state, Path(config.output_dir))
+        what = "mm_projector.bin" if config.mode == "pretrain" else "the trained LLMGA folder"
+        accelerator.print(f"wrote {what} to {config.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(losses=losses, global_step=global_step, output_dir=Path(config.output_dir))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="LLMGA stage 1: projector pretraining or MLLM fine-tuning")
+    parser.add_argument("--config", required=True, help="YAML or JSON file with Stage1Config keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(args.config, Stage1Config, parse_overrides(args.set)))
+    except (ConfigError, DataError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
