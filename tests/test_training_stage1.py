@@ -368,3 +368,15 @@ def test_missing_images_and_models_are_reported(models, data_root, tmp_path, cap
                                                           "t2i_data": str(tmp_path / "none.json")}))
     with pytest.raises(SystemExit, match="none.json: file not found"):
         main(["--config", str(config_file)])
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_the_shipped_accelerate_configs_parse_and_leave_accumulation_to_the_trainer(name):
+    """A gradient_accumulation_steps in a DeepSpeed config would override the trainer config's (stage 1: 4)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO_ROOT / "training" / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.mixed_precision == "bf16"
+    assert "gradient_accumulation_steps" not in (config.deepspeed_config or {})
+    if name == "deepspeed_zero3":
+        assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]

@@ -620,7 +620,7 @@ def train(config: Stage1Config) -> TrainResult:
                                     num_training_steps=total_steps * accelerator.num_processes)
     wrapper, optimizer, dataloader, lr_scheduler = accelerator.prepare(wrapper, optimizer, dataloader, lr_scheduler)
     global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
-    accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config value wins over ours
+    accumulation = accelerator.gradient_accumulation_steps  # a DeepSpeed config that sets it wins over ours
     steps_per_epoch = math.ceil(len(dataloader) / accumulation)
 
     first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)

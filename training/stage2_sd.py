@@ -386,7 +386,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     if ema is not None:
         ema.to(accelerator.device)  # load_state leaves the shadow weights on the CPU
 
-    accumulation = accelerator.gradient_accumulation_steps  # DeepSpeed's config value wins over ours
+    accumulation = accelerator.gradient_accumulation_steps  # a DeepSpeed config that sets it wins over ours
     steps_per_epoch = math.ceil(len(dataloader) / accumulation)
     first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
     bar = progress_bar(accelerator, config.max_train_steps, global_step)
