@@ -71,8 +71,8 @@ def free_port() -> int:
 
 
 def run_variant(name: str, config: dict, processes: int, threads: int, gpu: bool, workdir: Path,
-                warmup: int) -> dict:
-    """Run the trainer with `config` in `processes` processes; samples/s over the steps after `warmup`."""
+                warmup: int, module: str = "training.stage2_sd") -> dict:
+    """Run the trainer `module` with `config` in `processes` processes; samples/s over the steps after `warmup`."""
     out = workdir / name.replace(" ", "_").replace("+", "")
     config = {**config, "output_dir": str(out)}
     config_path = workdir / f"{out.name}.json"
@@ -82,11 +82,11 @@ def run_variant(name: str, config: dict, processes: int, threads: int, gpu: bool
     if not gpu:  # with ACCELERATE_USE_CPU the --multi_gpu launcher gives DDP over gloo on the CPU
         env.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
     if processes == 1:
-        command = [sys.executable, "-m", "training.stage2_sd"]
+        command = [sys.executable, "-m", module]
     else:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(processes), "--num_machines", "1", "--mixed_precision", config["mixed_precision"],
-                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "training.stage2_sd"]
+                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", module]
     print(f"{name}: {' '.join(command[1:])} --config {config_path}", flush=True)
     run = subprocess.run([*command, "--config", str(config_path)], cwd=ROOT, env=env, capture_output=True, text=True)
     if run.returncode:
