@@ -380,3 +380,10 @@ def test_the_shipped_accelerate_configs_parse_and_leave_accumulation_to_the_trai
     assert "gradient_accumulation_steps" not in (config.deepspeed_config or {})
     if name == "deepspeed_zero3":
         assert config.deepspeed_config["zero_stage"] == 3 and config.deepspeed_config["zero3_save_16bit_model"]
+
+
+def test_yaml_no_reads_as_the_mixed_precision_choice(tmp_path):
+    """YAML 1.1 reads an unquoted `no` as false; the config takes it as the "no" it means."""
+    config = load_config(write(tmp_path / "c.yaml", "model_name_or_path: m\noutput_dir: o\nt2i_data: t\n"
+                               "mixed_precision: no\n"), Stage1Config)
+    assert config.mixed_precision == "no"

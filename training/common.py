@@ -110,6 +110,9 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+_YAML_BOOLS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     """(fits, value): whether `value` fits the type hint, with ints and numeric strings ("2e-5", which YAML 1.1
     reads as a string) turned into floats for float fields."""
@@ -121,6 +124,10 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
                 return True, coerced
         return False, value
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a bool
+            spelled = [a for a in typing.get_args(hint) if isinstance(a, str) and a.lower() in _YAML_BOOLS[value]]
+            if spelled:
+                return True, spelled[0]
         return value in typing.get_args(hint), value
     if origin is list:
         if not isinstance(value, list):

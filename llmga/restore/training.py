@@ -14,6 +14,7 @@ The order of one training step follows the official `feed_data` / `optimize_para
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,9 @@ class TrainingPairPool:
     shuffles the pool, returns its first B pairs and stores the batch in their place. Only (lq, gt) are pooled,
     not the mask: as in the official code the caller pairs the current batch's mask with the (lq, gt) that come
     out. That is harmless because masks do not depend on the image, and the reference (1-mask)·gt is built after
-    the pool from the gt that comes out. The pool lives on the first batch's device; it is not checkpointed
-    (neither is the official one; it refills in size/B steps).
+    the pool from the gt that comes out. The pool lives on the batches' device. The official pool is not
+    checkpointed (it refills in size/B steps); `state_dict` / `load_state_dict` let a trainer save it, so that a
+    resumed run draws what the uninterrupted run drew.
     """
 
     def __init__(self, size: int = QUEUE_SIZE) -> None:
@@ -107,6 +109,8 @@ class TrainingPairPool:
             raise ValueError(f"the pool holds lq {tuple(self.lq.shape[1:])} and gt {tuple(self.gt.shape[1:])} "
                              f"pairs, got a batch of {batch} with lq {tuple(lq.shape[1:])} and gt "
                              f"{tuple(gt.shape[1:])}: keep crop and batch sizes fixed (drop_last=True)")
+        if self.lq.device != lq.device:  # a loaded state arrives on the CPU
+            self.lq, self.gt = self.lq.to(lq.device), self.gt.to(gt.device)
         if not self.full:
             self.lq[self.filled:self.filled + batch] = lq.detach()
             self.gt[self.filled:self.filled + batch] = gt.detach()
@@ -118,6 +122,17 @@ class TrainingPairPool:
         self.lq[:batch] = lq.detach()
         self.gt[:batch] = gt.detach()
         return out_lq, out_gt
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stored pairs (None before the first call) and how full the pool is."""
+        return {"size": self.size, "batch": self.batch, "filled": self.filled, "lq": self.lq, "gt": self.gt}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; the pairs move to the next batch's device when it comes."""
+        if state["size"] != self.size:
+            raise ValueError(f"the saved pool holds {state['size']} pairs but this one {self.size}: resume with the "
+                             "queue size the run was started with")
+        self.batch, self.filled, self.lq, self.gt = state["batch"], state["filled"], state["lq"], state["gt"]
 
 
 def build_pair(gt: Tensor, mask: Tensor, lq: Tensor, scale: int = 1) -> tuple[Tensor, Tensor]:
@@ -143,12 +158,34 @@ def s2_training_prior(s2: DiffRIR, x: Tensor, z_s1: Tensor, generator: torch.Gen
     return diffusion(x, start)
 
 
-def s2_learning_rate(iteration: int) -> float:
-    """The stage-2 learning rate at `iteration` (0-based), set by hand each step: phase a (< ENCODER_ITERS, the
-    CPEN_S2 + denoiser optimiser) 2e-4·0.1^⌊it/60k⌋; phase b (all of S2) 2e-4·0.5^⌊(it-100k)/600k⌋."""
-    if iteration < ENCODER_ITERS:
-        return LR_ENCODER * GAMMA_ENCODER ** (iteration // LR_DECAY_ENCODER)
-    return LR_SR * GAMMA_SR ** ((iteration - ENCODER_ITERS) // LR_DECAY_SR)
+@dataclass(frozen=True)
+class S2Schedule:
+    """The two phases of stage 2 and their learning rates (defaults: train_DiffRIRS2_x1.yml, see the constants)."""
+
+    encoder_iters: int = ENCODER_ITERS
+    lr_encoder: float = LR_ENCODER
+    gamma_encoder: float = GAMMA_ENCODER
+    lr_decay_encoder: int = LR_DECAY_ENCODER
+    lr_sr: float = LR_SR
+    gamma_sr: float = GAMMA_SR
+    lr_decay_sr: int = LR_DECAY_SR
+
+    def encoder_phase(self, iteration: int) -> bool:
+        """True in phase a, where only CPEN_S2 + denoiser train (`s2_encoder_losses`)."""
+        return iteration < self.encoder_iters
+
+
+S2_SCHEDULE = S2Schedule()
+
+
+def s2_learning_rate(iteration: int, schedule: S2Schedule = S2_SCHEDULE) -> float:
+    """The stage-2 learning rate at `iteration` (0-based), set by hand each step: phase a (< encoder_iters, the
+    CPEN_S2 + denoiser optimiser) 2e-4·0.1^⌊it/60k⌋; phase b (all of S2) 2e-4·0.5^⌊(it-100k)/600k⌋ (official
+    values; `schedule` changes them)."""
+    s = schedule
+    if s.encoder_phase(iteration):
+        return s.lr_encoder * s.gamma_encoder ** (iteration // s.lr_decay_encoder)
+    return s.lr_sr * s.gamma_sr ** ((iteration - s.encoder_iters) // s.lr_decay_sr)
 
 
 def s1_loss(output: Tensor, gt: Tensor) -> Tensor:
