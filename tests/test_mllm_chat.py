@@ -14,10 +14,10 @@ from llmga.mllm.chat import (
     Assistant,
     ChatError,
     GenerationSettings,
-    _cut_at_stop,
+    OnlyTokenizerIds,
     _held_back,
-    _OnlyTokenizerIds,
-    _stop_token_ids,
+    cut_at_stop,
+    stop_token_ids,
 )
 from llmga.mllm.checkpoint import CheckpointError
 from llmga.mllm.loader import load_llmga
@@ -43,9 +43,9 @@ def ask(assistant: Assistant, text: str, settings=SAMPLING, history=None, image=
 
 
 def test_stop_string_cuts_the_reply():
-    assert _cut_at_stop("a cat </gen_image></s>USER: more", ("</s>",)) == ("a cat </gen_image>", True)
-    assert _cut_at_stop("no stop here", ("</s>",)) == ("no stop here", False)
-    assert _cut_at_stop("x<|im_end|>y<|endoftext|>", ("<|endoftext|>", "<|im_end|>")) == ("x", True)
+    assert cut_at_stop("a cat </gen_image></s>USER: more", ("</s>",)) == ("a cat </gen_image>", True)
+    assert cut_at_stop("no stop here", ("</s>",)) == ("no stop here", False)
+    assert cut_at_stop("x<|im_end|>y<|endoftext|>", ("<|endoftext|>", "<|im_end|>")) == ("x", True)
 
 
 def test_text_that_may_begin_a_stop_string_is_held_back():
@@ -218,14 +218,14 @@ def test_projector_pretrain_without_base_folder_is_a_clear_error(mllm_root, tmp_
 def test_generation_config_eos_ids_also_end_a_reply(mllm_checkpoints):
     loaded = load_llmga(mllm_checkpoints["llama3"].path, dtype="fp32", device="cpu")
     tokenizer = loaded.tokenizer
-    ids = _stop_token_ids(tokenizer, ("<|eot_id|>",), loaded.model.language_model.generation_config.eos_token_id)
+    ids = stop_token_ids(tokenizer, ("<|eot_id|>",), loaded.model.language_model.generation_config.eos_token_id)
     assert tokenizer.convert_tokens_to_ids("<|eot_id|>") in ids
     assert tokenizer.convert_tokens_to_ids("<|end_of_text|>") in ids  # as the official generate() stops on it
 
 
 def test_padded_vocabulary_rows_are_never_generated():
     scores = torch.zeros(1, 10)
-    limited = _OnlyTokenizerIds(7)(torch.zeros(1, 3, dtype=torch.long), scores)
+    limited = OnlyTokenizerIds(7)(torch.zeros(1, 3, dtype=torch.long), scores)
     assert torch.isinf(limited[0, 7:]).all() and not torch.isinf(limited[0, :7]).any()
 
 

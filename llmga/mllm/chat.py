@@ -87,7 +87,7 @@ def tokenize_with_image(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
-def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...], generation_eos: int | list[int] | None) -> list[int]:
+def stop_token_ids(tokenizer, stop_strings: tuple[str, ...], generation_eos: int | list[int] | None) -> list[int]:
     """The ids that end a reply: the tokenizer's EOS, the checkpoint's generation_config EOS ids (what the official
     `generate` stops on, e.g. Llama-3's <|end_of_text|> and <|eot_id|>), and each stop string held as one token."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
@@ -98,7 +98,7 @@ def _stop_token_ids(tokenizer, stop_strings: tuple[str, ...], generation_eos: in
     return sorted(ids)
 
 
-class _OnlyTokenizerIds(LogitsProcessor):
+class OnlyTokenizerIds(LogitsProcessor):
     """Never pick ids past the tokenizer's vocabulary. Released checkpoints pad their embedding rows (Qwen2, Phi-3);
     the official loader shrinks the embeddings to len(tokenizer), so those rows can never be generated there. The
     loader does the same; this covers quantised models, whose embeddings cannot be resized."""
@@ -111,7 +111,7 @@ class _OnlyTokenizerIds(LogitsProcessor):
         return scores
 
 
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """Text before the earliest stop string, and whether one was found."""
     positions = [text.find(stop) for stop in stops if stop and stop in text]
     return (text[:min(positions)], True) if positions else (text, False)
@@ -176,7 +176,7 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
         self._show()
 
     def _show(self) -> None:
-        text, stopped = _cut_at_stop(self.text, self.stops)
+        text, stopped = cut_at_stop(self.text, self.stops)
         safe = len(text) if stopped else len(text) - _held_back(text, self.stops)
         if self.on_text is not None and safe > self.shown:
             self.on_text(text[self.shown:safe])
@@ -275,13 +275,13 @@ class Assistant:
         stops = self.template.stop_strings
         watcher = _TextWatcher(self.tokenizer, stops, on_text, should_stop)
         language_model = self.loaded.model.language_model
-        eos_ids = _stop_token_ids(self.tokenizer, stops, language_model.generation_config.eos_token_id)
+        eos_ids = stop_token_ids(self.tokenizer, stops, language_model.generation_config.eos_token_id)
         budget = min(settings.max_new_tokens, self.context_length - embeds.shape[1])
         sample = settings.temperature > 0
         kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sample else dict(
             do_sample=False, temperature=None, top_p=None, top_k=None)
         vocabulary = len(self.tokenizer)
-        processors = [_OnlyTokenizerIds(vocabulary)] if language_model.config.vocab_size > vocabulary else []
+        processors = [OnlyTokenizerIds(vocabulary)] if language_model.config.vocab_size > vocabulary else []
         vocab = self.tokenizer.get_vocab()
         # Decoding each token is only needed to stream text or to spot a stop string that is not one token.
         follow_text = on_text is not None or any(stop not in vocab for stop in stops)
@@ -297,5 +297,5 @@ class Assistant:
                 logits_processor=LogitsProcessorList(processors), **kwargs)
         tokens = output[0].tolist()
         text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-        text, _ = _cut_at_stop(text, stops + tuple(self.tokenizer.decode([i]) for i in eos_ids))
+        text, _ = cut_at_stop(text, stops + tuple(self.tokenizer.decode([i]) for i in eos_ids))
         return text.strip(), len(tokens), watcher.cancelled

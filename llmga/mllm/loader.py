@@ -76,7 +76,7 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers reports the projector and vision keys as 'unexpected' for the base LLM; that is by design."""
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -175,7 +175,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                        output_loading_info=True)
     if quantization != "none":
         load_kwargs.update(quantization_config=_bitsandbytes_config(quantization), device_map={"": target.index or 0})
-    with _quiet_transformers():
+    with quiet_transformers():
         language_model, info = AutoModelForCausalLM.from_pretrained(llm_folder, **load_kwargs)
     tied = {"lm_head.weight"} if base_config.tie_word_embeddings else set()
     missing = sorted(set(info["missing_keys"]) - tied)
@@ -212,7 +212,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                        projector.to(target, torch_dtype).eval(),
                        select_layer=config.get("mm_vision_select_layer", -2),
                        select_feature=config.get("mm_vision_select_feature", "patch"))
-    with _quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
+    with quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
         tokenizer = AutoTokenizer.from_pretrained(llm_folder)
     if quantization == "none" and language_model.get_input_embeddings().num_embeddings > len(tokenizer):
         # As the official builder: embeddings padded past the tokenizer (Qwen2, Phi-3) shrink to len(tokenizer),

@@ -1,0 +1,297 @@
+"""Record the LLMGA assistant's generation prompts for a folder of images: stage-2 training data made once.
+
+The paper trains the SD UNet (stage 2) on the prompts the MLLM writes, without running the MLLM during training.
+This tool asks the assistant about every image (by default "Generate a similar image.", whose reply holds the
+prompt between <gen_image> tags) and appends one JSON line per image to the output:
+
+    {"image": "cats/01.png", "caption": "<the generation prompt>", "tagged": true, "reply": "<the whole reply>",
+     "task": "similar_image", "instruction": "<image>\\nGenerate a similar image.", "model": "<checkpoint folder name>"}
+
+- image: the image's path relative to the OUTPUT file's folder (POSIX separators), so `read_caption_jsonl(output)`
+  and stage 2 (`train_data: output.jsonl`) find the images without an image root. Write the output into the images
+  folder and it is simply the path inside that folder.
+- caption: the text between the first tag pair. A reply without tags is recorded with its whole text as caption and
+  "tagged": false (every `describe` reply, as in training); `--skip-untagged` leaves those out instead (they are listed
+  with the errors). An empty caption is never recorded.
+- instruction: the user message as sent (`--instruction` gives your own phrasing; `--vary-instruction` draws one of
+  the training phrasings per image, the same draw for an image on every run).
+
+Resumable: images already in the output are skipped, and records are appended and flushed (fsync) after every batch,
+so an interruption loses at most one batch. A torn last line (the process died mid-write) is cut off on restart.
+Images that failed (unreadable, empty reply, untagged with --skip-untagged) go to the errors file
+(`<output>.errors.jsonl` by default, rewritten each run) and are retried by the next run.
+
+Decoding is greedy by default: batched replies then equal one-at-a-time replies (`llmga.mllm.batch`), so a resumed
+run records what an uninterrupted one would. With --temperature > 0 a reply depends on the other images of its batch.
+
+    python -m training.tools.record_prompts --model models/LLM/llmga-Qwen2-0.5B-full-finetune \\
+        --images data/my_images --output data/my_images/prompts.jsonl --batch-size 16 --max-new-tokens 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from llmga.cli_support import run_reporting
+from llmga.mllm.tasks import QUES_PROMPT, REGEN_PROMPT
+
+from ..data.datasets import IMAGE_EXTENSIONS
+
+# The tasks that ask about an image and nothing else (SGDataset), and the instruction each uses by default:
+# "Generate a similar image." is an official regen_prompt entry and the official editing CLI's first turn; the
+# describe default is the ques_prompt entry that asks for the most detail.
+DEFAULT_INSTRUCTIONS = {"similar_image": REGEN_PROMPT[3], "describe": QUES_PROMPT[6]}
+_RECORD_START = b'{"image": '  # how every line this tool writes begins (json.dumps keeps the key order)
+
+
+class RecordError(ValueError):
+    """A run that cannot start: a missing folder, no images, an output that is not this tool's."""
+
+
+@dataclass
+class RunCounts:
+    """What a run did, for the summary line."""
+
+    already: int = 0
+    tagged: int = 0
+    untagged: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def list_images(folder: Path, recursive: bool) -> list[Path]:
+    """The images (IMAGE_EXTENSIONS, any case) in `folder` (and its subfolders when recursive), sorted by path."""
+    if not folder.is_dir():
+        raise RecordError(f"images folder {folder} does not exist or is not a folder: give the folder of images")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = sorted((p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                    key=lambda p: p.relative_to(folder).as_posix())
+    if not images:
+        hint = "" if recursive else " (add --recursive to look in its subfolders)"
+        raise RecordError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}{hint}")
+    return images
+
+
+def image_key(image: Path, output: Path) -> str:
+    """The image's path as recorded: relative to the output's folder, with POSIX separators (absolute on another
+    drive)."""
+    try:
+        return Path(os.path.relpath(image, output.parent)).as_posix()
+    except ValueError:  # Windows: no relative path between drives
+        return Path(image).absolute().as_posix()
+
+
+def read_recorded(output: Path, task: str, model: str) -> set[str]:
+    """The images already recorded in `output` (empty when it does not exist). A torn last line (no final newline: the
+    write was interrupted) is cut from the file once every complete line has been checked. Raises RecordError for a
+    line this tool did not write, or for records of another task or model, which a resumed run would mix in."""
+    if not output.exists():
+        return set()
+    if output.is_dir():
+        raise RecordError(f"--output {output} is a folder: give a .jsonl file path")
+    data = output.read_bytes()
+    complete = data[:data.rfind(b"\n") + 1]
+    done = _recorded_images(output, complete, task, model)
+    torn = data[len(complete):]
+    if torn:
+        if not (torn.startswith(_RECORD_START) or _RECORD_START.startswith(torn)):
+            raise RecordError(f"{output}: the last line is not a record of this tool; give another --output")
+        with output.open("r+b") as file:
+            file.truncate(len(complete))
+        print(f"warning: {output}: removed a torn last line ({len(torn)} bytes) left by an interrupted run; its "
+              "image is recorded again", file=sys.stderr)
+    return done
+
+
+def _recorded_images(output: Path, complete: bytes, task: str, model: str) -> set[str]:
+    """The "image" of every complete line, checked to be a record of this tool for `task` and `model`."""
+    done = set()
+    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+            raise RecordError(f"{output}: line {number} is not a record of this tool; give another --output "
+                              "(this one is not a prompt recording, or it is damaged)")
+        if (record.get("task"), record.get("model")) != (task, model):
+            raise RecordError(f"{output} holds prompts of task {record.get('task')!r} by model {record.get('model')!r}"
+                              f" but this run asks task {task!r} of model {model!r}: resume with the same --task and "
+                              "--model, or write to another --output")
+        done.add(record["image"])
+    return done
+
+
+def user_message(assistant, task: str, key: str, instruction: str | None, vary: bool, seed: int) -> str:
+    """The user turn for one image: `instruction`, a training phrasing drawn for this image (vary), or the default."""
+    if instruction is None and not vary:
+        instruction = DEFAULT_INSTRUCTIONS[task]
+    rng = random.Random(f"{seed}:{key}") if vary and instruction is None else None
+    return assistant.user_message(task, "", assistant.new_history(), True, instruction=instruction, rng=rng)
+
+
+def open_picture(path: Path) -> Image.Image:
+    """The image as RGB; OSError/ValueError (PIL's) when it cannot be read."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _write_lines(file, items: list[dict]) -> None:
+    """Append JSON lines and push them to disk, so an interruption keeps every finished batch."""
+    if items:
+        file.write("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def record_batch(assistant, images: Sequence[Path], keys: Sequence[str], args: argparse.Namespace, model: str,
+                 counts: RunCounts, warn) -> tuple[list[dict], list[dict]]:
+    """Ask about one batch of images; (records to append, error entries)."""
+    from llmga.mllm.batch import BatchRequest, reply_batch
+    from llmga.mllm.chat import GenerationSettings
+
+    errors, requests, asked = [], [], []
+    for image, key in zip(images, keys, strict=True):
+        try:
+            picture = assistant.picture(open_picture(image))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            errors.append({"image": key, "error": f"cannot read the image: {error}"})
+            continue
+        message = user_message(assistant, args.task, key, args.instruction, args.vary_instruction, args.seed)
+        requests.append(BatchRequest(message, picture))
+        asked.append(key)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed)
+    records = []
+    for key, request, reply in zip(asked, requests, reply_batch(assistant, requests, settings), strict=True):
+        tagged = reply.parsed.has_prompt
+        caption = reply.parsed.prompt(no_tag_fallback="whole reply")
+        if not caption:
+            errors.append({"image": key, "error": "the reply is empty", "reply": reply.text})
+        elif not tagged and args.skip_untagged:
+            errors.append({"image": key, "error": "the reply has no <gen_image> tags", "reply": reply.text})
+        else:
+            records.append({"image": key, "caption": caption, "tagged": tagged, "reply": reply.text,
+                            "task": args.task, "instruction": request.message, "model": model})
+            counts.tagged += tagged
+            counts.untagged += not tagged
+    for error in errors:
+        warn(f"warning: {error['image']}: {error['error']}")
+        counts.failed.append(error["image"])
+    return records, errors
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise RecordError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.limit is not None and args.limit < 0:
+        raise RecordError(f"--limit must not be negative, got {args.limit}")
+    if args.temperature < 0:
+        raise RecordError(f"--temperature must not be negative, got {args.temperature} (0 = greedy)")
+    if args.skip_untagged and args.task == "describe":
+        raise RecordError("--skip-untagged would skip every reply of task describe (trained without tags): drop it")
+    if args.instruction is not None and args.vary_instruction:
+        raise RecordError("give --instruction (one phrasing) or --vary-instruction (training phrasings), not both")
+    if not Path(args.model).is_dir():
+        raise RecordError(f"--model {args.model} is not a folder: give an LLMGA checkpoint folder "
+                          "(config.json, *.safetensors, tokenizer files)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    check_arguments(args)
+    output = Path(args.output)
+    model = Path(args.model).resolve().name
+    images = list_images(Path(args.images), args.recursive)
+    keys = [image_key(image, output) for image in images]
+    done = read_recorded(output, args.task, model)
+    pending = [(image, key) for image, key in zip(images, keys, strict=True) if key not in done]
+    if args.limit is not None:
+        pending = pending[:args.limit]
+    counts = RunCounts(already=sum(key in done for key in keys))
+    errors_path = Path(args.errors) if args.errors else output.with_suffix(".errors.jsonl")
+    if errors_path.absolute() == output.absolute():
+        raise RecordError(f"--errors {errors_path} is the output file: give another path")
+    errors_path.unlink(missing_ok=True)  # it listed the last run's failures, which this run retries
+    if not pending:
+        print(f"nothing to do: {counts.already} of {len(images)} images are recorded in {output}")
+        return 0
+
+    from llmga.mllm.chat import Assistant
+    from llmga.mllm.loader import load_llmga
+
+    assistant = Assistant(load_llmga(args.model, dtype=args.dtype, device=args.device,
+                                     clip_vision_dirs=args.clip_vision_dir))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(pending), unit="image", desc="recording prompts")
+    with output.open("a", encoding="utf-8", newline="\n") as out:
+        for start in range(0, len(pending), args.batch_size):
+            batch = pending[start:start + args.batch_size]
+            records, errors = record_batch(assistant, [p for p, _ in batch], [k for _, k in batch], args, model,
+                                           counts, lambda text: tqdm.write(text, file=sys.stderr))
+            _write_lines(out, records)
+            if errors:
+                with errors_path.open("a", encoding="utf-8", newline="\n") as sidecar:
+                    _write_lines(sidecar, errors)
+            bar.update(len(batch))
+    bar.close()
+    recorded = counts.tagged + counts.untagged
+    failed = f"; {len(counts.failed)} failed (listed in {errors_path}; a rerun retries them)" if counts.failed else ""
+    print(f"recorded {recorded} prompts ({counts.tagged} tagged, {counts.untagged} untagged) in {output}; "
+          f"{counts.already} of {len(images)} images were recorded before{failed}")
+    return 1 if counts.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.tools.record_prompts",
+        description="Record the LLMGA assistant's generation prompts for a folder of images (stage-2 training "
+                    "data, read by read_caption_jsonl). Resumable: rerun the same command to continue.")
+    parser.add_argument("--model", required=True, help="LLMGA checkpoint folder")
+    parser.add_argument("--images", required=True, help="folder of images (.png .jpg .jpeg .webp .bmp)")
+    parser.add_argument("--output", required=True, help=".jsonl file; appended to, and resumed from when it exists")
+    parser.add_argument("--recursive", action="store_true", help="also take images from subfolders")
+    parser.add_argument("--task", choices=tuple(DEFAULT_INSTRUCTIONS), default="similar_image",
+                        help="similar_image: the reply holds a <gen_image> prompt; describe: a plain description")
+    parser.add_argument("--instruction", help="your own phrasing of the request (default: "
+                        + "; ".join(f"{task}: {text!r}" for task, text in DEFAULT_INSTRUCTIONS.items()) + ")")
+    parser.add_argument("--vary-instruction", action="store_true",
+                        help="draw the phrasing per image from the training list (seeded, stable across runs)")
+    parser.add_argument("--skip-untagged", action="store_true",
+                        help="leave out replies without <gen_image> tags (default: record the whole reply with "
+                             '"tagged": false)')
+    parser.add_argument("--batch-size", type=int, default=8, help="images answered per generate call")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="reply length limit (official CLI: 512)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0 (default): greedy, reproducible and batch-independent; > 0: seeded sampling")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed and --vary-instruction draws")
+    parser.add_argument("--limit", type=int, help="record at most this many new images in this run")
+    parser.add_argument("--errors", help="where failed images are listed (default: <output>.errors.jsonl)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[],
+                        help="folder searched for the CLIP vision tower when the checkpoint lacks it (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 1 some images failed (listed in the errors file), 2 the run could not start, 130 Ctrl-C."""
+    args = build_parser().parse_args(argv)
+    return run_reporting(lambda: run(args), (ValueError, OSError), "lower --batch-size")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
