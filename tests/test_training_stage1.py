@@ -387,3 +387,15 @@ def test_yaml_no_reads_as_the_mixed_precision_choice(tmp_path):
     config = load_config(write(tmp_path / "c.yaml", "model_name_or_path: m\noutput_dir: o\nt2i_data: t\n"
                                "mixed_precision: no\n"), Stage1Config)
     assert config.mixed_precision == "no"
+
+
+def test_tensorboard_gets_loss_and_learning_rate(finetuned):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = list((finetuned.output_dir / "logs" / "stage1_mllm").glob("events.out.tfevents.*"))
+    assert runs, "no tensorboard event file"
+    events = EventAccumulator(str(runs[0].parent))
+    events.Reload()
+    assert {"train_loss", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("train_loss")] == list(range(1, 9))
+    assert [e.value for e in events.Scalars("train_loss")] == pytest.approx(finetuned.losses)
