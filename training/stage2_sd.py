@@ -48,7 +48,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from llmga.prompt.clip_binding import TransformersCLIP
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
-from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, _unet_channels
+from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
 
 from .common import (
     ConfigError,
@@ -245,7 +245,7 @@ def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None
     """The parts of an SD1.5 diffusers folder on the CPU in float32, after checking that its UNet fits `task`
     (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
     try:
-        channels = _unet_channels(Path(folder))
+        channels = unet_channels(Path(folder))
     except SDPipelineError as error:
         raise ConfigError(f"pretrained_model: {error}") from error
     if channels != TASK_CHANNELS[task]:

@@ -72,7 +72,7 @@ def is_inpainting_pipeline(pipe: SDPipeline) -> bool:
     return isinstance(pipe, StableDiffusionInpaintPipeline)
 
 
-def _unet_channels(folder: Path) -> int:
+def unet_channels(folder: Path) -> int:
     """The UNet's input channels, after checking that `folder` is a complete SD1.5 diffusers folder (from the configs
     alone, before any weights are read)."""
     if not folder.is_dir():
@@ -109,7 +109,7 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
     incomplete folder and for models that are not SD1.5.
     """
     folder = Path(folder)
-    channels = _unet_channels(folder)
+    channels = unet_channels(folder)
     pipeline_class = StableDiffusionInpaintPipeline if inpainting or channels == INPAINT_CHANNELS \
         else StableDiffusionPipeline
     target, torch_dtype = sd_device_and_dtype(device, dtype)
