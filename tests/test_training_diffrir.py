@@ -8,20 +8,16 @@ are 80-140 px (padded or cropped to 96, degraded, cropped to 64), the pool holds
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from fixtures.diffrir import TINY_DIFFRIR, build_diffrir_fixture
 from PIL import Image
+from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
 
 from llmga.restore.checkpoint import DiffRIRLoadError, load_diffrir
 from llmga.restore.inference import restore_image
@@ -37,27 +33,7 @@ TINY = {key: list(value) if isinstance(value, tuple) else value for key, value i
 SIZES = [(128, 112), (96, 96), (140, 100), (80, 120), (100, 90)]  # some smaller than the crop: reflect-padded
 
 
-def _reset_accelerate() -> None:
-    """Each `train` call builds its own Accelerator; accelerate keeps process-wide singletons between them."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread; on a busy machine spinning worker threads slow them ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+one_thread = torch_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +94,7 @@ def read_log(output_dir: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def s1_run(image_folder, tmp_path_factory):
     config = make_config(image_folder, tmp_path_factory.mktemp("diffrir_s1"))
-    _reset_accelerate()
+    reset_accelerate()
     return config, train(config)
 
 
@@ -127,7 +103,7 @@ def s2_run(image_folder, s1_run, tmp_path_factory):
     """S2 from the S1 run: 8 steps of phase a (prior only), then 22 of phase b."""
     config = make_config(image_folder, tmp_path_factory.mktemp("diffrir_s2"), stage="s2",
                          s1_checkpoint=str(s1_run[1].weights), encoder_iters=8)
-    _reset_accelerate()
+    reset_accelerate()
     return config, train(config)
 
 
@@ -208,7 +184,7 @@ def test_resume_continues_with_identical_losses_and_weights(image_folder, s1_run
     config = make_config(image_folder, tmp_path / "full", stage="s2", s1_checkpoint=str(s1_run[1].weights),
                          encoder_iters=5, max_train_steps=7, checkpointing_steps=1)
     full = train(config)
-    _reset_accelerate()
+    reset_accelerate()
     shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
     resumed = train(replace(config, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
     assert resumed.global_step == 7 and resumed.losses == full.losses[4:]
@@ -232,12 +208,6 @@ diffrir.main(sys.argv[1:-1])
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(240)
 def test_two_processes_keep_identical_weights_through_both_phases(image_folder, s1_run, tmp_path):
     """DDP over gloo on the CPU: phase a (which bypasses DDP's gradient averaging, the DIRformer taking no part)
@@ -248,17 +218,12 @@ def test_two_processes_keep_identical_weights_through_both_phases(image_folder, 
               "dataloader_num_workers": 0, "checkpointing_steps": 2}
     write(tmp_path / "config.json", json.dumps(config))
     write(tmp_path / "launch.py", RECORDING_LAUNCHER)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(tmp_path / "launch.py"),
-               "--config", str(tmp_path / "config.json"), str(tmp_path)]
-    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=220)
+    run = launch_two_processes([str(tmp_path / "launch.py"), "--config", str(tmp_path / "config.json"),
+                                str(tmp_path)], tmp_path, 220)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = read_log(str(tmp_path / "out"))
     assert [("l_pix" in r, r["samples"]) for r in records] == [(False, 4), (True, 4)]
-    first, second = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    first, second = (torch.load(tmp_path / f"rank{k}.pt", weights_only=True) for k in (0, 1))
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert (tmp_path / "out" / "checkpoint-2").is_dir() and load_diffrir(tmp_path / "out" / "net_g_latest.pth")
 
@@ -332,7 +297,7 @@ def test_s2_needs_readable_s1_weights_of_the_configured_size(image_folder, s1_ru
         train(s2(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="holds DiffRIR S2 weights, not the S1 network"):
         train(s2(build_diffrir_fixture(tmp_path)))
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.raises(ConfigError, match="does not fit the configured network.*as in the S1 run"):
         train(s2(s1_run[1].weights, dim=16))
 

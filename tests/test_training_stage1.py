@@ -9,20 +9,17 @@ written by the tests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from fixtures.mllm import build_base_llm, build_clip_vision_tower, build_projector_only
 from PIL import Image
 from safetensors.torch import load_file
+from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
 
 from llmga.mllm.chat import Assistant, GenerationSettings
 from llmga.mllm.checkpoint import read_checkpoint, read_weight_file
@@ -43,25 +40,7 @@ from training.stage1_mllm import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _reset_accelerate() -> None:
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+few_threads = torch_threads(2)
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +106,9 @@ def finetune_config(models: dict[str, Path], data_root: Path, output: Path, **ch
 @pytest.fixture(scope="module")
 def finetuned(models, data_root, tmp_path_factory):
     output = tmp_path_factory.mktemp("stage1_finetune") / "out"
-    _reset_accelerate()
+    reset_accelerate()
     result = train(finetune_config(models, data_root, output, gradient_checkpointing=True))
-    _reset_accelerate()
+    reset_accelerate()
     return result
 
 
@@ -235,7 +214,7 @@ def test_resume_continues_at_the_same_step_with_identical_state(models, data_roo
     config = finetune_config(models, data_root, tmp_path / "full", per_device_train_batch_size=3, max_train_steps=4,
                              checkpointing_steps=2, checkpoints_total_limit=None)
     full = train(config)
-    _reset_accelerate()
+    reset_accelerate()
     shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
     resumed = train(replace(config, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
     assert resumed.global_step == 4 and resumed.losses == full.losses[2:]
@@ -267,7 +246,7 @@ def test_pretraining_trains_only_the_projector_and_feeds_finetuning(models, data
     base = load_file(models["base"] / "model.safetensors")
     key = "model.layers.0.self_attn.q_proj.weight"
     assert torch.equal(loaded.model.language_model.state_dict()[key], base[key].float())
-    _reset_accelerate()
+    reset_accelerate()
     finetuned = train(finetune_config(models, data_root, tmp_path / "ft", max_train_steps=1,
                                       pretrain_mm_mlp_adapter=str(folder / "mm_projector.bin")))
     assert finetuned.global_step == 1 and read_checkpoint(tmp_path / "ft").family == "qwen2"
@@ -290,7 +269,7 @@ def test_other_base_llms_train_with_their_template_and_pad_token(family, templat
         assert parts.tokenizer.pad_token == parts.tokenizer.unk_token  # train.py: pad = unk
     if template == "llama_3":
         assert parts.tokenizer.pad_token == "<|reserved_special_token_0|>"
-    _reset_accelerate()
+    reset_accelerate()
     with pytest.warns(UserWarning, match="randomly initialised projector"):
         result = train(config)
     assert result.global_step == 1 and np.isfinite(result.losses).all()
@@ -304,18 +283,10 @@ def test_other_base_llms_train_with_their_template_and_pad_token(family, templat
 
 @pytest.mark.timeout(300)
 def test_accelerate_launch_runs_two_processes_on_the_cpu(models, data_root, tmp_path):
-    from test_training_stage2 import free_port
-
     config = {key: value for key, value in vars(finetune_config(models, data_root, tmp_path / "out")).items()}
     config.update(per_device_train_batch_size=2, max_train_steps=2, checkpointing_steps=2)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true", "HF_HOME": str(tmp_path / "hf"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()),
-               "-m", "training.stage1_mllm", "--config", str(tmp_path / "config.json")]
-    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=280)
+    run = launch_two_processes(["-m", "training.stage1_mllm", "--config", str(tmp_path / "config.json")], tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "logs" / "train.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train_loss" in r]

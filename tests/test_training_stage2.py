@@ -8,23 +8,19 @@ fraction of a second on a small CPU.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from fixtures.sd15 import _Shared as SharedParts
 from fixtures.sd15 import _write_pipeline as write_pipeline
 from PIL import Image
 from safetensors.torch import load_file
+from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from llmga.sd.pipelines import inpaint, load_sd15_pipeline, text_to_image
@@ -48,27 +44,7 @@ LONG_PROMPT = ", ".join(["a red fox curled up in deep fresh snow under soft gold
 PROMPTS = ["a red square", "a blue circle on white", LONG_PROMPT, "green stripes", "a yellow sun", "a gray cat"]
 
 
-def _reset_accelerate() -> None:
-    """Each `train` call builds its own Accelerator; accelerate keeps process-wide singletons between them."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Micro models train fastest on one thread; on a busy machine spinning worker threads slow them ~10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate():
-    _reset_accelerate()
-    yield
-    _reset_accelerate()
+one_thread = torch_threads(1)
 
 
 def _micro_unet(channels: int) -> UNet2DConditionModel:
@@ -143,11 +119,11 @@ def trained(micro_models, image_folder, tmp_path_factory):
     """task -> (config, TrainResult) after a few steps, one run per task for the module."""
     runs = {}
     for task, model in micro_models.items():
-        _reset_accelerate()
+        reset_accelerate()
         config = make_config(model, image_folder, tmp_path_factory.mktemp(f"stage2_{task}"), task=task,
                              caption_dropout=0.05 if task == "inpaint" else 0.0)
         runs[task] = (config, train(config))
-    _reset_accelerate()
+    reset_accelerate()
     return runs
 
 
@@ -198,7 +174,7 @@ def test_resume_continues_at_the_same_step_with_identical_state(micro_models, im
                          checkpointing_steps=1, checkpoints_total_limit=2, use_ema=True, caption_dropout=0.5)
     full = train(config)
     assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
-    _reset_accelerate()
+    reset_accelerate()
     shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
     resumed = train(replace(config, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest"))
     assert resumed.global_step == 5 and resumed.losses == full.losses[4:]
@@ -215,14 +191,7 @@ def test_accelerate_launch_runs_two_processes_on_the_cpu(micro_models, image_fol
               "max_train_steps": 2, "mixed_precision": "no", "gradient_checkpointing": True, "allow_tf32": False,
               "checkpointing_steps": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    # accelerate's --multi_gpu launcher (torchrun) with ACCELERATE_USE_CPU: DDP over gloo on the CPU.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true", "HF_HOME": str(tmp_path / "hf"),
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()),
-               "-m", "training.stage2_sd", "--config", str(tmp_path / "config.json")]
-    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=220)
+    run = launch_two_processes(["-m", "training.stage2_sd", "--config", str(tmp_path / "config.json")], tmp_path, 220)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "out" / "logs" / "train.jsonl").read_text().splitlines()]
     steps = [r for r in records if "train_loss" in r]
@@ -232,12 +201,6 @@ def test_accelerate_launch_runs_two_processes_on_the_cpu(micro_models, image_fol
 
 
 # --- bad configs and data -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write(path: Path, text: str) -> Path:

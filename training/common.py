@@ -19,6 +19,7 @@ order and per-sample augmentation depend only on (seed, epoch, index), and the n
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -26,7 +27,7 @@ import json
 import shutil
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -177,6 +178,22 @@ def load_config(path: str | Path, config_type: type[ConfigT], overrides: Mapping
         return config_type(**values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{path}: {error}") from error
+
+
+def run_cli(description: str, config_type: type[ConfigT], train: Callable[[ConfigT], Any],
+            argv: Sequence[str] | None = None) -> None:
+    """A trainer's command line: `--config FILE [--set key=value ...]`; a bad config or missing data exits with
+    "error: <what to fix>" instead of a stack trace."""
+    from .data.datasets import DataError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help=f"YAML or JSON file with {config_type.__name__} keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = parser.parse_args(argv)
+    try:
+        train(load_config(args.config, config_type, parse_overrides(args.set)))
+    except (ConfigError, DataError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 # --- accelerator, logging, seeding --------------------------------------------------------------------------------

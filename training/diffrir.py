@@ -35,7 +35,6 @@ share parameters and the network is small).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import time
@@ -81,11 +80,10 @@ from .common import (
     EpochShuffleSampler,
     data_position,
     epoch_batches,
-    load_config,
     make_accelerator,
-    parse_overrides,
     progress_bar,
     resume_checkpoint,
+    run_cli,
     sample_rng,
     save_checkpoint,
     seed_everything,
@@ -539,15 +537,7 @@ def train(config: DiffRIRConfig) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train DiffRIR (stage s1, then s2) for LLMGA's restoration step")
-    parser.add_argument("--config", required=True, help="YAML or JSON file with DiffRIRConfig keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config, DiffRIRConfig, parse_overrides(args.set)))
-    except (ConfigError, DataError) as error:
-        raise SystemExit(f"error: {error}") from None
-
+    run_cli("Train DiffRIR (stage s1, then s2) for LLMGA's restoration step", DiffRIRConfig, train, argv)
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,6 @@ to continue fine-tuning a released checkpoint on one's own data.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -82,11 +81,10 @@ from .common import (
     EpochShuffleSampler,
     data_position,
     epoch_batches,
-    load_config,
     make_accelerator,
-    parse_overrides,
     progress_bar,
     resume_checkpoint,
+    run_cli,
     save_checkpoint,
     seed_everything,
 )
@@ -673,15 +671,7 @@ def train(config: Stage1Config) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="LLMGA stage 1: projector pretraining or MLLM fine-tuning")
-    parser.add_argument("--config", required=True, help="YAML or JSON file with Stage1Config keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config, Stage1Config, parse_overrides(args.set)))
-    except (ConfigError, DataError) as error:
-        raise SystemExit(f"error: {error}") from None
-
+    run_cli("LLMGA stage 1: projector pretraining or MLLM fine-tuning", Stage1Config, train, argv)
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,6 @@ datasets.py); random draws come from per-sample / per-step generators so resumin
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -56,11 +55,10 @@ from .common import (
     data_position,
     epoch_batches,
     frozen_model_context,
-    load_config,
     make_accelerator,
-    parse_overrides,
     progress_bar,
     resume_checkpoint,
+    run_cli,
     sample_rng,
     save_checkpoint,
     seed_everything,
@@ -442,15 +440,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts")
-    parser.add_argument("--config", required=True, help="YAML or JSON file with Stage2Config keys")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    args = parser.parse_args(argv)
-    try:
-        train(load_config(args.config, Stage2Config, parse_overrides(args.set)))
-    except (ConfigError, DataError) as error:
-        raise SystemExit(f"error: {error}") from None
-
+    run_cli("LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts", Stage2Config, train, argv)
 
 if __name__ == "__main__":
     main()

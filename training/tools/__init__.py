@@ -5,3 +5,12 @@
 - `refinement_pairs`: build short -> detailed prompt pairs in the released `T2I/train.json` format from any
   captioned set, with a pluggable captioner.
 """
+
+
+def add_assistant_options(parser, clip_help: str) -> None:
+    """The options that load the LLMGA assistant: --device, --dtype, --clip-vision-dir (repeatable)."""
+    from pathlib import Path
+
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[], help=clip_help)

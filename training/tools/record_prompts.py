@@ -45,6 +45,7 @@ from llmga.cli_support import run_reporting
 from llmga.mllm.tasks import QUES_PROMPT, REGEN_PROMPT
 
 from ..data.datasets import IMAGE_EXTENSIONS
+from . import add_assistant_options
 
 # The tasks that ask about an image and nothing else (SGDataset), and the instruction each uses by default:
 # "Generate a similar image." is an official regen_prompt entry and the official editing CLI's first turn; the
@@ -280,10 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed and --vary-instruction draws")
     parser.add_argument("--limit", type=int, help="record at most this many new images in this run")
     parser.add_argument("--errors", help="where failed images are listed (default: <output>.errors.jsonl)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[],
-                        help="folder searched for the CLIP vision tower when the checkpoint lacks it (repeatable)")
+    add_assistant_options(parser, "folder searched for the CLIP vision tower when the checkpoint lacks it (repeatable)")
     return parser
 
 

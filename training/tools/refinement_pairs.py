@@ -40,6 +40,7 @@ from typing import ClassVar, Protocol
 from llmga.cli_support import run_reporting
 
 from ..data.datasets import read_caption_jsonl, read_captioned_images, read_image_folder, read_json_list, read_t2i
+from . import add_assistant_options
 
 MODES = ("shorten", "expand")
 ASSISTANT_TASKS = ("refine_prompt", "text_to_image", "describe")
@@ -304,10 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what the assistant: captioner is asked")
     parser.add_argument("--batch-size", type=int, default=8, help="records per generate call (assistant)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="reply length limit (assistant)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[],
-                        help="folder searched for the CLIP vision tower (assistant describe)")
+    add_assistant_options(parser, "folder searched for the CLIP vision tower (assistant describe)")
     return parser
 
 
