@@ -1,32 +1,90 @@
-"""Evaluation of edited images with MagicBrush's metrics (L1, L2, CLIP-I, CLIP-T, DINO), free of ComfyUI.
+"""Evaluation, free of ComfyUI: the paper's tables as library loops, and the metrics they use.
 
-    pairs = read_manifest("edits.jsonl")                      # or read_magicbrush(generated, gt, "single-turn", ...)
-    scores = score_pairs(pairs, ("l1", "l2", "clip-i"), clip=load_clip("models/clip-vit-base-patch32"))
-    scores.means  # {"l1": ..., "l2": ..., "clip-i": ...}
+    captions = read_t2i_captions("captions_val2014.json", num=30000)          # Table 1 (t2i)
+    run_t2i_eval(settings, captions, out, generate_fn=..., metrics=T2IMetrics(inception=...), reference=...)
+    sets = prepare_inpaint_set(images, out / "data", ("narrow", "wide", "outpaint"))   # Tables 3 and 4
+    run_inpaint_eval(settings, sets, out, inpaint_fn=..., metrics=InpaintMetrics(...), restorers=[...])
+    run_restore_eval(prepare_restore_set(images, out / "data"), out, restorers=[...], lpips=...)
+    scores = score_pairs(read_manifest("edits.jsonl"), ("l1", "l2", "clip-i"), clip=load_clip(...))   # MagicBrush
+
+Metric arithmetic (`metrics`), networks (`networks`: FID Inception, LPIPS) and the feature cache (`features`) load
+torch only when used; so does everything here, so importing this package stays light.
 """
 
+from .backends import diffrir_restorer
 from .editing import METRICS, EditScores, check_pairs, cosine, parse_metrics, pixel_distances, score_pairs
 from .encoders import ClipEncoder, DinoEncoder, clip_pixel_values, dino_pixel_values, load_clip, load_dino
+from .features import FeatureCache, clip_image_extractor, extract_features, inception_extractor, stats_for
+from .inpaint import (
+    InpaintGeneration,
+    InpaintItem,
+    InpaintMetrics,
+    InpaintSetting,
+    Restorer,
+    eval_mask,
+    prepare_inpaint_set,
+    run_inpaint_eval,
+)
+from .metrics import FeatureStats, clip_score, feature_stats, fid, inception_score, psnr, ssim
+from .networks import load_inception, load_lpips
 from .pairs import SETTINGS, EditPair, EvalInputError, read_captions, read_magicbrush, read_manifest
+from .report import Table, markdown_table, write_report
+from .restore_eval import RestoreItem, prepare_restore_set, run_restore_eval
+from .t2i import Caption, T2IGeneration, T2IMetrics, T2ISetting, read_t2i_captions, run_t2i_eval
 
 __all__ = [
     "METRICS",
     "SETTINGS",
+    "Caption",
     "ClipEncoder",
     "DinoEncoder",
     "EditPair",
     "EditScores",
     "EvalInputError",
+    "FeatureCache",
+    "FeatureStats",
+    "InpaintGeneration",
+    "InpaintItem",
+    "InpaintMetrics",
+    "InpaintSetting",
+    "Restorer",
+    "RestoreItem",
+    "T2IGeneration",
+    "T2IMetrics",
+    "T2ISetting",
+    "Table",
     "check_pairs",
+    "clip_image_extractor",
     "clip_pixel_values",
+    "clip_score",
     "cosine",
+    "diffrir_restorer",
     "dino_pixel_values",
+    "eval_mask",
+    "extract_features",
+    "feature_stats",
+    "fid",
+    "inception_extractor",
+    "inception_score",
     "load_clip",
     "load_dino",
+    "load_inception",
+    "load_lpips",
+    "markdown_table",
     "parse_metrics",
     "pixel_distances",
+    "prepare_inpaint_set",
+    "prepare_restore_set",
+    "psnr",
     "read_captions",
     "read_magicbrush",
     "read_manifest",
+    "read_t2i_captions",
+    "run_inpaint_eval",
+    "run_restore_eval",
+    "run_t2i_eval",
     "score_pairs",
+    "ssim",
+    "stats_for",
+    "write_report",
 ]

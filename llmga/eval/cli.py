@@ -1,8 +1,13 @@
-"""`python -m llmga eval-edit`: MagicBrush's editing metrics for a manifest of our outputs or a MagicBrush folder.
+"""`python -m llmga eval t2i|inpaint|edit|restore`: the paper's tables, one command each (`eval-edit` = `eval edit`).
 
-    python -m llmga eval-edit edits.jsonl --clip models/clip-vit-base-patch32 --dino models/dino-vits16
-    python -m llmga eval-edit generated/ --gt test/images --captions test/local_captions.json --clip ... --dino ...
-    python -m llmga eval-edit edits.csv --metrics l1,l2 --json scores.json
+    python -m llmga eval t2i captions_val2014.json --num 30000 --reference coco_val2014/ --mllm <assistant> \\
+        --setting "SD1.5 + short caption=models/diffusers/stable-diffusion-v1-5:caption" ...
+    python -m llmga eval inpaint places_val/ --num 2000 --setting "LLMGA=binxia/llmga-sd15-inpainting-v2:assistant" \\
+        --mllm <assistant> --diffrir DiffRIR=models/diffrir/DiffRIRS2_GAN_x1.pth
+    python -m llmga eval edit edits.jsonl --clip models/eval/clip-vit-base-patch32 --dino models/dino-vits16
+    python -m llmga eval restore held_out/ --diffrir models/diffrir/DiffRIRS2_GAN_x1.pth
+
+See docs/evaluation.md for the protocols and where the metric weights go.
 """
 
 from __future__ import annotations
@@ -12,20 +17,48 @@ import json
 import sys
 from pathlib import Path
 
+from .commands import run_eval_command
 from .editing import CLIP_METRICS, METRICS
 from .pairs import SETTINGS
 
-# torch/transformers load only when the command runs.
+# torch/transformers load only when a command runs.
+
+DEVICES = ("auto", "cuda", "cpu", "mps")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
+EDIT_DESCRIPTION = (
+    "Score edited images against their ground truth with MagicBrush's metrics (evaluation/image_eval.py). "
+    "SOURCE is a manifest (.jsonl, .json or .csv; columns output, target, caption, input; paths relative to "
+    "the manifest) or, with --gt, a folder of MagicBrush sessions (<id>/<id>_1.png, <id>_inde_<k>.png, "
+    "<id>_iter_<k>.png). Nothing is downloaded: CLIP and DINO come from local folders.")
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "eval-edit", help="MagicBrush editing metrics (L1, L2, CLIP-I, CLIP-T, DINO) of edited images",
-        description=(
-            "Score edited images against their ground truth with MagicBrush's metrics (evaluation/image_eval.py). "
-            "SOURCE is a manifest (.jsonl, .json or .csv; columns output, target, caption, input; paths relative to "
-            "the manifest) or, with --gt, a folder of MagicBrush sessions (<id>/<id>_1.png, <id>_inde_<k>.png, "
-            "<id>_iter_<k>.png). Nothing is downloaded: CLIP and DINO come from local folders."))
+    edit_help = "MagicBrush editing metrics (L1, L2, CLIP-I, CLIP-T, DINO) of edited images"
+    _add_edit_arguments(commands.add_parser("eval-edit", help=edit_help + " (= eval edit)",
+                                            description=EDIT_DESCRIPTION))
+    evaluate = commands.add_parser(
+        "eval", help="reproduce the paper's tables: t2i (Table 1), inpaint (Tables 3, 4), edit, restore",
+        description="Evaluation runs that reproduce the paper's tables. Each writes report.json, report.md and "
+        "report.png (with matplotlib) in --out and resumes where it stopped. See docs/evaluation.md.")
+    tasks = evaluate.add_subparsers(dest="eval_task", required=True)
+    _add_t2i_arguments(tasks.add_parser(
+        "t2i", help="Table 1: FID, IS and CLIP score of SD1.5 images from COCO captions (optionally refined)",
+        description="Generate one image per caption for every --setting (resumable), then score FID against "
+        "--reference, Inception Score (10 splits) and CLIP score (ViT-B/32, against the short caption)."))
+    _add_inpaint_arguments(tasks.add_parser(
+        "inpaint", help="Tables 3 and 4: FID, LPIPS and SSIM of inpainting/outpainting on LaMa-style masks",
+        description="Crop every image to 512 (LaMa's protocol), draw narrow/medium/wide/outpaint masks "
+        "(deterministic, saved in LaMa's naming), inpaint for every --setting, restore with every --diffrir, "
+        "score FID, LPIPS and SSIM per mask type (resumable)."))
+    _add_edit_arguments(tasks.add_parser("edit", help=edit_help, description=EDIT_DESCRIPTION))
+    _add_restore_arguments(tasks.add_parser(
+        "restore", help="PSNR, SSIM, LPIPS of DiffRIR on held-out images with its training degradations",
+        description="Degrade held-out images with DiffRIR's training degradations (D1 second-order + D2 "
+        "luminance) under DiffRIR's training masks, restore with every --diffrir, and compare with the plain "
+        "composite (resumable)."))
+
+
+def _add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="manifest file, or the folder of generated MagicBrush sessions")
     parser.add_argument("--gt", type=Path, help="MagicBrush ground-truth folder (<id>/<id>-output<k>.png); "
                         "makes SOURCE a MagicBrush folder")
@@ -38,9 +71,95 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip", type=Path, help="folder of openai/clip-vit-base-patch32 (Hugging Face layout)")
     parser.add_argument("--dino", type=Path, help="folder of facebook/dino-vits16 (Hugging Face layout), or the "
                         "official dino_deitsmall16_pretrain.pth")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--json", type=Path, help="write the means and per-image scores to this JSON file")
     parser.set_defaults(run=run_eval_edit)
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, task: str, metric_flags: tuple[str, ...]) -> None:
+    """What every generating evaluation takes: output, models, metric weights, devices, seeds, batches."""
+    parser.add_argument("--out", type=Path, default=Path("outputs") / f"eval-{task}",
+                        help=f"run folder (created; a second run resumes in it; default outputs/eval-{task})")
+    parser.add_argument("--models-dir", type=Path, action="append", default=[],
+                        help="models folder (repeatable; default: models): SD in it and its diffusers/, the "
+                             "assistant in its LLM/, DiffRIR in its diffrir/, metric weights in its eval/")
+    weights = {"inception": "FID Inception pt_inception-2015-12-05-6726825d.pth (default: looked up in "
+                            "$LLMGA_EVAL_MODELS and <models dir>/eval/)",
+               "lpips-vgg": "LPIPS VGG16 vgg16-397923af.pth (default: looked up as --inception)",
+               "lpips-lin": "LPIPS v0.1 linear heads vgg.pth (default: looked up as --inception)",
+               "clip": "folder of openai/clip-vit-base-patch32 (default: <eval folder>/clip-vit-base-patch32)"}
+    for flag in metric_flags:
+        parser.add_argument(f"--{flag}", type=Path, help=weights[flag])
+    parser.add_argument("--cache", type=Path, help="feature cache folder (default <out>/feature_cache); share one "
+                        "between runs to reuse the reference set's features")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, crops, masks and generation")
+    parser.add_argument("--metric-batch-size", type=int, default=16, help="images per metric-network batch")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto",
+                        help="auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
+    parser.add_argument("--allow-download", action="store_true", help="download missing released LLMGA checkpoints "
+                        "(metric weights are never downloaded)")
+    parser.set_defaults(run=run_eval_command, eval_task=task)
+
+
+def _add_generation_arguments(parser: argparse.ArgumentParser, setting_help: str) -> None:
+    parser.add_argument("--setting", action="append", default=[], help=setting_help)
+    parser.add_argument("--mllm", help="assistant checkpoint folder or released name (for refined/assistant prompts)")
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps (official: 50)")
+    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance (official: 7.5)")
+    parser.add_argument("--negative", default="", help="negative prompt (official: empty)")
+    parser.add_argument("--encoding", choices=("llmga", "lpw"), default="llmga", help="long-prompt encoding")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per SD call and assistant replies per batch")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="assistant sampling temperature (default 0: greedy, reproducible)")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply")
+
+
+def _add_t2i_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("captions", type=Path, help="COCO captions JSON (captions_val2014.json) or a text file, one "
+                        "caption a line")
+    parser.add_argument("--num", type=int, help="random images (one random caption each) to use; default: all, "
+                        "first caption of each (the usual protocol: 30000)")
+    parser.add_argument("--reference", type=Path, help="real images for FID: a folder, or an .npz of Inception "
+                        "statistics (pytorch-fid --save-stats or a previous run's) computed at --fid-size")
+    parser.add_argument("--metrics", default="fid,is,clip", help="comma-separated: fid, is, clip (default all)")
+    parser.add_argument("--fid-size", type=int, default=256,
+                        help="square size images are resized to for FID and IS (default 256; 0: as generated)")
+    parser.add_argument("--width", type=int, default=512, help="image width (default 512)")
+    parser.add_argument("--height", type=int, default=512, help="image height (default 512)")
+    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 1: MODEL an SD1.5 folder or "
+                              "released name, PROMPT caption (the short caption) or refined (the assistant's "
+                              "prompt; needs --mllm), e.g. \"SD1.5 + short caption=models/sd15:caption\"")
+    _add_run_arguments(parser, "t2i", ("inception", "clip"))
+
+
+def _add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", type=Path, help="folder of evaluation images (Places365 val_large for the paper)")
+    parser.add_argument("--num", type=int, help="random images to use (default: all)")
+    parser.add_argument("--masks", default="narrow,medium,wide,outpaint",
+                        help="comma-separated mask types: narrow (LaMa thin), medium, wide (LaMa thick), outpaint "
+                             "(15-40%% border bands); default all")
+    parser.add_argument("--size", type=int, default=512, help="crop size (LaMa: 512)")
+    parser.add_argument("--prompt", default="", help="the prompt of 'plain' settings (default: empty)")
+    parser.add_argument("--diffrir", action="append", default=[],
+                        help="[LABEL=]PATH of DiffRIR weights, repeatable: every setting is also scored restored by "
+                             "each (Table 4 compares them); PATH a file or a name in <models dir>/diffrir/")
+    parser.add_argument("--metrics", default="fid,lpips,ssim", help="comma-separated: fid, lpips, ssim (default all)")
+    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 3: MODEL an SD1.5 inpainting "
+                              "folder or released name, PROMPT plain (--prompt) or assistant (the assistant's "
+                              "inpaint/outpaint prompt; needs --mllm)")
+    _add_run_arguments(parser, "inpaint", ("inception", "lpips-vgg", "lpips-lin"))
+
+
+def _add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", type=Path, help="folder of held-out images (not in DiffRIR's training data)")
+    parser.add_argument("--num", type=int, help="random images to use (default: all)")
+    parser.add_argument("--size", type=int, default=512, help="crop size (default 512; at least 80)")
+    parser.add_argument("--diffrir", action="append", default=[],
+                        help="[LABEL=]PATH of DiffRIR weights, repeatable (a file or a name in <models dir>/diffrir/)")
+    parser.add_argument("--y-error", type=float, default=0.06,
+                        help="D2 contrast error: c1 in [1-y, 1+y] (0.06: the x1 GAN model's training; S2: 0.08)")
+    _add_run_arguments(parser, "restore", ("lpips-vgg", "lpips-lin"))
 
 
 def run_eval_edit(args: argparse.Namespace) -> int:

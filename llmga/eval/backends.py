@@ -1,0 +1,180 @@
+"""The library's models bound to the evaluation loops' injected functions: the SD1.5 pipeline as `generate_fn` /
+`inpaint_fn`, the assistant as `refine_fn` / `prompt_fn`, DiffRIR as a `Restorer`, CLIP as the text embedder.
+
+Everything here loads torch, diffusers and transformers only when called, so `llmga.eval` imports light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..sd.cli import _free_memory
+from .inpaint import InpaintGeneration, Restorer
+from .runs import save_npz_atomic
+from .t2i import T2IGeneration, TextEmbedFn
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def text_to_image_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, negative: str = "", steps: int,
+                        cfg: float, width: int, height: int, mode: str = "llmga") -> list[Image.Image]:
+    """One image per (prompt, seed) in as few pipeline calls as possible: prompts whose long-prompt encodings have the
+    same length run together, each with its own seeded CPU generator, so every image is the one `text_to_image`
+    makes alone from that seed (up to floating-point rounding of the batched UNet)."""
+    import torch
+
+    from ..sd.pipelines import encode_prompts, is_inpainting_pipeline, seeded_generator, text_to_image
+
+    if is_inpainting_pipeline(pipe):  # paints a blank canvas, one image at a time
+        return [text_to_image(pipe, prompt, negative, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                              mode=mode)[0] for prompt, seed in zip(prompts, seeds, strict=True)]
+    encoded = [encode_prompts(pipe, prompt, negative, mode=mode) for prompt in prompts]
+    groups: dict[int, list[int]] = {}
+    for index, result in enumerate(encoded):
+        groups.setdefault(result.length, []).append(index)
+    images: list = [None] * len(prompts)
+    dtype, device = pipe.text_encoder.dtype, pipe.device
+    for indices in groups.values():
+        positive = torch.cat([encoded[i].positive.cond for i in indices]).to(device, dtype)
+        negative_cond = torch.cat([encoded[i].negative.cond for i in indices]).to(device, dtype)
+        out = pipe(prompt_embeds=positive, negative_prompt_embeds=negative_cond, num_inference_steps=steps,
+                   guidance_scale=cfg, width=width, height=height,
+                   generator=[seeded_generator(seeds[i]) for i in indices]).images
+        for i, image in zip(indices, out, strict=True):
+            images[i] = image
+    return images
+
+
+class _PipelineHolder:
+    """One SD pipeline in memory at a time: `load(model) -> pipeline` runs when the model changes, after the previous
+    pipeline is dropped; the pipeline's own progress bar is off (the loops show theirs)."""
+
+    def __init__(self, load: Callable[[str], object]) -> None:
+        self.load = load
+        self.model: str | None = None
+        self.pipe = None
+
+    def pipeline(self, model: str):
+        if model != self.model:
+            self.pipe = None
+            _free_memory()
+            self.pipe = self.load(model)
+            self.pipe.set_progress_bar_config(disable=True)
+            self.model = model
+        return self.pipe
+
+    def close(self) -> None:
+        self.pipe, self.model = None, None
+        _free_memory()
+
+
+class PipelineGenerator(_PipelineHolder):
+    """`generate_fn` of run_t2i_eval on the library's SD1.5 pipeline, batched (`text_to_image_batch`)."""
+
+    def __init__(self, load: Callable[[str], object], generation: T2IGeneration) -> None:
+        super().__init__(load)
+        self.generation = generation
+
+    def __call__(self, model: str, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        g = self.generation
+        return text_to_image_batch(self.pipeline(model), prompts, seeds, negative=g.negative, steps=g.steps,
+                                   cfg=g.cfg, width=g.width, height=g.height, mode=g.encoding)
+
+
+class PipelineInpainter(_PipelineHolder):
+    """`inpaint_fn` of run_inpaint_eval on the library's SD1.5 inpainting pipeline (`sd.pipelines.inpaint`: at the
+    image's size, pasted back onto the input)."""
+
+    def __init__(self, load: Callable[[str], object], generation: InpaintGeneration) -> None:
+        super().__init__(load)
+        self.generation = generation
+
+    def __call__(self, model: str, image: Image.Image, mask: np.ndarray, prompt: str, seed: int) -> Image.Image:
+        from ..sd.pipelines import inpaint
+
+        g = self.generation
+        return inpaint(self.pipeline(model), image, mask, prompt, g.negative, steps=g.steps, cfg=g.cfg, seed=seed,
+                       mode=g.encoding)[0]
+
+
+class AssistantRefiner:
+    """`refine_fn` of run_t2i_eval: the text_to_image task's first phrasing with each caption (deterministic),
+    answered in batches (`mllm.batch.reply_batch`) with `settings` (greedy by default)."""
+
+    def __init__(self, assistant, settings=None) -> None:
+        from ..mllm.chat import GenerationSettings
+
+        self.assistant = assistant
+        self.settings = settings or GenerationSettings(temperature=0.0)
+
+    def __call__(self, captions: list[str]) -> list[str]:
+        from ..mllm.batch import BatchRequest, reply_batch
+
+        history = self.assistant.new_history()
+        requests = [BatchRequest(self.assistant.user_message("text_to_image", caption, history, False))
+                    for caption in captions]
+        return [reply.text for reply in reply_batch(self.assistant, requests, self.settings)]
+
+
+class AssistantPrompter:
+    """`prompt_fn` of run_inpaint_eval: the inpaint/outpaint task's first instruction with the masked picture (masked
+    pixels black, as the assistant was trained), answered in batches with `settings` (greedy by default)."""
+
+    def __init__(self, assistant, settings=None) -> None:
+        from ..mllm.chat import GenerationSettings
+
+        self.assistant = assistant
+        self.settings = settings or GenerationSettings(temperature=0.0)
+
+    def __call__(self, images: list[Image.Image], masks: list[np.ndarray], tasks: list[str]) -> list[str]:
+        from ..mllm.batch import BatchRequest, reply_batch
+
+        history = self.assistant.new_history()
+        requests = [BatchRequest(self.assistant.user_message(task, "", history, True),
+                                 self.assistant.picture(image, mask))
+                    for image, mask, task in zip(images, masks, tasks, strict=True)]
+        return [reply.text for reply in reply_batch(self.assistant, requests, self.settings)]
+
+
+def clip_text_embedder(clip, cache_file: Path | None = None, progress: bool = True) -> TextEmbedFn:
+    """CLIP text embeddings [N, D] (float32) of captions with an `encoders.ClipEncoder`, one caption per pass (the
+    causal text model pools at EOS, so no padding). With `cache_file` (.npz), embeddings are kept by caption text
+    and computed once across runs."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        known: dict[str, np.ndarray] = {}
+        if cache_file is not None and cache_file.is_file():
+            with np.load(cache_file) as data:
+                known = dict(zip(data["texts"].tolist(), data["embeds"], strict=True))
+        todo = list(dict.fromkeys(text for text in texts if text not in known))
+        for text in tqdm(todo, desc="CLIP text", unit="caption", disable=not progress):
+            known[text] = clip.embed_text(text)[0].numpy()
+        if todo and cache_file is not None:
+            save_npz_atomic(cache_file, texts=np.array(list(known)), embeds=np.stack(list(known.values())))
+        return np.stack([known[text] for text in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    return embed
+
+
+def diffrir_restorer(name: str, model) -> Restorer:
+    """A Restorer running a loaded DiffRIR (`restore.load_diffrir`) with `restore.inference.restore_image`: the
+    generated picture restored against the original (`reference`), outside the mask the original exactly."""
+
+    def restore(generated: Image.Image, reference: Image.Image, mask: np.ndarray, seed: int) -> Image.Image:
+        import torch
+
+        from ..restore.inference import restore_image
+        from ..sd.pipelines import image_tensor, tensor_image
+
+        out = restore_image(model, image_tensor(generated), image_tensor(reference), torch.from_numpy(mask)[None],
+                            seed=seed)
+        return tensor_image(out[0])
+
+    return Restorer(name, restore)

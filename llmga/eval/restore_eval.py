@@ -1,0 +1,164 @@
+"""Restoration evaluation: DiffRIR on held-out images degraded as in its training, against the plain composite.
+
+    items = prepare_restore_set(sorted(Path("held_out").glob("*.png")), out / "data", size=512, seed=0)
+    result = run_restore_eval(items, out, restorers=[backends.diffrir_restorer("DiffRIR", model)], lpips=lpips)
+
+Each image is cropped as the inpainting evaluation does (shorter side upscaled to `size`, random square crop), then
+degraded with DiffRIR's training degradations (algorithms.md A.3): D1, Real-ESRGAN's second-order degradation, and
+D2, one brightness/contrast error per image (c1 = 1 +- y_error, c2 = +- 0.05; y_error 0.06 as for the released x1
+GAN model), rounded to 8 bits; a mask is drawn from DiffRIR's training mix (strokes 0.35, boxes 0.30, border bands
+0.35). The degraded picture stands for an SD result: the "plain composite" pastes its masked region into the clean
+image, and each restorer restores that region from the degraded picture with the clean image as reference.
+Every draw depends only on (seed, image index). Scores: PSNR, SSIM and LPIPS of the whole image against the clean
+crop (pixels outside the mask are equal in every row, so differences come from the masked region).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..masks import DIFFRIR_MASKS, MaskGenerator
+from .inpaint import CROP_SIZE, LpipsFn, Restorer, crop_for_eval, pair_scores, read_mask
+from .pairs import EvalInputError
+from .report import ReportFiles, Table, write_report
+from .runs import check_run_settings, check_unique_names, save_png_atomic, slug
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PLAIN = "plain composite"
+Y_ERROR = 0.06  # DiffRIR train_DiffRIRS2_GAN_x1.yml (the x1 GAN model LLMGA uses): c1 in [0.94, 1.06]
+MASK_STREAM = 1  # the masks' seed stream, apart from the crop's (0) and the degradation's
+
+
+@dataclass(frozen=True)
+class RestoreItem:
+    """One held-out picture: its name, the clean crop, the degraded crop and the mask (1 = region to restore)."""
+
+    name: str
+    clean: Path
+    degraded: Path
+    mask: Path
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    report: dict
+    files: ReportFiles
+
+
+def _seed(seed: int, index: int, stream: int) -> int:
+    """A 32-bit seed that depends only on (seed, image index, stream)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, index, stream]).generate_state(1)[0])
+
+
+def degrade(clean: Image.Image, seed: int, y_error: float = Y_ERROR) -> Image.Image:
+    """D1 (second-order degradation) then D2 (luminance error) and 8-bit rounding, as DiffRIR's training builds its
+    lq at x1, drawn with a CPU generator seeded by `seed`. Same size as `clean`."""
+    import torch
+
+    from ..restore.degradations import DIFFRIR_DEGRADATION, Y_BIAS, luminance_error, quantize, second_order_degradation
+    from ..sd.pipelines import image_tensor, tensor_image
+
+    generator = torch.Generator("cpu").manual_seed(seed)
+    gt = image_tensor(clean).permute(0, 3, 1, 2)
+    lq = quantize(luminance_error(second_order_degradation(gt, DIFFRIR_DEGRADATION, generator), y_error, Y_BIAS,
+                                  generator))
+    return tensor_image(lq.permute(0, 2, 3, 1)[0])
+
+
+def restore_mask(size: int, seed: int, index: int) -> np.ndarray:
+    """DiffRIR's training mask mix for image `index`: [size, size] float32 in {0, 1}, redrawn while empty."""
+    generator = MaskGenerator(DIFFRIR_MASKS, _seed(seed, index, MASK_STREAM))
+    while True:
+        mask = generator(size, size).mask
+        if mask.any():
+            return mask
+
+
+def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = CROP_SIZE, seed: int = 0,
+                        y_error: float = Y_ERROR, progress: bool = True) -> list[RestoreItem]:
+    """Write (or find) `<stem>.png` (clean crop), `<stem>_mask000.png` and `degraded/<stem>.png` under `data_dir`
+    for every image. Raises EvalInputError for no images, unreadable ones, shared stems or a size under 80."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..restore.degradations import MIN_SIZE
+    from .editing import open_rgb
+
+    if not images:
+        raise EvalInputError("no images to evaluate: give a folder with .png/.jpg images")
+    if size < MIN_SIZE:
+        raise EvalInputError(f"--size {size} is below {MIN_SIZE}, the smallest image the degradation takes")
+    stems = [Path(path).stem for path in images]
+    if len(set(stems)) != len(stems):
+        raise EvalInputError("images share a file stem: give each image its own name")
+    check_run_settings(data_dir, {"size": size, "seed": seed, "y_error": y_error})
+    items = []
+    for index, (path, stem) in enumerate(tqdm(list(zip(images, stems, strict=True)), desc="degrading", unit="image",
+                                              disable=not progress)):
+        item = RestoreItem(stem, data_dir / f"{stem}.png", data_dir / "degraded" / f"{stem}.png",
+                           data_dir / f"{stem}_mask000.png")
+        if not (item.clean.is_file() and item.degraded.is_file() and item.mask.is_file()):
+            clean = crop_for_eval(open_rgb(Path(path)), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
+            mask = restore_mask(size, seed, index)
+            save_png_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
+            save_png_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
+            save_png_atomic(clean, item.clean)
+        items.append(item)
+    return items
+
+
+def plain_composite(generated: Image.Image, reference: Image.Image, mask: np.ndarray, seed: int) -> Image.Image:
+    """The generated picture inside the mask, the reference outside: what inpainting gives without restoration."""
+    from PIL import Image
+
+    inside = mask[..., None] >= 0.5
+    return Image.fromarray(np.where(inside, np.asarray(generated.convert("RGB")), np.asarray(reference.convert("RGB"))))
+
+
+def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: Sequence[Restorer],
+                     lpips: LpipsFn | None = None, seed: int = 0, batch_size: int = 16, device: str | None = None,
+                     progress: bool = True) -> RestoreResult:
+    """Make `results/<row>/<name>.png` for the plain composite and every restorer (skipping finished files), score
+    PSNR, SSIM (and LPIPS when given) against the clean crops and write `<out_dir>/report.{json,md,png}`."""
+    from tqdm.auto import tqdm
+
+    from .editing import open_rgb
+
+    if not items:
+        raise EvalInputError("no images to evaluate")
+    rows = [Restorer(PLAIN, plain_composite), *restorers]
+    check_unique_names([row.name for row in rows])
+    metric_names = ["PSNR", "SSIM"] + (["LPIPS"] if lpips is not None else [])
+    table = Table("Restoration (DiffRIR degradations D1 + D2, DiffRIR masks)", [row.name for row in rows],
+                  [("", name) for name in metric_names])
+    scores = {}
+    for row in rows:
+        folder = out_dir / "results" / slug(row.name)
+        check_run_settings(folder, {"restorer": row.name, "seed": seed})
+        todo = [(index, item) for index, item in enumerate(items) if not (folder / f"{item.name}.png").is_file()]
+        with tqdm(total=len(items), initial=len(items) - len(todo), desc=row.name, unit="image",
+                  disable=not progress) as bar:
+            for index, item in todo:
+                restored = row.restore(open_rgb(item.degraded), open_rgb(item.clean), read_mask(item.mask),
+                                       seed + index)
+                save_png_atomic(restored, folder / f"{item.name}.png")
+                bar.update(1)
+        scores[row.name] = pair_scores([folder / f"{item.name}.png" for item in items],
+                                       [item.clean for item in items], lpips=lpips, with_psnr=True,
+                                       batch_size=batch_size, device=device, progress=progress,
+                                       desc=f"scoring ({row.name})")
+        for metric in metric_names:
+            table.set(row.name, "", metric, scores[row.name][metric.lower()])
+    report = {"task": "restore", "protocol": {"images": len(items), "seed": seed,
+                                              "lpips": getattr(lpips, "name", None)},
+              "rows": [{"name": row.name, "scores": scores[row.name]} for row in rows]}
+    notes = [f"{len(items)} held-out images; PSNR/SSIM (BasicSR definitions, RGB, whole image) and LPIPS (VGG "
+             "v0.1) against the clean crop."]
+    return RestoreResult(report, write_report(out_dir, report, [table], notes=notes))
