@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..cli_support import run_reporting, unique_png
-from ..sd.cli import InputError, _free_memory, _open_image, _resolve, _show_library_warnings
+from ..sd.cli import InputError, free_memory, open_image, resolve_model, show_library_warnings
 
 DEFAULT_SD = "binxia/llmga-sd15-t2i-v2"  # README: the SD15-T2I model also serves instruction editing
 
@@ -97,7 +97,7 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
     from ..mllm.loader import load_llmga
     from ..mllm.tasks import EDIT_SOURCE_INSTRUCTION
 
-    path = _resolve(args.mllm, args.models_dir, "LLM", args.allow_download)
+    path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
     roots = args.models_dir or [Path("models")]
     loaded = load_llmga(path, dtype=args.dtype, device=args.device, allow_download=args.allow_download,
                         clip_vision_dirs=[root / "clip_vision" for root in roots])
@@ -119,7 +119,7 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
         # The official CLI keeps the whole reply when it has no tags (its str.find parser).
         prompts.append(given if given is not None else result.parsed.prompt(no_tag_fallback="whole reply"))
     del assistant, loaded, picture
-    _free_memory()
+    free_memory()
     if not prompts[1].strip():
         raise InputError("the assistant's reply to the instruction is empty, so there is no target prompt: rephrase "
                          "the instruction, raise --temperature, or give --target-prompt")
@@ -132,7 +132,7 @@ def run_edit_command(args: argparse.Namespace) -> int:
     from ..mllm.checkpoint import CheckpointError
     from ..sd.pipelines import SDPipelineError
 
-    _show_library_warnings()
+    show_library_warnings()
     errors = (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError)
     return run_reporting(lambda: _edit(args), errors,
                          "use --dtype fp16, a smaller picture, or --device cpu")
@@ -145,9 +145,9 @@ def _edit(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
     from .pipeline import edit_image, official_crop
 
-    image = _open_image(args.image, "RGB")
+    image = open_image(args.image, "RGB")
     image = image if args.no_crop else official_crop(image)
-    sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = resolve_model(args.sd, args.models_dir, "diffusers", args.allow_download)
     source, target, replies = _prompts(args, image, seed)
     print(f"Source prompt: {source}\nTarget prompt: {target}", flush=True)
     from ..sd.pipelines import load_sd15_pipeline

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..sd.cli import _free_memory
+from ..sd.cli import free_memory
 from .inpaint import InpaintGeneration, Restorer
 from .runs import save_npz_atomic
 from .t2i import T2IGeneration, TextEmbedFn
@@ -62,7 +62,7 @@ class _PipelineHolder:
     def pipeline(self, model: str):
         if model != self.model:
             self.pipe = None
-            _free_memory()
+            free_memory()
             self.pipe = self.load(model)
             self.pipe.set_progress_bar_config(disable=True)
             self.model = model
@@ -70,7 +70,7 @@ class _PipelineHolder:
 
     def close(self) -> None:
         self.pipe, self.model = None, None
-        _free_memory()
+        free_memory()
 
 
 class PipelineGenerator(_PipelineHolder):

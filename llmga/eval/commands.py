@@ -23,9 +23,9 @@ CLIP_FOLDER = "clip-vit-base-patch32"
 
 def run_eval_command(args: argparse.Namespace) -> int:
     from ..cli_support import run_reporting
-    from ..sd.cli import _show_library_warnings
+    from ..sd.cli import show_library_warnings
 
-    _show_library_warnings()
+    show_library_warnings()
     body = {"t2i": _run_t2i, "inpaint": _run_inpaint, "restore": _run_restore}[args.eval_task]
     # Every library error (EvalInputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError,
     # DiffRIRLoadError) is a ValueError or an OSError.
@@ -132,11 +132,11 @@ def _images(folder: Path, num: int | None, seed: int) -> list[Path]:
 
 
 def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], object]:
-    from ..sd.cli import _resolve
+    from ..sd.cli import resolve_model
     from ..sd.pipelines import load_sd15_pipeline
 
     def load(model: str):
-        path = _resolve(model, args.models_dir, "diffusers", args.allow_download)
+        path = resolve_model(model, args.models_dir, "diffusers", args.allow_download)
         return load_sd15_pipeline(path, inpainting=inpainting, device=args.device, dtype=args.dtype)
 
     return load
@@ -144,10 +144,10 @@ def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], ob
 
 def _check_models_exist(args: argparse.Namespace, models: list[str]) -> None:
     """Resolve every SD model before anything runs, so a typo fails in a second, not after the first setting."""
-    from ..sd.cli import _resolve
+    from ..sd.cli import resolve_model
 
     for model in dict.fromkeys(models):
-        _resolve(model, args.models_dir, "diffusers", args.allow_download)
+        resolve_model(model, args.models_dir, "diffusers", args.allow_download)
 
 
 class LazyAssistant:
@@ -161,10 +161,10 @@ class LazyAssistant:
         if self.call is None:
             from ..mllm.chat import Assistant
             from ..mllm.loader import load_llmga
-            from ..sd.cli import _resolve
+            from ..sd.cli import resolve_model
 
             args = self.args
-            path = _resolve(args.mllm, args.models_dir, "LLM", args.allow_download)
+            path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
             roots = args.models_dir or [Path("models")]
             loaded = load_llmga(path, dtype=args.dtype, device=args.device, allow_download=args.allow_download,
                                 clip_vision_dirs=[root / "clip_vision" for root in roots])
@@ -172,10 +172,10 @@ class LazyAssistant:
         return self.call(*inputs)
 
     def close(self) -> None:
-        from ..sd.cli import _free_memory
+        from ..sd.cli import free_memory
 
         self.call = None
-        _free_memory()
+        free_memory()
 
 
 def _assistant_settings(args: argparse.Namespace):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..cli_support import run_reporting, unique_png
-from ..sd.cli import InputError, _open_image, _show_library_warnings
+from ..sd.cli import InputError, open_image, show_library_warnings
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
@@ -69,9 +69,9 @@ def _read_inputs(args: argparse.Namespace):
     """(generated, reference, mask) as PIL images, checked to have one size and a non-empty mask."""
     import numpy as np
 
-    generated = _open_image(args.image, "RGB")
-    reference = _open_image(args.reference, "RGB")
-    mask = _open_image(args.mask, "L")
+    generated = open_image(args.image, "RGB")
+    reference = open_image(args.reference, "RGB")
+    mask = open_image(args.mask, "L")
     for name, image in (("--reference", reference), ("--mask", mask)):
         if image.size != generated.size:
             raise InputError(f"{name} {image.size[0]}x{image.size[1]} and --image {generated.size[0]}x"
@@ -105,7 +105,7 @@ def _tensor(image):
 def run_restore_command(args: argparse.Namespace) -> int:
     from .checkpoint import DiffRIRLoadError
 
-    _show_library_warnings()
+    show_library_warnings()
     errors = (InputError, DiffRIRLoadError, ValueError, OSError)
     return run_reporting(lambda: _restore(args), errors,
                          "use a smaller --tile, --dtype fp16, or --device cpu")

@@ -114,7 +114,7 @@ def run_sd_command(args: argparse.Namespace) -> int:
     from ..mllm.checkpoint import CheckpointError
     from .pipelines import SDPipelineError
 
-    _show_library_warnings()
+    show_library_warnings()
     errors = (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError)
     return run_reporting(lambda: _run_sd(args), errors,
                          "use a smaller --width/--height or --count, --dtype fp16, or --device cpu")
@@ -123,7 +123,7 @@ def run_sd_command(args: argparse.Namespace) -> int:
 def _run_sd(args: argparse.Namespace) -> int:
     _check_numbers(args)
     picture = _read_picture(args)
-    sd_path = _resolve(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = resolve_model(args.sd, args.models_dir, "diffusers", args.allow_download)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
     print(f"Generation prompt: {prompt}", flush=True)
@@ -136,7 +136,7 @@ def _run_sd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_library_warnings() -> None:
+def show_library_warnings() -> None:
     """Print the library's warnings (prompt truncation) as one line each on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("warning: %(message)s"))
@@ -161,7 +161,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
 
 
-def _open_image(path: Path, mode: str):
+def open_image(path: Path, mode: str):
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -179,16 +179,16 @@ def _read_picture(args: argparse.Namespace) -> Picture | None:
 
     if args.sd_command == "generate":
         return None
-    image = _open_image(args.image, "RGB")
+    image = open_image(args.image, "RGB")
     if args.feathering < 0:
         raise InputError(f"--feathering is {args.feathering} but must be 0 or more pixels")
     if args.sd_command == "inpaint":
-        return Picture(image, mask_array(_open_image(args.mask, "L"), image.size))
+        return Picture(image, mask_array(open_image(args.mask, "L"), image.size))
     canvas, mask = outpaint_inputs(image, args.left, args.top, args.right, args.bottom, args.feathering)
     return Picture(canvas, mask)
 
 
-def _resolve(name: str, models_dirs: list[Path], kind: str, allow_download: bool) -> Path:
+def resolve_model(name: str, models_dirs: list[Path], kind: str, allow_download: bool) -> Path:
     """A model folder: `name` as a path, or looked up in each models folder's `kind`/ subfolder and in the folder
     itself (downloads go to the first folder's `kind`/)."""
     from ..hub import resolve_model
@@ -203,7 +203,7 @@ def _ask_assistant(args: argparse.Namespace, picture: Picture | None, seed: int)
     from ..mllm.chat import Assistant, GenerationSettings
     from ..mllm.loader import load_llmga
 
-    path = _resolve(args.mllm, args.models_dir, "LLM", args.allow_download)
+    path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
     roots = args.models_dir or [Path("models")]
     loaded = load_llmga(path, dtype=args.dtype, device=args.device, allow_download=args.allow_download,
                         clip_vision_dirs=[root / "clip_vision" for root in roots])
@@ -218,14 +218,14 @@ def _ask_assistant(args: argparse.Namespace, picture: Picture | None, seed: int)
                              on_text=lambda piece: print(piece, end="", flush=True))
     print()
     del assistant, loaded, image
-    _free_memory()
+    free_memory()
     if result.parsed.has_prompt:
         return result.text, result.parsed.prompt()
     print("note: the reply holds no <gen_image> prompt; generating from your message instead", file=sys.stderr)
     return result.text, args.message
 
 
-def _free_memory() -> None:
+def free_memory() -> None:
     import torch
 
     gc.collect()
