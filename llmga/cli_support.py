@@ -1,13 +1,32 @@
-"""What every `python -m llmga` command that writes images shares: error reporting and output file names.
+"""What every `python -m llmga` command that writes files shares: error reporting, output file names, atomic writes.
 
 Light on imports (torch only when a command runs), so `python -m llmga --help` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` (hidden, ending .tmp) to write the file to: renamed onto `path` when the block
+    ends without error, removed otherwise, so an interrupted run never leaves a half-written file that a resumed
+    run would take for finished. Writers that pick a format by suffix must be told the format."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temp)
+        os.replace(temp, path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
 
 
 def run_reporting(body: Callable[[], int], errors: tuple[type[BaseException], ...], out_of_memory_hint: str) -> int:

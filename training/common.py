@@ -36,7 +36,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
 ConfigT = TypeVar("ConfigT")
@@ -284,6 +284,16 @@ def progress_bar(accelerator: Accelerator, total: int, initial: int) -> tqdm:
 
 
 # --- data order ---------------------------------------------------------------------------------------------------
+
+
+class EpochDataset(Dataset):
+    """A dataset whose random draws depend on the epoch (`sample_rng(seed, epoch, index)`); `epoch_batches` calls
+    `set_epoch` before each epoch, in the main process, before the dataloader's workers copy the dataset."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -48,7 +48,7 @@ import torch
 from accelerate import Accelerator, DistributedType
 from PIL import Image
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from llmga.restore.checkpoint import DiffRIRLoadError, read_state_dict
 from llmga.restore.degradations import MIN_SIZE, Y_BIAS, Y_ERROR_S1, Y_ERROR_S2, DegradationParams
@@ -77,6 +77,7 @@ from llmga.restore.training import (
 
 from .common import (
     ConfigError,
+    EpochDataset,
     EpochShuffleSampler,
     data_position,
     epoch_batches,
@@ -236,7 +237,7 @@ def pad_or_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top:top + size, left:left + size]
 
 
-class MaskedCropDataset(Dataset):
+class MaskedCropDataset(EpochDataset):
     """Items {"gt": [3,C,C] float32 in [0,1], "mask": [1,C,C] float32 in {0,1} (1 = region to generate)} with
     C = crop_size: the image flipped (p 0.5), padded or cropped, and a `DIFFRIR_MASKS` mask drawn at C×C.
     Random choices come from `sample_rng(seed, epoch, index)`."""
@@ -246,10 +247,6 @@ class MaskedCropDataset(Dataset):
         self.crop_size = crop_size
         self.use_hflip = use_hflip
         self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -50,7 +50,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PretrainedConfig
 from transformers import get_scheduler as hf_get_scheduler
 
@@ -78,6 +78,7 @@ from llmga.mllm.templates import TEMPLATE_NAMES, get_template, template_for
 
 from .common import (
     ConfigError,
+    EpochDataset,
     EpochShuffleSampler,
     data_position,
     epoch_batches,
@@ -273,7 +274,7 @@ def sample_random(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{index}")
 
 
-class Stage1Dataset(Dataset):
+class Stage1Dataset(EpochDataset):
     """Items {"input_ids": [int], "labels": [int], "pixel_values": [3, S, S] or None} built from `records`."""
 
     def __init__(self, records: Sequence[Record], tokenizer, template: str, processing: ImageProcessing,
@@ -283,10 +284,6 @@ class Stage1Dataset(Dataset):
         self.template = get_template(template)
         self.processing = processing
         self.config = config
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)

@@ -42,7 +42,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from llmga.prompt.clip_binding import TransformersCLIP
@@ -51,6 +51,7 @@ from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, 
 
 from .common import (
     ConfigError,
+    EpochDataset,
     EpochShuffleSampler,
     data_position,
     epoch_batches,
@@ -187,7 +188,7 @@ def sd_mask_maker(mix_name: str) -> MaskFn:
     return make_mask
 
 
-class ImagePromptDataset(Dataset):
+class ImagePromptDataset(EpochDataset):
     """Items {"pixel_values": [3, R, R] in [-1, 1], "prompt": str}, plus for inpainting "mask": [1, R, R] in {0, 1}
     and "masked_image": pixel_values * (1 - mask). Random choices come from `sample_rng(seed, epoch, index)`."""
 
@@ -195,10 +196,6 @@ class ImagePromptDataset(Dataset):
         self.rows = list(rows)
         self.config = config
         self.make_mask = make_mask
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import os
 import re
-import tempfile
 import time
 import warnings
 import zipfile
@@ -30,6 +29,7 @@ from .editing import open_rgb, rgb_tensor
 from .encoders import center_crop, resize_shorter_side
 from .metrics import FeatureStats, feature_stats
 from .pairs import EvalInputError
+from .runs import save_npz_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -181,14 +181,7 @@ class FeatureCache:
         for feature in entries[files[0]].features:
             arrays[f"feature.{feature}"] = np.stack([entries[file].features[feature] for file in files])
         path = folder / f"{time.time_ns():020d}-{next(_CHUNK_NUMBERS):06d}-{os.getpid()}.npz"  # sorts oldest first
-        handle, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        save_npz_atomic(path, **arrays)
         self._chunks.setdefault(key, []).append(path)
 
 

@@ -12,8 +12,6 @@ BasicSR's `calculate_psnr` / `calculate_ssim`.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +34,9 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         """Write an .npz with "mu", "sigma" (pytorch-fid's layout) and "count", atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        from .runs import save_npz_atomic
+
+        save_npz_atomic(Path(path), mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureStats:

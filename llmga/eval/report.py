@@ -11,12 +11,11 @@ says how to get the plot.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli_support import atomic_path
 from .runs import write_text_atomic
 
 # Which way is better, for the arrows of the table headers and the plot titles.
@@ -98,15 +97,11 @@ def plot_tables(tables: list[Table], path: Path) -> bool:
         axis.set_title(f"{table.title}: {metric}{_arrow(metric)}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(handle)
     try:
-        figure.savefig(temp, dpi=120)
-        os.replace(temp, path)
+        with atomic_path(path) as temp:
+            figure.savefig(temp, dpi=120, format="png")
     finally:
         pyplot.close(figure)
-        Path(temp).unlink(missing_ok=True)
     return True
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cli_support import atomic_path
 from .pairs import EvalInputError
 
 if TYPE_CHECKING:
@@ -40,45 +40,24 @@ def slug(name: str) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write `text` to `path` atomically (`atomic_path`)."""
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
 
 
 def save_png_atomic(image: Image.Image, path: Path) -> None:
-    """Save `image` as PNG at `path` through a temporary file, so an interrupted run never leaves half an image that
-    a resumed run would take for finished."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    """Save `image` as PNG at `path` atomically, so an interrupted run never leaves half an image that a resumed run
+    would take for finished."""
+    with atomic_path(path) as temp:
         image.save(temp, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_npz_atomic(path: Path, **arrays) -> None:
-    """np.savez to a temporary file beside `path`, then rename it into place."""
+    """np.savez to `path` atomically."""
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp, temp.open("wb") as file:
+        np.savez(file, **arrays)
 
 
 def check_run_settings(folder: Path, settings: dict) -> None:

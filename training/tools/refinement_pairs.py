@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from llmga.cli_support import run_reporting
+from llmga.cli_support import atomic_path, run_reporting
 
 from ..data.datasets import read_caption_jsonl, read_captioned_images, read_image_folder, read_json_list, read_t2i
 from . import add_assistant_options
@@ -219,18 +219,12 @@ def relative_name(image: Path, root: Path) -> str:
 
 
 def write_json_atomically(records: list[dict], output: Path) -> None:
-    """Write the list to a temporary file beside `output`, then rename it over `output` (never a half file)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("w", encoding="utf-8") as file:
-            json.dump(records, file, ensure_ascii=False, indent=1)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write the list through a temporary file renamed over `output` (never a half file)."""
+    with atomic_path(output) as temporary, temporary.open("w", encoding="utf-8") as file:
+        json.dump(records, file, ensure_ascii=False, indent=1)
+        file.write("\n")
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def build_pairs(items: Sequence[tuple[Path | None, str]], captioner: Captioner, mode: str, root: Path,
