@@ -21,6 +21,7 @@ from llmga.eval.inpaint import (
     InpaintSetting,
     Restorer,
     eval_mask,
+    mask_area_bin,
     prepare_inpaint_set,
     read_mask,
     run_inpaint_eval,
@@ -249,8 +250,26 @@ def test_inpaint_run_restores_generated_results_and_resumes(tmp_path):
     assert (tmp_path / "run" / "results" / "plain" / "wide" / sets["wide"][0].result_name).is_file()
     markdown = result.files.markdown.read_text()
     assert "Table 3" in markdown and "Table 4" in markdown and "outpaint FID ↓" in markdown
+    # LaMa's breakdown by mask coverage: every image in the bin of its mask's area, the bin means average back to
+    # the whole set's, FID only where a bin has two images or more.
+    for mask_type, items in sets.items():
+        by_area = rows["plain"][mask_type]["by_area"]
+        expected = {}
+        for item in items:
+            expected.setdefault(mask_area_bin(float(read_mask(item.mask).mean())), []).append(item)
+        assert {label: entry["count"] for label, entry in by_area.items()} == {k: len(v) for k, v in expected.items()}
+        total = sum(entry["lpips"] * entry["count"] for entry in by_area.values()) / len(items)
+        assert total == pytest.approx(rows["plain"][mask_type]["lpips"])
+        assert all(("fid" in entry) == (entry["count"] >= 2) for entry in by_area.values())
+        assert f"{mask_type} masks, LPIPS by mask area" in markdown
     run_inpaint_eval(settings, sets, tmp_path / "run", **kwargs)
     assert len(calls) == 12 and len(restored) == 12
+
+
+@pytest.mark.parametrize(("area", "label"), [(0.0, "0-10%"), (0.099, "0-10%"), (0.1, "10-20%"), (0.45, "40-50%"),
+                                             (0.5, "40-50%")])
+def test_mask_area_bins_are_lamas_ten_percent_steps(area, label):
+    assert mask_area_bin(area) == label
 
 
 def test_report_table_markdown_and_plot_without_matplotlib(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ PROMPT_SOURCES = ("plain", "assistant")
 CROP_SIZE = 512  # LaMa configs/data_gen/random_*_512.yaml: out_min_size 512, out_square_crop
 MAX_MASK_AREA = 0.5  # LaMa max_tamper_area
 MAX_MASK_TRIES = 1000
+AREA_BIN_PERCENT = 10  # LaMa reports its metrics per 10% bin of mask coverage
 METRICS = ("FID", "LPIPS", "SSIM")
 
 InpaintFn = Callable[[str, "Image.Image", np.ndarray, str, int], "Image.Image"]
@@ -290,6 +291,11 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
     notes = [f"{report['protocol']['images']} images, one mask per image and type, crops of the images' size "
              "(512 by default); FID of the results against the crops at their size; LPIPS (VGG v0.1) and SSIM per "
              "image, averaged."]
+    notes.append("By mask area: the same scores per bin of mask coverage (LaMa's breakdown; `by_area` in report.json "
+                 "also counts the images of each bin); FID only for bins of 2 or more images.")
+    metric = "LPIPS" if metrics.lpips is not None else "SSIM" if metrics.ssim else "FID"
+    key = metric.lower()
+    tables += [area_table(names, scores, mask_type, metric, key) for mask_type in sets]
     # Table 4 is a view of Table 3's outpaint columns: plotting Table 3 shows both.
     return InpaintResult(report, write_report(out_dir, report, tables, notes=notes, plotted=[table3]))
 
@@ -347,22 +353,73 @@ def score_inpainting(names: Sequence[str], sets: dict[str, list[InpaintItem]], o
             if metrics.inception is not None:
                 row["fid"] = fid(feature_stats(extract_features(results, metrics.inception, **options)["pool"]),
                                  real[mask_type])
+            per_image = {}
             if metrics.lpips is not None or metrics.ssim:
-                row.update(pair_scores(results, [item.image for item in items], lpips=metrics.lpips,
-                                       with_ssim=metrics.ssim, batch_size=metrics.batch_size, device=metrics.device,
-                                       progress=progress, desc=f"LPIPS/SSIM ({name}, {mask_type})"))
+                per_image = pair_values(results, [item.image for item in items], lpips=metrics.lpips,
+                                        with_ssim=metrics.ssim, batch_size=metrics.batch_size, device=metrics.device,
+                                        progress=progress, desc=f"LPIPS/SSIM ({name}, {mask_type})")
+                row.update({key: float(np.mean(found)) for key, found in per_image.items()})
             for metric, key in (("FID", "fid"), ("LPIPS", "lpips"), ("SSIM", "ssim")):
                 if key in row:
                     table.set(name, mask_type, metric, row[key])
+            row["by_area"] = _area_scores(items, results, per_image, metrics, options)
             scores[name][mask_type] = row
     return table, scores
 
 
-def pair_scores(outputs: Sequence[Path], targets: Sequence[Path], *, lpips: LpipsFn | None = None,
+def mask_area_bin(area: float) -> str:
+    """The mask-area bin of a coverage fraction, as LaMa's evaluation breaks results down: "0-10%", ..., "40-50%"
+    (masks never cover more than half the image)."""
+    top = round(MAX_MASK_AREA * 100) - AREA_BIN_PERCENT  # a mask of exactly the largest area is in the last bin
+    low = min(int(area * 100 // AREA_BIN_PERCENT) * AREA_BIN_PERCENT, top)
+    return f"{low}-{low + AREA_BIN_PERCENT}%"
+
+
+def _area_scores(items: Sequence[InpaintItem], results: Sequence[Path], per_image: dict[str, list[float]],
+                 metrics: InpaintMetrics, options: dict) -> dict[str, dict]:
+    """{bin: {"count", "lpips", "ssim", and "fid" for bins of 2 or more images}}, bins in increasing area."""
+    from .features import extract_features
+    from .metrics import feature_stats, fid
+
+    bins: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        bins.setdefault(mask_area_bin(float(read_mask(item.mask).mean())), []).append(index)
+    breakdown = {}
+    for label in sorted(bins, key=lambda label: int(label.split("-")[0])):
+        members = bins[label]
+        entry: dict[str, float] = {"count": len(members)}
+        entry.update({key: float(np.mean([values[i] for i in members])) for key, values in per_image.items()})
+        if metrics.inception is not None and len(members) >= 2:  # features come from the cache of the full set
+            quiet = {**options, "progress": False}
+            fake = extract_features([results[i] for i in members], metrics.inception, **quiet)["pool"]
+            real = extract_features([items[i].image for i in members], metrics.inception, **quiet)["pool"]
+            entry["fid"] = fid(feature_stats(fake), feature_stats(real))
+        breakdown[label] = entry
+    return breakdown
+
+
+def area_table(names: Sequence[str], scores: dict[str, dict], mask_type: str, metric: str, key: str) -> Table:
+    """`metric` of every row by mask-area bin for one mask type (LaMa's breakdown), from score_inpainting's scores."""
+    labels = sorted({label for name in names for label in scores[name][mask_type]["by_area"]},
+                    key=lambda label: int(label.split("-")[0]))
+    table = Table(f"{mask_type} masks, {metric} by mask area", list(names), [(label, metric) for label in labels])
+    for name in names:
+        for label, entry in scores[name][mask_type]["by_area"].items():
+            if key in entry:
+                table.set(name, label, metric, entry[key])
+    return table
+
+
+def pair_scores(outputs: Sequence[Path], targets: Sequence[Path], **options) -> dict[str, float]:
+    """Means over the pairs of `pair_values`: {"lpips", "ssim", "psnr"}, the metrics asked for."""
+    return {key: float(np.mean(found)) for key, found in pair_values(outputs, targets, **options).items()}
+
+
+def pair_values(outputs: Sequence[Path], targets: Sequence[Path], *, lpips: LpipsFn | None = None,
                 with_ssim: bool = True, with_psnr: bool = False, batch_size: int = 16, device: str | None = None,
-                progress: bool = True, desc: str = "LPIPS/SSIM") -> dict[str, float]:
-    """Means over the pairs of LPIPS (when `lpips` is given), SSIM and PSNR of each output against its target image
-    (same size): {"lpips", "ssim", "psnr"}, the metrics asked for."""
+                progress: bool = True, desc: str = "LPIPS/SSIM") -> dict[str, list[float]]:
+    """LPIPS (when `lpips` is given), SSIM and PSNR of each output against its target image (same size), per pair in
+    order: {"lpips": [...], "ssim": [...], "psnr": [...]}, the metrics asked for."""
     import torch
     from tqdm.auto import tqdm
 
@@ -392,4 +449,4 @@ def pair_scores(outputs: Sequence[Path], targets: Sequence[Path], *, lpips: Lpip
             if with_psnr:
                 values["psnr"].extend(psnr(a, b) for a, b in arrays)
             bar.update(len(pairs))
-    return {key: float(np.mean(found)) for key, found in values.items() if found}
+    return {key: found for key, found in values.items() if found}
