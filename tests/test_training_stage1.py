@@ -370,3 +370,17 @@ def test_tensorboard_gets_loss_and_learning_rate(finetuned):
     assert {"train_loss", "lr"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("train_loss")] == list(range(1, 9))
     assert [e.value for e in events.Scalars("train_loss")] == pytest.approx(finetuned.losses)
+
+
+def test_training_continues_from_an_llmga_folder(finetuned, models, data_root, tmp_path):
+    """model_name_or_path may be an LLMGA folder: its projector and CLIP weights are the starting point."""
+    config = finetune_config(models, data_root, tmp_path / "more", model_name_or_path=str(finetuned.output_dir),
+                             vision_tower=None, pretrain_mm_mlp_adapter=None, max_train_steps=1,
+                             per_device_train_batch_size=2)
+    parts = load_stage1_parts(config)
+    start = dict(read_checkpoint(finetuned.output_dir).tensors(("model.mm_projector.",)))
+    assert parts.template == "qwen_2"
+    assert torch.equal(parts.model.projector[0].weight, start["model.mm_projector.0.weight"].float())
+    reset_accelerate()
+    assert train(config).global_step == 1
+    assert read_checkpoint(tmp_path / "more").config["mm_vision_tower"] == str(models["tower"])

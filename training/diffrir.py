@@ -536,5 +536,6 @@ def train(config: DiffRIRConfig) -> TrainResult:
 def main(argv: Sequence[str] | None = None) -> None:
     run_cli("Train DiffRIR (stage s1, then s2) for LLMGA's restoration step", DiffRIRConfig, train, argv)
 
+
 if __name__ == "__main__":
     main()

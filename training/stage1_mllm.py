@@ -35,6 +35,7 @@ to continue fine-tuning a released checkpoint on one's own data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -61,6 +62,7 @@ from llmga.mllm.checkpoint import (
     PROJECTOR_PREFIX,
     VISION_PREFIX,
     CheckpointError,
+    LLMGACheckpoint,
     family_of,
     read_checkpoint,
     read_weight_file,
@@ -68,6 +70,7 @@ from llmga.mllm.checkpoint import (
 from llmga.mllm.loader import (
     CLIP_L_336,
     load_strict,
+    quiet_transformers,
     split_weights,
     vision_config,
     vision_weights_from_folder,
@@ -377,8 +380,8 @@ class Stage1Parts:
     vision_tower_name: str
 
 
-def _base_llm_config(folder: Path) -> tuple[PretrainedConfig, dict | None]:
-    """(base LLM config, LLMGA config.json or None) of model_name_or_path."""
+def _base_llm_config(folder: Path) -> tuple[PretrainedConfig, LLMGACheckpoint | None]:
+    """(base LLM config, the LLMGA checkpoint or None) of model_name_or_path."""
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"model_name_or_path {folder} has no config.json: give a base LLM folder (e.g. "
@@ -389,7 +392,7 @@ def _base_llm_config(folder: Path) -> tuple[PretrainedConfig, dict | None]:
             checkpoint = read_checkpoint(folder)
         except CheckpointError as error:
             raise ConfigError(f"model_name_or_path: {error}") from error
-        return checkpoint.base_config(), raw
+        return checkpoint.base_config(), checkpoint
     if raw.get("model_type") not in FAMILY_BY_MODEL_TYPE.values():
         raise ConfigError(f"model_name_or_path {folder} is a {raw.get('model_type')!r} model; LLMGA is built on "
                           f"{', '.join(sorted(set(FAMILY_BY_MODEL_TYPE.values())))} base LLMs")
@@ -405,11 +408,13 @@ def choose_template(version: str, family: str, vocab_size: int, tokenizer) -> st
     return "v1" if name == "llava_v1" else name
 
 
-def prepare_tokenizer(folder: Path, template: str | None, max_length: int):
-    """The tokenizer as train.py sets it up: model_max_length, right padding, and the pad token of the template
-    (v1 / Mistral / Llama-2: pad = unk; Llama-3: unk = pad = <|reserved_special_token_0|>; the others as they
-    come, falling back to EOS when the tokenizer has no pad token)."""
+def prepare_tokenizer(folder: Path, version: str, family: str, vocab_size: int, max_length: int):
+    """(tokenizer, template name): the tokenizer as train.py sets it up (model_max_length, right padding, and the pad
+    token of the template: v1 / Mistral / Llama-2: pad = unk; Llama-3: unk = pad = <|reserved_special_token_0|>;
+    the others as they come, falling back to EOS when the tokenizer has no pad token), and the template of the run
+    (`choose_template`, which reads the tokenizer's own chat template)."""
     tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=max_length, padding_side="right")
+    template = choose_template(version, family, vocab_size, tokenizer)
     if template in PAD_IS_UNK_TEMPLATES and tokenizer.unk_token is not None:
         tokenizer.pad_token = tokenizer.unk_token
     elif template == "llama_3":
@@ -418,7 +423,7 @@ def prepare_tokenizer(folder: Path, template: str | None, max_length: int):
         tokenizer.pad_token = tokenizer.unk_token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return tokenizer, template
 
 
 def _projector_state(path: Path) -> dict[str, torch.Tensor]:
@@ -438,20 +443,18 @@ def _projector_state(path: Path) -> dict[str, torch.Tensor]:
 def load_stage1_parts(config: Stage1Config) -> Stage1Parts:
     """The network to train, in float32 on the CPU (accelerate moves it), with its tokenizer and template."""
     folder = Path(config.model_name_or_path)
-    base_config, llmga_config = _base_llm_config(folder)
+    base_config, checkpoint = _base_llm_config(folder)
+    llmga_config = checkpoint.config if checkpoint is not None else {}
     family = base_config.model_type
-    tokenizer_probe = AutoTokenizer.from_pretrained(folder)
-    template = choose_template(config.version, family, base_config.vocab_size, tokenizer_probe)
-    tokenizer = prepare_tokenizer(folder, template, config.model_max_length)
-    language_model = AutoModelForCausalLM.from_pretrained(folder, config=base_config, dtype=torch.float32,
-                                                          attn_implementation=config.attention)
+    # An LLMGA folder's projector and vision keys are "unexpected" for the base LLM, by design (as load_llmga).
+    with quiet_transformers() if checkpoint is not None else contextlib.nullcontext():
+        tokenizer, template = prepare_tokenizer(folder, config.version, family, base_config.vocab_size,
+                                                config.model_max_length)
+        language_model = AutoModelForCausalLM.from_pretrained(folder, config=base_config, dtype=torch.float32,
+                                                              attn_implementation=config.attention)
 
-    tower_name = config.vision_tower or (llmga_config or {}).get("mm_vision_tower") or CLIP_L_336
-    vision_state: dict = {}
-    projector_state: dict = {}
-    if llmga_config is not None:
-        projector_state, vision_state = split_weights(read_checkpoint(folder))
-        tower_name = config.vision_tower or llmga_config.get("mm_vision_tower", CLIP_L_336)
+    tower_name = config.vision_tower or llmga_config.get("mm_vision_tower") or CLIP_L_336
+    projector_state, vision_state = split_weights(checkpoint) if checkpoint is not None else ({}, {})
     local = Path(tower_name) if tower_name and Path(tower_name).is_dir() else None
     if not vision_state:
         if local is None:
@@ -463,7 +466,7 @@ def load_stage1_parts(config: Stage1Config) -> Stage1Parts:
     load_strict(vision_tower, vision_state, "vision tower", str(local or folder))
     vision_tower.requires_grad_(False).eval()
 
-    projector_type = (llmga_config or {}).get("mm_projector_type", config.mm_projector_type)
+    projector_type = llmga_config.get("mm_projector_type", config.mm_projector_type)
     projector = build_projector(projector_type, vision_tower.config.hidden_size, base_config.hidden_size)
     if config.pretrain_mm_mlp_adapter:
         projector_state = _projector_state(Path(config.pretrain_mm_mlp_adapter))
@@ -473,7 +476,7 @@ def load_stage1_parts(config: Stage1Config) -> Stage1Parts:
         warnings.warn("fine-tuning starts from a randomly initialised projector: set pretrain_mm_mlp_adapter to the "
                       "mm_projector.bin of projector pretraining", stacklevel=2)
     model = LLMGAModel(language_model, vision_tower, projector,
-                       select_layer=(llmga_config or {}).get("mm_vision_select_layer", config.mm_vision_select_layer))
+                       select_layer=llmga_config.get("mm_vision_select_layer", config.mm_vision_select_layer))
     processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
     return Stage1Parts(model, tokenizer, template, processing, base_config, family, str(tower_name))
 
@@ -669,6 +672,7 @@ def train(config: Stage1Config) -> TrainResult:
 
 def main(argv: Sequence[str] | None = None) -> None:
     run_cli("LLMGA stage 1: projector pretraining or MLLM fine-tuning", Stage1Config, train, argv)
+
 
 if __name__ == "__main__":
     main()

@@ -439,5 +439,6 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
 def main(argv: Sequence[str] | None = None) -> None:
     run_cli("LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts", Stage2Config, train, argv)
 
+
 if __name__ == "__main__":
     main()
