@@ -13,10 +13,11 @@ from comfy_api.latest import io
 from PIL import Image
 from server import PromptServer
 
+from ..llmga.devices import device_and_dtype
 from ..llmga.hub import RELEASED_MLLMS, ModelNotFoundError, resolve_model
 from ..llmga.mllm.chat import Assistant, ChatError, ChatHistory, GenerationSettings
 from ..llmga.mllm.checkpoint import CheckpointError
-from ..llmga.mllm.loader import load_llmga, pick_device, pick_dtype
+from ..llmga.mllm.loader import load_llmga
 from ..llmga.mllm.tasks import PLACEMENTS, TASKS
 from ..llmga.mllm.templates import TEMPLATE_NAMES
 from .model_folders import llmga_checkpoint_names, model_folders
@@ -92,10 +93,10 @@ class LoadAssistant(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, dtype: str, device: str, quantization: str, attention: str, template: str,
                 allow_download: bool) -> io.NodeOutput:
-        load_device = mm.get_torch_device() if device == "auto" else pick_device(device)
         try:
+            load_device, precision = device_and_dtype("assistant", device, dtype,
+                                                      default_device=mm.get_torch_device())
             path = resolve_model(model, model_folders("LLM"), allow_download=allow_download)
-            precision = pick_dtype(dtype, load_device)
             # Unquantised weights load on the CPU; ComfyUI moves them to load_device when a Chat needs them.
             loaded = load_llmga(path, dtype=precision, device="cpu" if quantization == "none" else load_device.type,
                                 attention=attention, quantization=quantization,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llmga.__main__ import main
+from llmga.cli import main
 from llmga.edit.pipeline import controlled_eps_for, edit_image, official_crop, text_binding
 from llmga.edit.run import EditSettings, edit_latent, latent_mask_to_image, pad_to_latent_multiple
 from llmga.sd.pipelines import load_sd15_pipeline

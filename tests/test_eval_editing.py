@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
-from llmga.__main__ import main
+from llmga.cli import main
 from llmga.eval import (
     EvalInputError,
     clip_pixel_values,

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from test_eval_editing import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 
-from llmga.__main__ import main
+from llmga.cli import main
 from llmga.eval.inpaint import (
     InpaintGeneration,
     InpaintMetrics,

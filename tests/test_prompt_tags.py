@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llmga.__main__ import main as cli_main
+from llmga.cli import main as cli_main
 from llmga.prompt import GEN_END, GEN_START, parse_reply
 
 

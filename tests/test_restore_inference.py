@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from llmga.__main__ import main
+from llmga.cli import main
 from llmga.restore import inference
 from llmga.restore.checkpoint import save_diffrir
 from llmga.restore.inference import (

@@ -216,7 +216,7 @@ def test_bad_input_is_one_line_and_exit_status_2(sd15_models, tmp_path, case):
 
 def test_the_parser_loads_no_torch():
     """`python -m llmga extract-prompt` stays instant: building the parser with the SD commands imports no torch."""
-    code = ("import sys, llmga.__main__ as m; m.build_parser(); "
+    code = ("import sys, llmga.cli as m; m.build_parser(); "
             "print('torch' in sys.modules, 'diffusers' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["False", "False"], result.stderr

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..sd.cli import free_memory
+from ..devices import free_memory
+from ..files import save_npz_atomic
 from .inpaint import InpaintGeneration, Restorer
-from .runs import save_npz_atomic
 from .t2i import T2IGeneration, TextEmbedFn
 
 if TYPE_CHECKING:

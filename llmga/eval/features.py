@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
 
+from ..files import save_npz_atomic
 from .editing import open_rgb, rgb_tensor
 from .encoders import center_crop, resize_shorter_side
 from .metrics import FeatureStats, feature_stats
 from .pairs import EvalInputError
-from .runs import save_npz_atomic
 
 if TYPE_CHECKING:
     import torch

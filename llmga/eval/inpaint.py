@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..files import save_image_atomic
 from ..masks import EVAL_MASKS, MaskGenerator
 from ..prompt import parse_reply
 from .pairs import EvalInputError
 from .report import ReportFiles, Table, write_report
-from .runs import JsonlCache, check_run_settings, check_unique_names, parse_setting_spec, save_png_atomic, slug
+from .runs import JsonlCache, check_run_settings, check_unique_names, parse_setting_spec, slug
 
 if TYPE_CHECKING:
     import torch
@@ -187,8 +188,8 @@ def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequ
             crop = crop_for_eval(open_rgb(Path(path)), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
             for item in items:
                 mask = eval_mask(item.mask_type, size, seed, index, max_area)
-                save_png_atomic(crop, item.image)
-                save_png_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
+                save_image_atomic(crop, item.image)
+                save_image_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
         for item in items:
             sets[item.mask_type].append(item)
     return sets
@@ -321,7 +322,7 @@ def _make_results(folder: Path, recipe: dict, sets: dict[str, list[InpaintItem]]
     total = sum(len(items) for items in sets.values())
     with tqdm(total=total, initial=total - len(todo), desc=name, unit="image", disable=not progress) as bar:
         for item, index in todo:
-            save_png_atomic(make(item, index), folder / item.mask_type / item.result_name)
+            save_image_atomic(make(item, index), folder / item.mask_type / item.result_name)
             bar.update(1)
 
 

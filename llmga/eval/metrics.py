@@ -34,7 +34,7 @@ class FeatureStats:
 
     def save(self, path: str | Path) -> None:
         """Write an .npz with "mu", "sigma" (pytorch-fid's layout) and "count", atomically (temp file + rename)."""
-        from .runs import save_npz_atomic
+        from ..files import save_npz_atomic
 
         save_npz_atomic(Path(path), mu=self.mu, sigma=self.sigma, count=np.int64(self.count))
 

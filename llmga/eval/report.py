@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli_support import atomic_path
-from .runs import write_text_atomic
+from ..files import atomic_path, write_text_atomic
 
 # Which way is better, for the arrows of the table headers and the plot titles.
 LOWER_IS_BETTER = {"FID": True, "LPIPS": True, "IS": False, "CLIP score": False, "SSIM": False, "PSNR": False}

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..files import save_image_atomic
 from ..masks import DIFFRIR_MASKS, MaskGenerator
 from .inpaint import CROP_SIZE, LpipsFn, Restorer, crop_for_eval, pair_scores, read_mask
 from .pairs import EvalInputError
 from .report import ReportFiles, Table, write_report
-from .runs import check_run_settings, check_unique_names, save_png_atomic, slug
+from .runs import check_run_settings, check_unique_names, slug
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -107,9 +108,9 @@ def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = C
         if not (item.clean.is_file() and item.degraded.is_file() and item.mask.is_file()):
             clean = crop_for_eval(open_rgb(Path(path)), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
             mask = restore_mask(size, seed, index)
-            save_png_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
-            save_png_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
-            save_png_atomic(clean, item.clean)
+            save_image_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
+            save_image_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
+            save_image_atomic(clean, item.clean)
         items.append(item)
     return items
 
@@ -148,7 +149,7 @@ def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: 
             for index, item in todo:
                 restored = row.restore(open_rgb(item.degraded), open_rgb(item.clean), read_mask(item.mask),
                                        seed + index)
-                save_png_atomic(restored, folder / f"{item.name}.png")
+                save_image_atomic(restored, folder / f"{item.name}.png")
                 bar.update(1)
         scores[row.name] = pair_scores([folder / f"{item.name}.png" for item in items],
                                        [item.clean for item in items], lpips=lpips, with_psnr=True,

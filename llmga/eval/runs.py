@@ -1,4 +1,4 @@
-"""What the evaluation runs share: settings given as `LABEL=MODEL:PROMPT`, files written atomically, the record of
+"""What the evaluation runs share: settings given as `LABEL=MODEL:PROMPT`, the record of
 how a folder's images were made, and JSONL caches of assistant replies."""
 
 from __future__ import annotations
@@ -7,13 +7,9 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..cli_support import atomic_path
+from ..files import write_json_atomic
 from .pairs import EvalInputError
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 
 def parse_setting_spec(text: str, sources: tuple[str, ...], example: str) -> tuple[str, str, str]:
@@ -39,27 +35,6 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", name).strip("_") or "setting"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically (`atomic_path`)."""
-    with atomic_path(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-
-
-def save_png_atomic(image: Image.Image, path: Path) -> None:
-    """Save `image` as PNG at `path` atomically, so an interrupted run never leaves half an image that a resumed run
-    would take for finished."""
-    with atomic_path(path) as temp:
-        image.save(temp, format="PNG")
-
-
-def save_npz_atomic(path: Path, **arrays) -> None:
-    """np.savez to `path` atomically."""
-    import numpy as np
-
-    with atomic_path(path) as temp, temp.open("wb") as file:
-        np.savez(file, **arrays)
-
-
 def check_run_settings(folder: Path, settings: dict) -> None:
     """Record the settings that images in `folder` are made with (`run.json`), or check a resumed run against them:
     ValueError naming the differences when the folder's images were made otherwise."""
@@ -75,7 +50,7 @@ def check_run_settings(folder: Path, settings: dict) -> None:
             raise ValueError(f"{folder} holds images made with other settings ({', '.join(changed)} differ; see "
                              f"{record}): use another output folder, or delete {folder} to make them again")
         return
-    write_text_atomic(record, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(record, settings)
 
 
 class JsonlCache:

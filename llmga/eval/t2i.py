@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..files import save_image_atomic
 from ..prompt import parse_reply
 from .pairs import EvalInputError
 from .report import ReportFiles, Table, write_report
@@ -34,7 +35,6 @@ from .runs import (
     check_run_settings,
     check_unique_names,
     parse_setting_spec,
-    save_png_atomic,
     slug,
 )
 
@@ -231,7 +231,7 @@ def generate_images(model: str, items: Sequence[tuple[str, str, int]], folder: P
             if len(images) != len(batch):
                 raise ValueError(f"generate_fn made {len(images)} images for {len(batch)} prompts")
             for (image_id, _, _), image in zip(batch, images, strict=True):
-                save_png_atomic(image, folder / f"{image_id}.png")
+                save_image_atomic(image, folder / f"{image_id}.png")
             bar.update(len(batch))
     return len(todo)
 

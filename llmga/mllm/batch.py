@@ -29,21 +29,13 @@ from .chat import (
     ChatError,
     GenerationSettings,
     OnlyTokenizerIds,
+    UserTurn,
     cut_at_stop,
     stop_token_ids,
     tokenize_with_image,
 )
 from .loader import quiet_transformers
 from .model import IMAGE_TOKEN_INDEX
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """One first turn. message: the user turn as sent (from `Assistant.user_message` with a new history; it starts
-    with "<image>\\n" when a picture comes with it). picture: [3, S, S] pixel values (`Assistant.picture`) or None."""
-
-    message: str
-    picture: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +69,7 @@ class _RowStopStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _prompt_ids(assistant: Assistant, index: int, request: BatchRequest) -> tuple[str, list[int]]:
+def _prompt_ids(assistant: Assistant, index: int, request: UserTurn) -> tuple[str, list[int]]:
     """The rendered prompt of one request and its token ids (IMAGE_TOKEN_INDEX where the picture goes)."""
     prompt = assistant.template.render([(request.message, None)])
     ids = tokenize_with_image(prompt, assistant.tokenizer)
@@ -102,9 +94,11 @@ def _left_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return embeds, mask
 
 
-def reply_batch(assistant: Assistant, requests: Sequence[BatchRequest],
+def reply_batch(assistant: Assistant, requests: Sequence[UserTurn],
                 settings: GenerationSettings | None = None) -> list[BatchReply]:
     """Answer each request as the first turn of a new chat, all in one `generate` call; replies in request order.
+
+    requests: first turns, from `assistant.turn(assistant.new_history(), task, text, image=..., mask=...)`.
 
     settings: decoding settings; None = greedy (temperature 0) with the default max_new_tokens, the setting whose
     replies do not depend on the rest of the batch.

@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from ..images import mask_array
 from ..prompt import ParsedReply, parse_reply
 from .loader import LoadedAssistant
 from .model import IMAGE_TOKEN_INDEX
@@ -57,6 +58,16 @@ class GenerationSettings:
     temperature: float = 0.2
     top_p: float = 1.0
     seed: int | None = 0
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    """A user turn ready to send (`Assistant.turn`). message: as the template renders it, starting with
+    "<image>\\n" when a picture enters the conversation with it. picture: [3, S, S] pixel values of the picture
+    (masked pixels black), or None."""
+
+    message: str
+    picture: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -230,11 +241,48 @@ class Assistant:
             message = message.removeprefix(IMAGE_PLACEHOLDER + "\n")  # the picture is already in an earlier turn
         return message
 
-    def picture(self, image: Image.Image, mask: np.ndarray | None = None) -> torch.Tensor:
-        """[3, S, S] pixel values of a picture (masked pixels black when a mask is given)."""
+    def picture(self, image: Image.Image, mask: np.ndarray | torch.Tensor | Image.Image | None = None) -> torch.Tensor:
+        """[3, S, S] pixel values of a picture; with a mask ([H, W] in [0, 1] or grayscale, white = to be painted,
+        the picture's size), the masked pixels are black, as the model saw inpainting and outpainting inputs."""
         if mask is not None:
-            image = black_out_mask(image, mask)
+            image = black_out_mask(image, mask_array(mask, image.size))
         return pixel_values(image, self.loaded.image_processing)
+
+    def turn(self, history: ChatHistory, task: str, text: str = "", *, image: Image.Image | None = None,
+             mask: np.ndarray | torch.Tensor | Image.Image | None = None, instruction: str | None = None,
+             phrasing_seed: int | None = None, placement: str = "auto") -> UserTurn:
+        """The user turn for `task` with `text` and, optionally, a picture and its mask (see `picture`).
+
+        "<image>" goes into the message only when the picture enters the conversation now (`history` has none yet);
+        giving the conversation's own picture again later is fine, another one is refused by `reply`.
+        phrasing_seed: draws the training phrasing of the task's instruction (and its side for text_to_image /
+        refine_prompt with placement "auto"); None takes the first phrasing, before the text. instruction: your own
+        phrasing instead. Raises ChatError for a mask without a picture, a mask of another size, or a task that needs
+        a picture the conversation lacks.
+        """
+        if mask is not None and image is None:
+            raise ChatError("a mask was given without an image: give the image the mask belongs to")
+        picture = None if image is None else self.picture(image.convert("RGB"), mask)
+        rng = None if phrasing_seed is None else random.Random(phrasing_seed)
+        try:
+            message = self.user_message(task, text, history, picture is not None and history.image is None,
+                                        instruction=instruction, rng=rng, placement=placement)
+        except ValueError as error:
+            raise ChatError(str(error)) from error
+        return UserTurn(message, picture)
+
+    def ask(self, history: ChatHistory, task: str, text: str = "", *, image: Image.Image | None = None,
+            mask: np.ndarray | torch.Tensor | Image.Image | None = None, instruction: str | None = None,
+            placement: str = "auto", settings: GenerationSettings = GenerationSettings(),
+            phrasing_seed: int | None = None, on_text: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> ChatReply:
+        """One chat turn: `turn` then `reply`. phrasing_seed None takes `settings.seed` (one seed drives both the
+        phrasing and the sampling, as the node and the command line use it)."""
+        seed = settings.seed if phrasing_seed is None else phrasing_seed
+        user = self.turn(history, task, text, image=image, mask=mask, instruction=instruction, phrasing_seed=seed,
+                         placement=placement)
+        return self.reply(history, user.message, image=user.picture, settings=settings, on_text=on_text,
+                          should_stop=should_stop)
 
     def reply(self, history: ChatHistory, message: str, *, image: torch.Tensor | None = None,
               settings: GenerationSettings = GenerationSettings(), on_text: Callable[[str], None] | None = None,

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
 from transformers.utils import logging as hf_logging
 
+from ..devices import device_and_dtype
 from .checkpoint import (
     PROJECTOR_PREFIX,
     VISION_PREFIX,
@@ -35,7 +36,6 @@ CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 CLIP_L_336_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                          image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
                          layer_norm_eps=1e-5)
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -46,33 +46,6 @@ class LoadedAssistant:
     tokenizer: object
     image_processing: ImageProcessing
     checkpoint: LLMGACheckpoint
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device != "auto":
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU: choose 'auto' or 'cpu'")
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto': bf16 on GPUs that support it (the released weights are bf16), fp16 on other GPUs, fp32 on CPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of auto, {', '.join(DTYPES)}")
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
 
 
 @contextlib.contextmanager
@@ -151,8 +124,8 @@ def load_strict(module: torch.nn.Module, state: dict, what: str, source: str) ->
                               f"unexpected {unexpected[:5]}; the checkpoint is damaged or of another model")
 
 
-def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str = "auto", attention: str = "sdpa",
-               quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
+def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+               attention: str = "sdpa", quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
                allow_download: bool = False, base: str | Path | None = None) -> LoadedAssistant:
     """Load an official LLMGA checkpoint folder.
 
@@ -168,8 +141,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     if base is not None and not (llm_folder / "config.json").is_file():
         raise CheckpointError(f"base LLM folder {llm_folder} has no config.json: give the folder of the base model "
                               "the projector was pretrained on (e.g. vicuna-7b-v1.5)")
-    target = pick_device(device)
-    torch_dtype = pick_dtype(dtype, target)
+    target, torch_dtype = device_and_dtype("assistant", device, dtype)
     base_config = checkpoint.base_config()
     load_kwargs = dict(config=base_config, dtype=torch_dtype, attn_implementation=attention,
                        output_loading_info=True)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..images import check_mask_size
+
 # openai/clip-vit-large-patch14-336 preprocessor_config.json (the vision tower of every released checkpoint).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -67,12 +69,7 @@ def black_out_mask(image: Image.Image, mask: np.ndarray, threshold: float = MASK
     mask: [H, W] floats in [0, 1] (1 = to be painted), the same size as the image.
     """
     rgb = np.asarray(image.convert("RGB"))
-    if mask.shape != rgb.shape[:2]:
-        height, width = rgb.shape[:2]
-        raise ValueError(
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {width}x{height}: resize the mask or use "
-            "a mask made for this image"
-        )
+    check_mask_size(mask.shape, image.size)
     keep = (mask < threshold)[:, :, None]
     return Image.fromarray((rgb * keep).astype(np.uint8))
 

@@ -28,8 +28,8 @@ from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
 from safetensors import SafetensorError
 
+from ..devices import device_and_dtype
 from ..hub import SD_FILES
-from ..mllm.loader import pick_device, pick_dtype
 from ..prompt.clip_binding import TransformersCLIP
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
 from . import canvas
@@ -57,15 +57,6 @@ class SDPipelineError(ValueError):
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
-
-
-def sd_device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """device auto/cuda/cpu/mps and dtype auto/fp16/bf16/fp32 -> torch values. 'auto' dtype: fp16 on GPUs (what the
-    official scripts load SD1.5 in), fp32 on the CPU."""
-    target = pick_device(device)
-    if dtype == "auto" and target.type == "cuda":
-        return target, torch.float16
-    return target, pick_dtype(dtype, target)
 
 
 def is_inpainting_pipeline(pipe: SDPipeline) -> bool:
@@ -100,7 +91,7 @@ def unet_channels(folder: Path) -> int:
 
 def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",
                        dtype: str = "auto") -> SDPipeline:
-    """A diffusers SD1.5 pipeline from `folder`, on `device` in `dtype` (see `sd_device_and_dtype`), safety checker off.
+    """A diffusers SD1.5 pipeline from `folder`, on `device` in `dtype` (see `llmga.devices`), safety checker off.
 
     inpainting: build a StableDiffusionInpaintPipeline. The released llmga-sd15-inpainting-v2 is saved as a
     StableDiffusionPipeline with a 9-channel UNet, so the pipeline class comes from the UNet, not model_index.json:
@@ -112,7 +103,7 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
     channels = unet_channels(folder)
     pipeline_class = StableDiffusionInpaintPipeline if inpainting or channels == INPAINT_CHANNELS \
         else StableDiffusionPipeline
-    target, torch_dtype = sd_device_and_dtype(device, dtype)
+    target, torch_dtype = device_and_dtype("sd", device, dtype)
     try:
         with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every version
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from llmga.cli_support import run_reporting
+from llmga.errors import run_reporting
 from llmga.mllm.tasks import QUES_PROMPT, REGEN_PROMPT
 
 from ..data.datasets import IMAGE_EXTENSIONS
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 1 some images failed (listed in the errors file), 2 the run could not start, 130 Ctrl-C."""
     args = build_parser().parse_args(argv)
-    return run_reporting(lambda: run(args), (ValueError, OSError), "lower --batch-size")
+    return run_reporting(lambda: run(args), "lower --batch-size")
 
 
 if __name__ == "__main__":

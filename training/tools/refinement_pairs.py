@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from llmga.cli_support import atomic_path, run_reporting
+from llmga.errors import run_reporting
+from llmga.files import atomic_path
 
 from ..data.datasets import read_caption_jsonl, read_captioned_images, read_image_folder, read_json_list, read_t2i
 from . import add_assistant_options
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 written, 2 not (the error says why), 130 Ctrl-C."""
     args = build_parser().parse_args(argv)
-    return run_reporting(lambda: run(args), (ValueError, OSError), "lower --batch-size")
+    return run_reporting(lambda: run(args), "lower --batch-size")
 
 
 if __name__ == "__main__":

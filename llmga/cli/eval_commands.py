@@ -63,7 +63,7 @@ def find_metric_weights(given: Path | None, name: str, what: str, flag: str, whe
 
 
 def _device(args: argparse.Namespace) -> str:
-    from ..mllm.loader import pick_device
+    from ..devices import pick_device
 
     return str(pick_device(args.device))
 

@@ -227,7 +227,7 @@ def _score(args: argparse.Namespace, metrics: tuple[str, ...], settings: dict) -
 
     clip = dino = None
     if any(name in metrics for name in CLIP_METRICS) or "dino" in metrics:
-        from ..mllm.loader import pick_device
+        from ..devices import pick_device
 
         device = str(pick_device(args.device))
         if any(name in metrics for name in CLIP_METRICS):

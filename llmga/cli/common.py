@@ -1,0 +1,134 @@
+"""What the commands of `python -m llmga` share: bad-input errors, the library's warnings on stderr, where models are
+looked up, the assistant loaded from the options, and how output files are named and written.
+
+Light on imports (torch only when a command runs), so `python -m llmga --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..devices import DEVICES, DTYPES  # noqa: F401  (re-exported for the commands' choices)
+from ..errors import run_reporting
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+class InputError(ValueError):
+    """Bad command-line input; the message says what to change."""
+
+
+def run_command(body: Callable[[], int], out_of_memory_hint: str) -> int:
+    """Run a command's body with the library's warnings shown and every error reported as one line (exit 2)."""
+    show_library_warnings()
+    return run_reporting(body, out_of_memory_hint)
+
+
+def show_library_warnings() -> None:
+    """Print the library's warnings (prompt truncation) as one line each on stderr (once per process)."""
+    library = logging.getLogger("llmga")
+    if any(getattr(handler, "llmga_cli", False) for handler in library.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    handler.llmga_cli = True
+    library.addHandler(handler)
+    library.setLevel(logging.WARNING)
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+
+
+def add_models_dir_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--models-dir", type=Path, action="append", default=[], help=help_text)
+
+
+def model_folders(models_dirs: list[Path], kind: str) -> list[Path]:
+    """Where a model of `kind` (a ComfyUI model-folder name: LLM, diffusers, clip_vision, diffrir, eval) is looked
+    up: each models folder's `kind`/ subfolder, then the models folders themselves (default: models/)."""
+    roots = models_dirs or [DEFAULT_MODELS_DIR]
+    return [root / kind for root in roots] + roots
+
+
+def resolve_model(name: str, models_dirs: list[Path], kind: str, allow_download: bool) -> Path:
+    """A model folder: `name` as a path, a folder in `model_folders(models_dirs, kind)`, or a released name
+    (downloaded into the first models folder's `kind`/ when allowed)."""
+    from ..hub import resolve_model as resolve
+
+    return resolve(name, model_folders(models_dirs, kind), allow_download=allow_download)
+
+
+def load_assistant(args: argparse.Namespace, *, template: str | None = None, quantization: str = "none"):
+    """The assistant named by --mllm, loaded with --dtype/--device; the vision tower is looked up in the models
+    folders' clip_vision/ (or --clip-vision-dir where the command has it)."""
+    from ..mllm.chat import Assistant
+    from ..mllm.loader import load_llmga
+
+    path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
+    roots = args.models_dir or [DEFAULT_MODELS_DIR]
+    vision_dirs = getattr(args, "clip_vision_dir", None) or [root / "clip_vision" for root in roots]
+    loaded = load_llmga(path, dtype=args.dtype, device=args.device, quantization=quantization,
+                        clip_vision_dirs=vision_dirs, allow_download=args.allow_download)
+    return Assistant(loaded, template=template)
+
+
+def print_streamed(piece: str) -> None:
+    """on_text of the assistant: its reply on stdout as it grows."""
+    print(piece, end="", flush=True)
+
+
+# --- output files ------------------------------------------------------------------------------------------------
+
+
+def check_png_out(out: Path) -> None:
+    """InputError unless --out names a folder (existing or to be created) or a .png file."""
+    if out.suffix.lower() not in ("", ".png") and not out.is_dir():
+        raise InputError(f"--out {out} is neither a folder nor a .png file: images are written as PNG")
+
+
+def is_png_file(out: Path) -> bool:
+    """Whether `out` names a .png file to write (not a folder)."""
+    return out.suffix.lower() == ".png" and not out.is_dir()
+
+
+def output_paths(out: Path, stems: list[str]) -> list[Path]:
+    """Where a command writes its images, one per stem: `out` itself when it names a .png file (numbered `-000`,
+    `-001`, ... for several), else `<out>/<stem>.png` in the folder `out`, numbered `<stem>-1.png`, `<stem>-2.png`,
+    ... rather than replacing a file there. Folders are created."""
+    if is_png_file(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if len(stems) == 1:
+            return [out]
+        return [out.with_name(f"{out.stem}-{index:03d}.png") for index in range(len(stems))]
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for stem in stems:
+        path, copy = out / f"{stem}.png", 1
+        while path.exists() or path in paths:
+            path, copy = out / f"{stem}-{copy}.png", copy + 1
+        paths.append(path)
+    return paths
+
+
+def save_png(image: Image.Image, path: Path, settings: dict | None = None, **texts: str) -> None:
+    """Write `image` as PNG atomically, with `texts` as iTXt chunks and `settings` as JSON under llmga_settings."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..files import save_image_atomic
+
+    info = PngInfo()
+    for key, value in texts.items():
+        info.add_itxt(key, value)
+    if settings is not None:
+        info.add_itxt("llmga_settings", json.dumps(settings, ensure_ascii=False))
+    save_image_atomic(image, path, pnginfo=info)
