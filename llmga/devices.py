@@ -18,13 +18,24 @@ has one (ComfyUI's), else CUDA, then Apple's MPS, then the CPU.
 from __future__ import annotations
 
 import gc
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+# torch is imported by the functions, not here: the command line builds its parser from these names without torch.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 MODEL_KINDS = ("assistant", "sd", "diffrir", "metrics")
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def __getattr__(name: str) -> Any:
+    """`TORCH_DTYPES`: {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}, built on first use."""
+    if name == "TORCH_DTYPES":
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pick_device(device: str | torch.device = "auto", *, default: torch.device | None = None) -> torch.device:
@@ -33,6 +44,8 @@ def pick_device(device: str | torch.device = "auto", *, default: torch.device | 
     default: what `auto` means for the caller's host (ComfyUI's device); None picks CUDA, then MPS, then the CPU.
     Raises ValueError when CUDA is asked for and torch sees no CUDA GPU, or the name is unknown.
     """
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -54,6 +67,8 @@ def pick_device(device: str | torch.device = "auto", *, default: torch.device | 
 
 def auto_dtype(kind: str, device: torch.device) -> torch.dtype:
     """The precision a model of `kind` runs in on `device` when the user leaves it to us (see the module table)."""
+    import torch
+
     if kind not in MODEL_KINDS:
         raise ValueError(f"model kind {kind!r} is not one of {', '.join(MODEL_KINDS)}")
     if kind in ("diffrir", "metrics") or device.type == "cpu":
@@ -65,13 +80,15 @@ def auto_dtype(kind: str, device: torch.device) -> torch.dtype:
 
 def pick_dtype(kind: str, dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The torch dtype for `dtype` (auto/bf16/fp16/fp32 or a torch.dtype) of a model of `kind` on `device`."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return auto_dtype(kind, device)
-    if dtype not in TORCH_DTYPES:
+    if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return TORCH_DTYPES[dtype]
+    return __getattr__("TORCH_DTYPES")[dtype]
 
 
 def device_and_dtype(kind: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto", *,
@@ -88,11 +105,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype frozen models are kept in under accelerate's `mixed_precision` (fp16 / bf16 / no)."""
-    return TORCH_DTYPES.get(mixed_precision, torch.float32)
+    dtypes = __getattr__("TORCH_DTYPES")
+    return dtypes.get(mixed_precision, dtypes["fp32"])
 
 
 def free_memory() -> None:
     """Hand memory of dropped models back: collect garbage, then empty the CUDA cache when there is one."""
+    import torch
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -91,8 +91,8 @@ def check_mask_size(mask_shape: tuple[int, ...], image_size: tuple[int, int], *,
 def check_mask_marks(mask: np.ndarray | torch.Tensor, threshold: float, *, action: str = "generate") -> None:
     """Raise ImageInputError when no pixel of `mask` reaches `threshold` (nothing would be generated)."""
     if not bool((mask >= threshold).any()):
-        raise ImageInputError(f"the mask marks no pixel to {action} (all of it is below {threshold:.0%} gray): paint "
-                              f"the area to {action} white")
+        raise ImageInputError(f"the mask marks no pixel to {action} (all of it is below {threshold:.0%} gray): mark "
+                              f"the area to {action} in white")
 
 
 def mask_array(mask: np.ndarray | torch.Tensor | Image.Image, image_size: tuple[int, int], *,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llmga.images import ImageInputError
 from llmga.sd.pipelines import (
     SDPipelineError,
     encode_prompts,
@@ -116,9 +117,9 @@ def test_inpaint_rejects_a_text_to_image_pipeline_and_a_wrong_mask(t2i_pipe, inp
     image = Image.new("RGB", (64, 64))
     with pytest.raises(SDPipelineError, match="inpainting=True"):
         inpaint(t2i_pipe, image, np.ones((64, 64)), "x", seed=0, **FAST)
-    with pytest.raises(SDPipelineError, match="mask is 32x64 but the image is 64x64"):
+    with pytest.raises(ImageInputError, match="mask is 32x64 but the image is 64x64"):
         inpaint(inpaint_pipe, image, np.ones((64, 32)), "x", seed=0, **FAST)
-    with pytest.raises(SDPipelineError, match="marks no pixel"):
+    with pytest.raises(ImageInputError, match="marks no pixel"):
         inpaint(inpaint_pipe, image, np.zeros((64, 64)), "x", seed=0, **FAST)
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..devices import DEVICES, DTYPES  # noqa: F401  (re-exported for the commands' choices)
+from ..devices import DEVICES, DTYPES
 from ..errors import run_reporting
 
 if TYPE_CHECKING:
@@ -44,11 +45,47 @@ def show_library_warnings() -> None:
     library.setLevel(logging.WARNING)
 
 
+# --- options every model-running command shares ------------------------------------------------------------------
+
+
+def add_models_arguments(parser: argparse.ArgumentParser, kinds: str) -> None:
+    """--models-dir (repeatable) and --allow-download; `kinds` says which subfolders the command looks in."""
+    parser.add_argument("--models-dir", type=Path, action="append", default=[],
+                        help=f"models folder laid out like ComfyUI's (repeatable; default: models): {kinds}")
+    parser.add_argument("--allow-download", action="store_true", help="download missing released LLMGA checkpoints")
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, dtype_help: str) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto", help=dtype_help)
+
+
+def add_assistant_arguments(parser: argparse.ArgumentParser, *, required: bool, temperature: float = 0.2) -> None:
+    """--mllm, --models-dir, --allow-download, --temperature and --max-new-tokens."""
+    parser.add_argument("--mllm", required=required, help="assistant checkpoint folder or released name (e.g. "
+                        "binxia/llmga-Qwen2-0.5B-full-finetune)" + ("" if required else "; optional"))
+    add_models_arguments(parser, "the assistant is looked up in it and its LLM/, the CLIP vision tower in its "
+                         "clip_vision/, SD in its diffusers/, DiffRIR in its diffrir/")
+    parser.add_argument("--temperature", type=float, default=temperature,
+                        help=f"assistant sampling temperature (0: greedy; default {temperature})")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply (official: 512)")
+
+
+def check_assistant_numbers(args: argparse.Namespace) -> None:
+    """InputError for a negative or non-finite --temperature or a --max-new-tokens below 1."""
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise InputError(f"--temperature is {args.temperature} but must be 0 (greedy) or more")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens is {args.max_new_tokens} but must be 1 or more")
+
+
+def check_at_least(value: float, minimum: float, flag: str, note: str = "") -> None:
+    """InputError unless `value` is a finite number >= `minimum` (`note`: e.g. the official value)."""
+    if not math.isfinite(value) or value < minimum:
+        raise InputError(f"{flag} is {value} but must be {minimum} or more{note}")
+
+
 # --- models ----------------------------------------------------------------------------------------------------
-
-
-def add_models_dir_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--models-dir", type=Path, action="append", default=[], help=help_text)
 
 
 def model_folders(models_dirs: list[Path], kind: str) -> list[Path]:

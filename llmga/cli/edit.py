@@ -8,20 +8,30 @@ inversion. --source-prompt/--target-prompt skip the assistant for that turn (bot
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import secrets
 import sys
 from pathlib import Path
 
-from ..cli_support import run_reporting, unique_png
-from ..sd.cli import InputError, free_memory, open_image, resolve_model, show_library_warnings
+from .common import (
+    InputError,
+    add_assistant_arguments,
+    add_device_arguments,
+    check_assistant_numbers,
+    check_at_least,
+    check_png_out,
+    load_assistant,
+    output_paths,
+    print_streamed,
+    resolve_model,
+    run_command,
+    save_png,
+)
 
 DEFAULT_SD = "binxia/llmga-sd15-t2i-v2"  # README: the SD15-T2I model also serves instruction editing
 
 
 def add_edit_command(commands: argparse._SubParsersAction) -> None:
-    from .options import CONTROLLERS, METHODS
+    from ..edit.options import CONTROLLERS, METHODS
 
     parser = commands.add_parser(
         "edit", help="edit a picture by an instruction: the assistant writes source and target prompts, SD1.5 "
@@ -32,11 +42,8 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
         "Writes the edited PNG (prompts and settings in its metadata) and the edit mask beside it.")
     parser.add_argument("instruction", nargs="?", default="", help='the edit, e.g. "make it winter"')
     parser.add_argument("--image", type=Path, required=True, help="the picture to edit")
-    parser.add_argument("--mllm", help="assistant checkpoint folder or released name")
+    add_assistant_arguments(parser, required=False)
     parser.add_argument("--sd", default=DEFAULT_SD, help=f"SD1.5 diffusers folder or released name ({DEFAULT_SD})")
-    parser.add_argument("--models-dir", type=Path, action="append", default=[],
-                        help="models folder (repeatable; default: models), searched as for generate")
-    parser.add_argument("--allow-download", action="store_true", help="download missing released checkpoints")
     parser.add_argument("--source-prompt", help="what the picture shows (skips the assistant's turn 0)")
     parser.add_argument("--target-prompt", help="what the edited picture shows (skips the assistant's turn 1)")
     parser.add_argument("--method", choices=METHODS, default=METHODS[0],
@@ -57,10 +64,7 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
         "512x512"))
     parser.add_argument("--seed", type=int, help="seed (assistant sampling and DDPM noise; default random)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder or .png file (default outputs)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
-    parser.add_argument("--temperature", type=float, default=0.2, help="assistant sampling temperature")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply")
+    add_device_arguments(parser, "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
     parser.set_defaults(run=run_edit_command)
 
 
@@ -69,7 +73,7 @@ def _words(text: str) -> tuple[str, ...]:
 
 
 def _settings(args: argparse.Namespace, seed: int):
-    from .run import EditSettings
+    from ..edit.run import EditSettings
 
     blend = (_words(args.blend[0]), _words(args.blend[1])) if args.blend else None
     if args.blend and "auto" in (args.blend[0].lower(), args.blend[1].lower()):
@@ -93,32 +97,25 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
                          "--target-prompt")
     if args.target_prompt is None and not args.instruction.strip():
         raise InputError('give the instruction, e.g. "make it winter"')
-    from ..mllm.chat import Assistant, GenerationSettings
-    from ..mllm.loader import load_llmga
+    from ..devices import free_memory
+    from ..mllm.chat import GenerationSettings
     from ..mllm.tasks import EDIT_SOURCE_INSTRUCTION
 
-    path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
-    roots = args.models_dir or [Path("models")]
-    loaded = load_llmga(path, dtype=args.dtype, device=args.device, allow_download=args.allow_download,
-                        clip_vision_dirs=[root / "clip_vision" for root in roots])
-    assistant = Assistant(loaded)
+    assistant = load_assistant(args)
     history = assistant.new_history()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed)
     turns = (("similar_image", EDIT_SOURCE_INSTRUCTION, args.source_prompt), ("chat", args.instruction,
                                                                              args.target_prompt))
     prompts, replies = [], []
-    picture = assistant.picture(image)
-    for index, (task, text, given) in enumerate(turns):
-        message = assistant.user_message(task, text, history, index == 0, rng=random.Random(seed))
+    for task, text, given in turns:
         print("LLMGA: ", end="", flush=True)
-        result = assistant.reply(history, message, image=picture if index == 0 else None, settings=settings,
-                                 on_text=lambda piece: print(piece, end="", flush=True))
+        result = assistant.ask(history, task, text, image=image, settings=settings, on_text=print_streamed)
         print()
         history = result.history
         replies.append(result.text)
         # The official CLI keeps the whole reply when it has no tags (its str.find parser).
         prompts.append(given if given is not None else result.parsed.prompt(no_tag_fallback="whole reply"))
-    del assistant, loaded, picture
+    del assistant
     free_memory()
     if not prompts[1].strip():
         raise InputError("the assistant's reply to the instruction is empty, so there is no target prompt: rephrase "
@@ -127,27 +124,26 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
 
 
 def run_edit_command(args: argparse.Namespace) -> int:
-    from ..hub import ModelNotFoundError
-    from ..mllm.chat import ChatError
-    from ..mllm.checkpoint import CheckpointError
-    from ..sd.pipelines import SDPipelineError
-
-    show_library_warnings()
-    errors = (InputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError, ValueError, OSError)
-    return run_reporting(lambda: _edit(args), errors,
-                         "use --dtype fp16, a smaller picture, or --device cpu")
+    return run_command(lambda: _edit(args), "use --dtype fp16, a smaller picture, or --device cpu")
 
 
 def _edit(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    check_at_least(args.cfg, 0, "--cfg", " (both references: 7.5)")
+    check_at_least(args.source_cfg, 0, "--source-cfg", " (official: 3.5)")
     settings = _settings(args, seed)
-    if args.out.suffix.lower() not in ("", ".png") and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
-    from .pipeline import edit_image, official_crop
+    check_assistant_numbers(args)
+    check_png_out(args.out)
+    from ..edit.pipeline import edit_image, official_crop
+    from ..images import open_image
+    from ..sd.pipelines import INPAINT_CHANNELS, unet_channels
 
     image = open_image(args.image, "RGB")
     image = image if args.no_crop else official_crop(image)
     sd_path = resolve_model(args.sd, args.models_dir, "diffusers", args.allow_download)
+    if unet_channels(sd_path) == INPAINT_CHANNELS:
+        raise InputError(f"--sd {args.sd} is an inpainting model ({INPAINT_CHANNELS} input channels): editing runs on "
+                         f"a text-to-image model such as {DEFAULT_SD}")
     source, target, replies = _prompts(args, image, seed)
     print(f"Source prompt: {source}\nTarget prompt: {target}", flush=True)
     from ..sd.pipelines import load_sd15_pipeline
@@ -161,23 +157,18 @@ def _edit(args: argparse.Namespace) -> int:
     edited, mask, result = edit_image(pipe, image, source, target, settings, on_step=on_step)
     if result.unchanged:
         print("note: the target prompt equals the source prompt; the picture is unchanged", file=sys.stderr)
-    path = unique_png(args.out, f"edit-{seed}")
-    edited.save(path, pnginfo=_png_info(args, sd_path, source, target, replies, seed))
-    mask.save(path.with_name(path.stem + "-mask.png"))
-    print(f"Saved {path} and {path.with_name(path.stem + '-mask.png').name}")
+    (path,) = output_paths(args.out, [f"edit-{seed}"])
+    mask_path = path.with_name(path.stem + "-mask.png")
+    save_png(edited, path, _settings_record(args, sd_path, replies, seed), llmga_source_prompt=source,
+             llmga_prompt=target)
+    save_png(mask, mask_path)
+    print(f"Saved {path} and {mask_path.name}")
     return 0
 
 
-
-def _png_info(args: argparse.Namespace, sd_path: Path, source: str, target: str, replies: list[str], seed: int):
-    from PIL.PngImagePlugin import PngInfo
-
-    settings = {"command": "edit", "method": args.method, "seed": seed, "steps": args.steps, "cfg": args.cfg,
-                "source_cfg": args.source_cfg, "skip": args.skip, "controller": args.controller,
-                "encoding": args.encoding, "sd_model": Path(sd_path).name, "mllm": args.mllm and Path(args.mllm).name,
-                "instruction": args.instruction, "replies": replies}
-    info = PngInfo()
-    info.add_itxt("llmga_source_prompt", source)
-    info.add_itxt("llmga_prompt", target)
-    info.add_itxt("llmga_settings", json.dumps(settings, ensure_ascii=False))
-    return info
+def _settings_record(args: argparse.Namespace, sd_path: Path, replies: list[str], seed: int) -> dict:
+    """What the edited PNG records under llmga_settings."""
+    return {"command": "edit", "method": args.method, "seed": seed, "steps": args.steps, "cfg": args.cfg,
+            "source_cfg": args.source_cfg, "skip": args.skip, "controller": args.controller,
+            "encoding": args.encoding, "sd_model": Path(sd_path).name, "mllm": args.mllm and Path(args.mllm).name,
+            "instruction": args.instruction, "replies": replies}

@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from .commands import run_eval_command
-from .editing import CLIP_METRICS, METRICS
-from .pairs import SETTINGS
+from ..eval.editing import CLIP_METRICS, METRICS
+from ..eval.pairs import SETTINGS
+from .eval_commands import run_eval_command
 
 # torch/transformers load only when a command runs.
 
@@ -163,9 +163,9 @@ def _add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval_edit(args: argparse.Namespace) -> int:
+    from ..eval.editing import check_pairs, parse_metrics
+    from ..eval.pairs import EvalInputError
     from ..hub import ModelNotFoundError
-    from .editing import check_pairs, parse_metrics
-    from .pairs import EvalInputError
 
     try:
         metrics = parse_metrics(args.metrics)
@@ -193,7 +193,7 @@ def run_eval_edit(args: argparse.Namespace) -> int:
 
 
 def _check_weights_given(args: argparse.Namespace, metrics: tuple[str, ...]) -> None:
-    from .pairs import EvalInputError
+    from ..eval.pairs import EvalInputError
 
     needs = [("--clip", "openai/clip-vit-base-patch32", [m for m in metrics if m in CLIP_METRICS], args.clip),
              ("--dino", "facebook/dino-vits16", [m for m in metrics if m == "dino"], args.dino)]
@@ -206,7 +206,7 @@ def _check_weights_given(args: argparse.Namespace, metrics: tuple[str, ...]) -> 
 
 def _read_pairs(args: argparse.Namespace) -> dict:
     """{setting name: [EditPair]}: one 'manifest' setting, or the asked MagicBrush settings."""
-    from .pairs import EvalInputError, read_captions, read_magicbrush, read_manifest
+    from ..eval.pairs import EvalInputError, read_captions, read_magicbrush, read_manifest
 
     if args.gt is None:
         if args.source.is_dir():
@@ -222,8 +222,8 @@ def _read_pairs(args: argparse.Namespace) -> dict:
 
 
 def _score(args: argparse.Namespace, metrics: tuple[str, ...], settings: dict) -> dict:
-    from .editing import score_pairs
-    from .encoders import load_clip, load_dino
+    from ..eval.editing import score_pairs
+    from ..eval.encoders import load_clip, load_dino
 
     clip = dino = None
     if any(name in metrics for name in CLIP_METRICS) or "dino" in metrics:

@@ -22,15 +22,10 @@ CLIP_FOLDER = "clip-vit-base-patch32"
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from ..cli_support import run_reporting
-    from ..sd.cli import show_library_warnings
+    from .common import run_command
 
-    show_library_warnings()
     body = {"t2i": _run_t2i, "inpaint": _run_inpaint, "restore": _run_restore}[args.eval_task]
-    # Every library error (EvalInputError, ModelNotFoundError, CheckpointError, ChatError, SDPipelineError,
-    # DiffRIRLoadError) is a ValueError or an OSError.
-    return run_reporting(lambda: body(args), (ValueError, OSError),
-                         "use a smaller --batch-size, --dtype fp16, or --device cpu")
+    return run_command(lambda: body(args), "use a smaller --batch-size, --dtype fp16, or --device cpu")
 
 
 # --- finding things ------------------------------------------------------------------------------------------------
@@ -69,8 +64,8 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _inception(args: argparse.Namespace):
-    from .features import inception_extractor
-    from .networks import INCEPTION_FILE, INCEPTION_URL, load_inception
+    from ..eval.features import inception_extractor
+    from ..eval.networks import INCEPTION_FILE, INCEPTION_URL, load_inception
 
     path = find_metric_weights(args.inception, INCEPTION_FILE, "FID Inception", "--inception", INCEPTION_URL,
                                args.models_dir)
@@ -78,7 +73,7 @@ def _inception(args: argparse.Namespace):
 
 
 def _lpips(args: argparse.Namespace):
-    from .networks import LPIPS_LIN_FILE, LPIPS_LIN_URL, LPIPS_VGG_FILE, LPIPS_VGG_URL, load_lpips
+    from ..eval.networks import LPIPS_LIN_FILE, LPIPS_LIN_URL, LPIPS_VGG_FILE, LPIPS_VGG_URL, load_lpips
 
     vgg = find_metric_weights(args.lpips_vgg, LPIPS_VGG_FILE, "LPIPS VGG16", "--lpips-vgg", LPIPS_VGG_URL,
                               args.models_dir)
@@ -88,7 +83,7 @@ def _lpips(args: argparse.Namespace):
 
 
 def _clip(args: argparse.Namespace):
-    from .encoders import CLIP_REPO, load_clip
+    from ..eval.encoders import CLIP_REPO, load_clip
 
     path = find_metric_weights(args.clip, CLIP_FOLDER, "CLIP ViT-B/32", "--clip",
                                f"https://huggingface.co/{CLIP_REPO}", args.models_dir)
@@ -96,13 +91,13 @@ def _clip(args: argparse.Namespace):
 
 
 def _feature_cache(args: argparse.Namespace):
-    from .features import FeatureCache
+    from ..eval.features import FeatureCache
 
     return FeatureCache(args.cache if args.cache is not None else args.out / "feature_cache")
 
 
 def _metrics(args: argparse.Namespace, known: tuple[str, ...]) -> tuple[str, ...]:
-    from .pairs import EvalInputError
+    from ..eval.pairs import EvalInputError
 
     metrics = tuple(dict.fromkeys(name.strip().lower() for name in args.metrics.split(",") if name.strip()))
     unknown = [name for name in metrics if name not in known]
@@ -115,8 +110,8 @@ def _images(folder: Path, num: int | None, seed: int) -> list[Path]:
     """The images of `folder` (sorted), or `num` of them drawn with RandomState(seed), in name order."""
     import numpy as np
 
-    from .features import list_images
-    from .pairs import EvalInputError
+    from ..eval.features import list_images
+    from ..eval.pairs import EvalInputError
 
     if not folder.is_dir():
         raise EvalInputError(f"{folder} is not a folder: give the folder of evaluation images")
@@ -132,8 +127,8 @@ def _images(folder: Path, num: int | None, seed: int) -> list[Path]:
 
 
 def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], object]:
-    from ..sd.cli import resolve_model
     from ..sd.pipelines import load_sd15_pipeline
+    from .common import resolve_model
 
     def load(model: str):
         path = resolve_model(model, args.models_dir, "diffusers", args.allow_download)
@@ -144,7 +139,7 @@ def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], ob
 
 def _check_models_exist(args: argparse.Namespace, models: list[str]) -> None:
     """Resolve every SD model before anything runs, so a typo fails in a second, not after the first setting."""
-    from ..sd.cli import resolve_model
+    from .common import resolve_model
 
     for model in dict.fromkeys(models):
         resolve_model(model, args.models_dir, "diffusers", args.allow_download)
@@ -161,7 +156,7 @@ class LazyAssistant:
         if self.call is None:
             from ..mllm.chat import Assistant
             from ..mllm.loader import load_llmga
-            from ..sd.cli import resolve_model
+            from .common import resolve_model
 
             args = self.args
             path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
@@ -172,7 +167,7 @@ class LazyAssistant:
         return self.call(*inputs)
 
     def close(self) -> None:
-        from ..sd.cli import free_memory
+        from ..devices import free_memory
 
         self.call = None
         free_memory()
@@ -196,10 +191,9 @@ def _print_done(result, table_text: str) -> None:
 
 
 def _run_t2i(args: argparse.Namespace) -> int:
-    from ..sd.pipelines import check_size
-    from .backends import AssistantRefiner, PipelineGenerator, clip_text_embedder
-    from .pairs import EvalInputError
-    from .t2i import (
+    from ..eval.backends import AssistantRefiner, PipelineGenerator, clip_text_embedder
+    from ..eval.pairs import EvalInputError
+    from ..eval.t2i import (
         T2IGeneration,
         T2IMetrics,
         check_settings,
@@ -208,6 +202,7 @@ def _run_t2i(args: argparse.Namespace) -> int:
         refine_captions,
         run_t2i_eval,
     )
+    from ..sd.pipelines import check_size
 
     settings = [parse_setting(text) for text in args.setting]
     check_settings(settings)
@@ -230,7 +225,7 @@ def _run_t2i(args: argparse.Namespace) -> int:
                          with_is="is" in metrics, cache=cache, fid_size=args.fid_size or None,
                          batch_size=args.metric_batch_size, device=_device(args))
     if clip is not None:
-        from .features import clip_image_extractor
+        from ..eval.features import clip_image_extractor
 
         scoring.clip_image = clip_image_extractor(clip)
         scoring.clip_text = clip_text_embedder(clip, cache.folder / "clip_text" / f"{scoring.clip_image.name}.npz")
@@ -252,7 +247,7 @@ def _run_t2i(args: argparse.Namespace) -> int:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from .pairs import EvalInputError
+    from ..eval.pairs import EvalInputError
 
     for name in ("steps", "batch_size", "metric_batch_size"):
         value = getattr(args, name, None)
@@ -267,9 +262,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def _diffrir_restorers(args: argparse.Namespace) -> list:
     """A Restorer per --diffrir LABEL=PATH (PATH: a file, or a file name in <models dir>/diffrir/)."""
+    from ..eval.backends import diffrir_restorer
     from ..hub import DIFFRIR_DOWNLOAD, ModelNotFoundError
     from ..restore.checkpoint import load_diffrir
-    from .backends import diffrir_restorer
 
     restorers = []
     for text in args.diffrir:
@@ -289,9 +284,8 @@ def _diffrir_restorers(args: argparse.Namespace) -> list:
 
 
 def _run_inpaint(args: argparse.Namespace) -> int:
-    from ..masks import EVAL_MASKS
-    from .backends import AssistantPrompter, PipelineInpainter
-    from .inpaint import (
+    from ..eval.backends import AssistantPrompter, PipelineInpainter
+    from ..eval.inpaint import (
         InpaintGeneration,
         InpaintMetrics,
         assistant_prompts,
@@ -299,7 +293,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
         prepare_inpaint_set,
         run_inpaint_eval,
     )
-    from .pairs import EvalInputError
+    from ..eval.pairs import EvalInputError
+    from ..masks import EVAL_MASKS
 
     settings = [parse_inpaint_setting(text) for text in args.setting]
     if not settings:
@@ -341,8 +336,8 @@ def _run_inpaint(args: argparse.Namespace) -> int:
 
 
 def _run_restore(args: argparse.Namespace) -> int:
-    from .pairs import EvalInputError
-    from .restore_eval import prepare_restore_set, run_restore_eval
+    from ..eval.pairs import EvalInputError
+    from ..eval.restore_eval import prepare_restore_set, run_restore_eval
 
     if not args.diffrir:
         raise EvalInputError("give the DiffRIR weights to evaluate: --diffrir [LABEL=]PATH (repeatable)")

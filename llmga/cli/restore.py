@@ -9,15 +9,11 @@ are checked before the model loads; the PNG written carries the settings in its 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..cli_support import run_reporting, unique_png
-from ..sd.cli import InputError, open_image, show_library_warnings
+from .common import InputError, add_device_arguments, check_png_out, output_paths, run_command, save_png
 
-DEVICES = ("auto", "cuda", "cpu", "mps")
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 GRID = 32  # tile and overlap step in image px: pad_multiple * scale for every DiffRIR scale
 
 
@@ -45,9 +41,7 @@ def add_restore_command(commands: argparse._SubParsersAction) -> None:
                         help="grow the region DiffRIR regenerates by this many pixels (default 0, official)")
     parser.add_argument("--feather", type=int, default=0,
                         help="blend the outermost pixels of that region into the original over this many pixels")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="auto: fp32, as the official inference (the network is small); fp16/bf16 on GPUs")
+    add_device_arguments(parser, "auto: fp32, as the official inference (the network is small); fp16/bf16 on GPUs")
     parser.set_defaults(run=run_restore_command)
 
 
@@ -61,62 +55,42 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for name in ("dilate", "feather"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name} is {getattr(args, name)} but must be 0 or more pixels")
-    if args.out.suffix.lower() not in ("", ".png") and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is neither a folder nor a .png file: images are written as PNG")
+    check_png_out(args.out)
 
 
 def _read_inputs(args: argparse.Namespace):
-    """(generated, reference, mask) as PIL images, checked to have one size and a non-empty mask."""
-    import numpy as np
+    """(generated, reference) as [1,H,W,3] and the mask as [1,H,W], float32 in [0,1], checked to have one size and
+    a non-empty mask."""
+    import torch
+
+    from ..images import ImageInputError, check_mask_size, mask_array, open_image, pil_to_tensor
+    from ..restore.inference import MASK_THRESHOLD
 
     generated = open_image(args.image, "RGB")
     reference = open_image(args.reference, "RGB")
-    mask = open_image(args.mask, "L")
-    for name, image in (("--reference", reference), ("--mask", mask)):
-        if image.size != generated.size:
-            raise InputError(f"{name} {image.size[0]}x{image.size[1]} and --image {generated.size[0]}x"
-                             f"{generated.size[1]} differ in size: give the original and the mask at the size of the "
-                             "generated picture")
-    if not (np.asarray(mask) >= 128).any():
-        raise InputError(f"--mask {args.mask} marks no generated pixel (all of it is below 50% gray): paint the "
-                         "inpainted or outpainted area white")
-    return generated, reference, mask
-
-
-def _device_and_dtype(device: str, dtype: str):
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but torch sees no CUDA GPU: use --device auto or cpu")
-    types = {"auto": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    return torch.device(device), types[dtype]
-
-
-def _tensor(image):
-    """A PIL RGB image -> [1,H,W,3], a grayscale one -> [1,H,W]; float32 in [0,1]."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)[None]
+    try:
+        check_mask_size((reference.height, reference.width), generated.size, image_name="generated picture")
+    except ImageInputError as error:  # the one message is about masks: say which flag is off
+        raise InputError(f"--reference is {reference.width}x{reference.height} but --image is {generated.width}x"
+                         f"{generated.height}: give the original at the size of the generated picture") from error
+    mask = mask_array(open_image(args.mask, "L"), generated.size, threshold=MASK_THRESHOLD, action="restore",
+                      image_name="generated picture")
+    return pil_to_tensor(generated), pil_to_tensor(reference), torch.from_numpy(mask)[None]
 
 
 def run_restore_command(args: argparse.Namespace) -> int:
-    from .checkpoint import DiffRIRLoadError
-
-    show_library_warnings()
-    errors = (InputError, DiffRIRLoadError, ValueError, OSError)
-    return run_reporting(lambda: _restore(args), errors,
-                         "use a smaller --tile, --dtype fp16, or --device cpu")
+    return run_command(lambda: _restore(args), "use a smaller --tile, --dtype fp16, or --device cpu")
 
 
 def _restore(args: argparse.Namespace) -> int:
     _check_numbers(args)
     generated, reference, mask = _read_inputs(args)
-    device, dtype = _device_and_dtype(args.device, args.dtype)
-    from .checkpoint import load_diffrir
-    from .inference import restore_image
+    from ..devices import device_and_dtype
+    from ..images import tensor_to_pil
+    from ..restore.checkpoint import load_diffrir
+    from ..restore.inference import restore_image
+
+    device, dtype = device_and_dtype("diffrir", args.device, args.dtype)
 
     model = load_diffrir(args.model, device=device, dtype=dtype)
 
@@ -124,32 +98,18 @@ def _restore(args: argparse.Namespace) -> int:
         if total > 1:
             print(f"restoring: {done}/{total} tiles", file=sys.stderr, flush=True)
 
-    restored = restore_image(model, _tensor(generated), _tensor(reference), _tensor(mask),
-                             seed=args.seed, tile=args.tile, overlap=args.overlap, dilate=args.dilate,
-                             feather=args.feather, on_tile=on_tile)
-    path = unique_png(args.out, f"{args.image.stem}-restored")
-    _save_png(restored[0], path, _png_info(args, model.scale, dtype))
+    restored = restore_image(model, generated, reference, mask, seed=args.seed, tile=args.tile, overlap=args.overlap,
+                             dilate=args.dilate, feather=args.feather, on_tile=on_tile)
+    (path,) = output_paths(args.out, [f"{args.image.stem}-restored"])
+    save_png(tensor_to_pil(restored[0]), path, _settings_record(args, model.scale, dtype))
     print(f"Saved {path}")
     return 0
 
 
+def _settings_record(args: argparse.Namespace, scale: int, dtype) -> dict:
+    """What the restored PNG records under llmga_settings."""
+    from ..devices import dtype_name
 
-def _save_png(image, path: Path, info) -> None:
-    """image [H,W,3] float in [0,1] -> 8-bit PNG, rounded as BasicSR's tensor2img does."""
-    import torch
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
-    Image.fromarray(array, "RGB").save(path, pnginfo=info)
-
-
-def _png_info(args: argparse.Namespace, scale: int, dtype) -> object:
-    from PIL.PngImagePlugin import PngInfo
-
-    settings = {"command": "restore", "model": args.model.name, "scale": scale, "seed": args.seed,
-                "tile": args.tile, "overlap": args.overlap, "dilate": args.dilate, "feather": args.feather,
-                "dtype": str(dtype).removeprefix("torch."), "image": args.image.name,
-                "reference": args.reference.name, "mask": args.mask.name}
-    info = PngInfo()
-    info.add_itxt("llmga_settings", json.dumps(settings, ensure_ascii=False))
-    return info
+    return {"command": "restore", "model": args.model.name, "scale": scale, "seed": args.seed, "tile": args.tile,
+            "overlap": args.overlap, "dilate": args.dilate, "feather": args.feather, "dtype": dtype_name(dtype),
+            "image": args.image.name, "reference": args.reference.name, "mask": args.mask.name}

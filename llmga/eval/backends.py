@@ -170,11 +170,11 @@ def diffrir_restorer(name: str, model) -> Restorer:
     def restore(generated: Image.Image, reference: Image.Image, mask: np.ndarray, seed: int) -> Image.Image:
         import torch
 
+        from ..images import pil_to_tensor, tensor_to_pil
         from ..restore.inference import restore_image
-        from ..sd.pipelines import image_tensor, tensor_image
 
-        out = restore_image(model, image_tensor(generated), image_tensor(reference), torch.from_numpy(mask)[None],
+        out = restore_image(model, pil_to_tensor(generated), pil_to_tensor(reference), torch.from_numpy(mask)[None],
                             seed=seed)
-        return tensor_image(out[0])
+        return tensor_to_pil(out[0])
 
     return Restorer(name, restore)

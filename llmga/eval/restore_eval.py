@@ -63,14 +63,14 @@ def degrade(clean: Image.Image, seed: int, y_error: float = Y_ERROR) -> Image.Im
     lq at x1, drawn with a CPU generator seeded by `seed`. Same size as `clean`."""
     import torch
 
+    from ..images import pil_to_tensor, tensor_to_pil
     from ..restore.degradations import DIFFRIR_DEGRADATION, Y_BIAS, luminance_error, quantize, second_order_degradation
-    from ..sd.pipelines import image_tensor, tensor_image
 
     generator = torch.Generator("cpu").manual_seed(seed)
-    gt = image_tensor(clean).permute(0, 3, 1, 2)
+    gt = pil_to_tensor(clean).permute(0, 3, 1, 2)
     lq = quantize(luminance_error(second_order_degradation(gt, DIFFRIR_DEGRADATION, generator), y_error, Y_BIAS,
                                   generator))
-    return tensor_image(lq.permute(0, 2, 3, 1)[0])
+    return tensor_to_pil(lq.permute(0, 2, 3, 1)[0])
 
 
 def restore_mask(size: int, seed: int, index: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 
 from ..devices import device_and_dtype
 from ..hub import SD_FILES
+from ..images import mask_array, pil_to_tensor, tensor_to_pil
 from ..prompt.clip_binding import TransformersCLIP
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
 from . import canvas
@@ -155,34 +156,6 @@ def round_to_latent(size: int) -> int:
     return max(SD15_LATENT_SCALE, round(size / SD15_LATENT_SCALE) * SD15_LATENT_SCALE)
 
 
-def image_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> [1, H, W, 3] float32 in [0, 1]."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
-
-
-def tensor_image(image: torch.Tensor) -> Image.Image:
-    """[H, W, 3] (or [1, H, W, 3]) float in [0, 1] -> PIL image; exact for values that came from 8-bit pixels."""
-    pixels = (image.squeeze(0).float().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(pixels.numpy())
-
-
-def mask_array(mask: np.ndarray | Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """A mask as [H, W] float32 in [0, 1] (1 = paint), checked against the image size (width, height). A PIL mask is
-    read as grayscale (white = paint)."""
-    if isinstance(mask, Image.Image):
-        mask = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    mask = np.asarray(mask, dtype=np.float32)
-    if mask.ndim != 2:
-        raise SDPipelineError(f"the mask must be one channel [H, W], got shape {list(mask.shape)}")
-    if (mask.shape[1], mask.shape[0]) != tuple(size):
-        raise SDPipelineError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}: "
-                              "use a mask of the same size as the image")
-    if not (mask >= MASK_THRESHOLD).any():
-        raise SDPipelineError("the mask marks no pixel to paint (all of it is below 50% gray): paint the area to "
-                              "replace white")
-    return mask.clip(0, 1)
-
-
 # --- generation ------------------------------------------------------------------------------------------------
 
 
@@ -216,7 +189,7 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
         raise SDPipelineError("inpainting needs a pipeline loaded with inpainting=True (or a 9-channel inpainting "
                               "UNet such as llmga-sd15-inpainting-v2)")
     image = image.convert("RGB")
-    soft_mask = mask_array(mask, image.size)
+    soft_mask = mask_array(mask, image.size, threshold=MASK_THRESHOLD, action="paint")
     width, height = size or (round_to_latent(image.width), round_to_latent(image.height))
     check_size(width, height)
     sd_image = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
@@ -224,7 +197,7 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
     sd_mask = hard if hard.size == (width, height) else hard.resize((width, height), Image.Resampling.NEAREST)
     max_chunks = LPW_INPAINT_MAX_CHUNKS if mode == "lpw" else None  # the official inpainting lpw pipeline keeps 300
     embeddings = _embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode, max_chunks=max_chunks))
-    original = image_tensor(image)
+    original = pil_to_tensor(image)
     results = []
     for index in range(count):
         generated = pipe(**embeddings, image=sd_image, mask_image=sd_mask, width=width, height=height, strength=1.0,
@@ -237,7 +210,7 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
         generated = generated.permute(0, 2, 3, 1)
         if paste_back:
             generated = canvas.paste_back(original, generated, torch.from_numpy(soft_mask), feathering=feathering)
-        results.append(tensor_image(generated))
+        results.append(tensor_to_pil(generated))
     return results
 
 
@@ -249,11 +222,11 @@ def outpaint_inputs(image: Image.Image, left: int, top: int, right: int, bottom:
     if left == top == right == bottom == 0:
         raise SDPipelineError("outpainting adds nothing: give the pixels to add on at least one side")
     try:
-        padded, mask = outpaint_canvas(image_tensor(image), left, top, right, bottom, feathering=feathering,
+        padded, mask = outpaint_canvas(pil_to_tensor(image), left, top, right, bottom, feathering=feathering,
                                        fill=BLANK_GRAY)
     except ValueError as error:
         raise SDPipelineError(str(error)) from error
-    return tensor_image(padded), mask[0].numpy()
+    return tensor_to_pil(padded), mask[0].numpy()
 
 
 def outpaint(pipe: SDPipeline, image: Image.Image, left: int, top: int, right: int, bottom: int, prompt: str,
