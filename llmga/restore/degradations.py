@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from kornia.filters import filter2d
 from torch import Tensor
 
 from .jpeg import jpeg_compress
@@ -35,7 +36,9 @@ KERNEL_SIZES = tuple(range(7, 22, 2))  # diffrir_y_mask_dataset.py: kernel_range
 PADDED_KERNEL_SIZE = 21  # diffrir_y_mask_dataset.py: every kernel is zero-padded to 21×21
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")  # DiffIR_S1_model.py: random.choice over these for every resize
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision rgb_to_grayscale, used by BasicSR's gray Poisson noise
+# torchvision rgb_to_grayscale, used by BasicSR's gray Poisson noise (kornia's, even with these weights, rounds
+# differently, so the sum is written out as torchvision does).
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 Y_ERROR_S1 = 0.06  # train_DiffRIRS1_x{1,2,4}.yml, train_DiffRIRS2_GAN_x1(_V2).yml: c1 in [0.94, 1.06]
 Y_ERROR_S2 = 0.08  # train_DiffRIRS2_x{1,2,4}.yml, train_DiffRIRS2_GAN_x4.yml: c1 in [0.92, 1.08]
 Y_BIAS = 0.05  # every DiffRIR yml: c2 in [-0.05, 0.05]
@@ -106,6 +109,7 @@ def _choice(generator: torch.Generator, options: tuple, probs: tuple[float, ...]
     return options[int(index)]
 
 
+# BasicSR's kernel formulas in float64: kornia has no rotated, generalized or plateau kernels (other numbers).
 def _quadratic_form(size: int, sigma_x: float, sigma_y: float, theta: float) -> Tensor:
     """BasicSR's pdf2 argument: p^T Σ^-1 p on the centred size×size grid (x along columns), Σ rotated by theta."""
     axis = torch.arange(-(size // 2), size // 2 + 1, dtype=torch.float64)
@@ -199,18 +203,16 @@ def random_final_sinc_kernel(prob: float, generator: torch.Generator) -> Tensor:
 
 
 def blur(image: Tensor, kernel: Tensor) -> Tensor:
-    """BasicSR filter2D: image [B,C,H,W] convolved with kernel [k,k] (all images) or [B,k,k] (one per image), k odd,
-    reflect padding; same shape out. H and W must exceed k // 2."""
-    b, c, h, w = image.shape
-    k = kernel.shape[-1]
-    padded = F.pad(image, (k // 2,) * 4, mode="reflect")
-    weights = kernel.to(image).expand(b, k, k).repeat_interleave(c, dim=0).unsqueeze(1)
-    return F.conv2d(padded.reshape(1, b * c, h + k - 1, w + k - 1), weights, groups=b * c).view(b, c, h, w)
+    """BasicSR filter2D: image [B,C,H,W] correlated with kernel [k,k] (all images) or [B,k,k] (one per image), k odd,
+    reflect padding; same shape out. H and W must exceed k // 2. kornia's filter2d is the same grouped conv2d."""
+    # contiguous: kornia 0.7 views the padded input, which fails on the channels-last images the JPEG step returns
+    return filter2d(image.contiguous(), kernel if kernel.dim() == 3 else kernel[None], border_type="reflect")
 
 
 def random_resize(image: Tensor, generator: torch.Generator, *, scale_factor: float | None = None,
                   size: tuple[int, int] | None = None) -> Tensor:
     """F.interpolate to `size` or by `scale_factor` with a mode drawn from area/bilinear/bicubic (not clamped)."""
+    # Not kornia's resize: it takes a size only, and a scale factor maps pixel centres differently from that size.
     mode = _choice(generator, RESIZE_MODES)
     return F.interpolate(image, size=size, scale_factor=scale_factor, mode=mode)
 

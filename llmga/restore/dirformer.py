@@ -15,8 +15,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
+SCALES = (1, 2, 4)  # S2_arch.py DIRformer: the input channel counts exist for these scales only
 PRIOR_DIM = 256  # S2_arch.py: the image prior representation z is 4 * n_feats = 256 wide
 LAYER_NORM_EPS = 1e-5  # S2_arch.py BiasFree_LayerNorm
 # S2_arch.py DIRformer: the input reaches the transformer at H_out/4 (PixelUnshuffle 4 of x1, 2 of x2, none for x4)
@@ -51,10 +53,9 @@ class ChannelLayerNorm(nn.Module):
         self.body = BiasFreeLayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
-        # The official to_3d / to_4d (einops): views in channels-last order, kept so the numbers match exactly.
-        tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        return self.body(tokens).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        h, w = x.shape[-2:]
+        # The official to_3d / to_4d: the result is a channels-last view, which the next conv rounds as officially.
+        return rearrange(self.body(rearrange(x, "b c h w -> b (h w) c")), "b (h w) c -> b c h w", h=h, w=w)
 
 
 def _modulate(kernel: nn.Module, x: Tensor, z: Tensor) -> Tensor:
@@ -76,13 +77,14 @@ class ModulatedAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        h, w = x.shape[-2:]
         q, k, v = self.qkv_dwconv(self.qkv(_modulate(self.kernel, x, z))).chunk(3, dim=1)
-        q, k, v = (t.reshape(b, self.num_heads, c // self.num_heads, h * w) for t in (q, k, v))
+        q, k, v = (rearrange(t, "b (head c) h w -> b head c (h w)", head=self.num_heads) for t in (q, k, v))
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attention = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        return self.project_out((attention @ v).reshape(b, c, h, w))
+        out = rearrange(attention @ v, "b head c (h w) -> b (head c) h w", head=self.num_heads, h=h, w=w)
+        return self.project_out(out)
 
 
 class ModulatedFeedForward(nn.Module):
@@ -174,11 +176,16 @@ class DIRformer(nn.Module):
 
     C_in is `input_channels(scale)` (6, 15 or 51); H*scale and W*scale must be multiples of 32 (the transformer runs
     at H*scale/4 and halves that three times). The output is a residual on `x[:, :3]` upsampled (nearest).
+    The sizes default to the released ones (inference_diffrir.py, every DiffRIR yml), shared by S1 and S2; the layer
+    norm is always the bias-free one that every DiffRIR config uses.
     """
 
-    def __init__(self, scale: int, dim: int, num_blocks: Sequence[int], num_refinement_blocks: int,
-                 heads: Sequence[int], ffn_expansion_factor: float, bias: bool, out_channels: int = 3) -> None:
+    def __init__(self, scale: int = 1, *, dim: int = 64, num_blocks: Sequence[int] = (13, 1, 1, 1),
+                 num_refinement_blocks: int = 13, heads: Sequence[int] = (1, 2, 4, 8),
+                 ffn_expansion_factor: float = 2.2, bias: bool = False, out_channels: int = 3) -> None:
         super().__init__()
+        if scale not in SCALES:
+            raise ValueError(f"DiffRIR scale {scale} is not supported: use one of {', '.join(map(str, SCALES))}")
         self.scale = scale
         if UNSHUFFLE[scale] > 1:
             self.pixel_unshuffle = nn.PixelUnshuffle(UNSHUFFLE[scale])

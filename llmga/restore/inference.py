@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from kornia.morphology import dilation, erosion
 from torch import Tensor, nn
 
+from ..images import check_mask_size
 from .network import initial_noise
 
 MASK_THRESHOLD = 0.5  # inference_diffrir.py: mask < 0.5 -> 0, mask >= 0.5 -> 1
@@ -75,11 +77,12 @@ def prepare_inputs(generated: Tensor, reference: Tensor, mask: Tensor) -> Restor
         mask = mask[None]
     if mask.ndim != 3:
         raise ValueError(f"the mask has shape {list(mask.shape)}; expected [B, H, W] (one channel, white = generated)")
-    size = tuple(generated.shape[1:3])
-    for name, other in (("reference", tuple(reference.shape[1:3])), ("mask", tuple(mask.shape[1:3]))):
-        if other != size:
-            raise ValueError(f"the {name} is {other[1]}x{other[0]} but the generated image is {size[1]}x{size[0]}: "
-                             f"resize the {name} to the generated image's size (or crop both the same way)")
+    height, width = generated.shape[1:3]
+    if reference.shape[1:3] != (height, width):
+        raise ValueError(f"the reference is {reference.shape[2]}x{reference.shape[1]} but the generated image is "
+                         f"{width}x{height}: resize the reference to the generated image's size (or crop both the "
+                         "same way)")
+    check_mask_size(mask.shape, (width, height), image_name="generated image")
     batch = generated.shape[0]
     for name, count in (("reference", reference.shape[0]), ("mask", mask.shape[0])):
         if count not in (1, batch):
@@ -90,12 +93,11 @@ def prepare_inputs(generated: Tensor, reference: Tensor, mask: Tensor) -> Restor
 
 
 def _dilate(mask: Tensor, radius: int) -> Tensor:
-    """[B,1,H,W] {0,1} grown by `radius` px (square, separable max filter; outside the image counts as empty)."""
+    """[B,1,H,W] {0,1} grown by `radius` px (a square, as a column then a row; outside the image counts as empty)."""
     if radius <= 0:
         return mask
     size = 2 * radius + 1
-    mask = F.max_pool2d(mask, (size, 1), stride=1, padding=(radius, 0))
-    return F.max_pool2d(mask, (1, size), stride=1, padding=(0, radius))
+    return dilation(dilation(mask, mask.new_ones(size, 1)), mask.new_ones(1, size))
 
 
 def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0) -> tuple[Tensor, Tensor]:
@@ -112,7 +114,7 @@ def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0) -> tuple[Tensor, 
     region = _dilate(mask[:, None].float(), dilate)
     blend, inside = region, region
     for _ in range(feather):
-        inside = 1 - _dilate(1 - inside, 1)  # one more pixel eroded off the edge
+        inside = erosion(inside, inside.new_ones(3, 3))  # one more pixel off the edge (outside the image: ignored)
         blend = blend + inside
     return region[:, 0], (blend / (feather + 1))[:, 0]
 

@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import Tensor
 
 BLOCK = 8
@@ -55,16 +56,16 @@ def _dct_basis(device: torch.device) -> tuple[Tensor, Tensor]:
 def _code_channel(channel: Tensor, table: Tensor, factor: Tensor) -> Tensor:
     """Encode and decode one channel [B,H,W] (0-255 scale, H and W multiples of 8): blockwise DCT, quantise with
     table [8,8] × factor [B], dequantise, inverse DCT."""
-    b, h, w = channel.shape
-    blocks = channel.view(b, h // BLOCK, BLOCK, w // BLOCK, BLOCK).permute(0, 1, 3, 2, 4)
+    blocks = rearrange(channel, "b (h y) (w x) -> b h w y x", y=BLOCK, x=BLOCK)
     basis, alpha = _dct_basis(channel.device)
     coefficients = 0.25 * alpha * (basis @ (blocks - 128.0) @ basis.T)
-    step = table * factor.view(b, 1, 1, 1, 1)
+    step = table * factor.view(-1, 1, 1, 1, 1)
     dequantised = torch.round(coefficients / step) * step
     decoded = 0.25 * (basis.T @ (alpha * dequantised) @ basis) + 128.0
-    return decoded.permute(0, 1, 3, 2, 4).reshape(b, h, w)
+    return rearrange(decoded, "b h w y x -> b (h y) (w x)")
 
 
+# Not kornia's jpeg_codec_differentiable or rgb_to_ycbcr: a cubic rounding surrogate and rounded chroma coefficients.
 def jpeg_compress(image: Tensor, quality: Tensor | float) -> Tensor:
     """JPEG-compress and decode: image [B,3,H,W] RGB in [0,1], quality a float or [B] (30-95 in DiffRIR) ->
     [B,3,H,W] float32 in [0,1]."""
@@ -77,6 +78,6 @@ def jpeg_compress(image: Tensor, quality: Tensor | float) -> Tensor:
     y = _code_channel(ycbcr[:, 0], luma_table, factor)
     chroma = F.avg_pool2d(ycbcr[:, 1:] + CHROMA_OFFSET, kernel_size=2)
     cb, cr = (_code_channel(chroma[:, i], chroma_table, factor) for i in range(2))
-    chroma = torch.stack([cb, cr], 1).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) - CHROMA_OFFSET
+    chroma = repeat(torch.stack([cb, cr], 1), "b c h w -> b c (h 2) (w 2)") - CHROMA_OFFSET
     rgb = torch.einsum("bchw,dc->bdhw", torch.cat([y[:, None], chroma], 1), padded.new_tensor(YCBCR_TO_RGB))
     return (rgb.clamp(0, 255) / 255.0)[:, :, :h, :w]

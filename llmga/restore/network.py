@@ -20,15 +20,16 @@ the CUDA generator instead, while `initial_noise` always draws on the CPU, so a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .dirformer import PRIOR_DIM, DIRformer, input_channels
+from .dirformer import PRIOR_DIM, SCALES, DIRformer, input_channels
 from .prior import CPEN, Denoiser, PriorDiffusion
 
-SCALES = (1, 2, 4)  # S2_arch.py DIRformer: the input channel counts exist for these scales only
+__all__ = ["SCALES", "TRANSFORMER_MULTIPLE", "DiffRIR", "initial_noise"]
+
 TRANSFORMER_MULTIPLE = 32  # the output grid must divide by 4 (tail) * 8 (three downsamplings)
 
 
@@ -40,22 +41,18 @@ def initial_noise(batch: int, seed: int) -> Tensor:
 class DiffRIR(nn.Module):
     """DiffRIR S2 at `scale` 1, 2 or 4: x [B,C_in,H,W] in [0,1] and noise [B,256] -> [B,3,H*scale,W*scale].
 
-    Hyper-parameters default to the released ones (inference_diffrir.py, options/train_DiffRIRS2_*.yml); the layer
-    norm is always the bias-free one that every DiffRIR config uses.
+    Hyper-parameters default to the released ones (inference_diffrir.py, options/train_DiffRIRS2_*.yml): the CPEN's
+    and the denoiser's depths and the prior diffusion's schedule here, the DIRformer's `sizes` (dim, num_blocks,
+    num_refinement_blocks, heads, ffn_expansion_factor, bias) as `DIRformer` takes them.
     """
 
     initial_noise = staticmethod(initial_noise)
 
-    def __init__(self, scale: int = 1, *, n_encoder_res: int = 9, dim: int = 64,
-                 num_blocks: Sequence[int] = (13, 1, 1, 1), num_refinement_blocks: int = 13,
-                 heads: Sequence[int] = (1, 2, 4, 8), ffn_expansion_factor: float = 2.2, bias: bool = False,
-                 n_denoise_res: int = 1, timesteps: int = 4, linear_start: float = 0.1,
-                 linear_end: float = 0.99) -> None:
+    def __init__(self, scale: int = 1, *, n_encoder_res: int = 9, n_denoise_res: int = 1, timesteps: int = 4,
+                 linear_start: float = 0.1, linear_end: float = 0.99, **sizes: Any) -> None:
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"DiffRIR scale {scale} is not supported: use one of {', '.join(map(str, SCALES))}")
+        self.G = DIRformer(scale, **sizes)
         self.scale = scale
-        self.G = DIRformer(scale, dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, bias)
         self.condition = CPEN(scale, n_encoder_res)
         self.denoise = Denoiser(n_denoise_res, timesteps)
         self.diffusion = PriorDiffusion(self.denoise, self.condition, timesteps, linear_start, linear_end)

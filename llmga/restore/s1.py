@@ -9,14 +9,15 @@ Stage 2 starts from an S1 checkpoint with `strict_load_g: False`, which transfer
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dirformer import EMBED_CHANNELS, UNSHUFFLE, DIRformer
-from .network import SCALES, DiffRIR
+from .network import DiffRIR
 from .prior import CPEN, CPEN_FEATURES
 
 GT_UNSHUFFLE = 4  # S1_arch.py CPEN: the ground truth is always PixelUnshuffle(4)-ed (it is 4× the transformer grid)
@@ -51,16 +52,13 @@ class CPENS1(CPEN):
 
 class DiffRIRS1(nn.Module):
     """DiffRIR S1 at `scale` 1, 2 or 4: x [B,C_in,H,W] (`build_pair`'s input) and gt [B,3,H·s,W·s] in [0,1] ->
-    [B,3,H·s,W·s]. Hyper-parameters default to train_DiffRIRS1_x{1,2,4}.yml (the same as S2's)."""
+    [B,3,H·s,W·s]. Hyper-parameters default to train_DiffRIRS1_x{1,2,4}.yml (the same as S2's): the CPEN's depth
+    here, the DIRformer's `sizes` as `DIRformer` takes them."""
 
-    def __init__(self, scale: int = 1, *, n_encoder_res: int = 9, dim: int = 64,
-                 num_blocks: Sequence[int] = (13, 1, 1, 1), num_refinement_blocks: int = 13,
-                 heads: Sequence[int] = (1, 2, 4, 8), ffn_expansion_factor: float = 2.2, bias: bool = False) -> None:
+    def __init__(self, scale: int = 1, *, n_encoder_res: int = 9, **sizes: Any) -> None:
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"DiffRIR scale {scale} is not supported: use one of {', '.join(map(str, SCALES))}")
+        self.G = DIRformer(scale, **sizes)
         self.scale = scale
-        self.G = DIRformer(scale, dim, num_blocks, num_refinement_blocks, heads, ffn_expansion_factor, bias)
         self.E = CPENS1(scale, n_encoder_res)
 
     def prior(self, x: Tensor, gt: Tensor) -> Tensor:
