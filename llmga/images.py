@@ -95,6 +95,20 @@ def check_mask_marks(mask: np.ndarray | torch.Tensor, threshold: float, *, actio
                               f"the area to {action} in white")
 
 
+def _shape_error(shape: tuple[int, ...] | list[int]) -> ImageInputError:
+    return ImageInputError(f"a mask must be one channel, [H, W] or [B, H, W], got shape {list(shape)}: pass a MASK, "
+                           "not an IMAGE (convert an image with an image-to-mask step first)")
+
+
+def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
+    """A mask tensor as [B, H, W]: [H, W] becomes a batch of one; other shapes raise ImageInputError."""
+    if mask.dim() == 2:
+        return mask.unsqueeze(0)
+    if mask.dim() != 3:
+        raise _shape_error(mask.shape)
+    return mask
+
+
 def mask_array(mask: np.ndarray | torch.Tensor | Image.Image, image_size: tuple[int, int], *,
                threshold: float | None = None, action: str = "generate", image_name: str = "image") -> np.ndarray:
     """A mask of any accepted form -> [H, W] float32 in [0, 1], checked against `image_size` (width, height).
@@ -105,12 +119,11 @@ def mask_array(mask: np.ndarray | torch.Tensor | Image.Image, image_size: tuple[
     if isinstance(mask, Image.Image):
         array = pil_to_mask(mask)
     elif isinstance(mask, torch.Tensor):
-        array = (mask[0] if mask.dim() == 3 else mask).detach().float().cpu().numpy()
+        array = as_mask_batch(mask)[0].detach().float().cpu().numpy()
     else:
         array = np.asarray(mask, dtype=np.float32)
     if array.ndim != 2:
-        raise ImageInputError(f"the mask must be one channel [H, W], got shape {list(array.shape)}: pass a MASK "
-                              "(grayscale), not an IMAGE")
+        raise _shape_error(array.shape)
     check_mask_size(array.shape, image_size, image_name=image_name)
     if threshold is not None:
         check_mask_marks(array, threshold, action=action)

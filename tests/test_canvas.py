@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmga.sd.canvas import as_mask_batch, outpaint_canvas, paste_back
+from llmga.images import as_mask_batch
+from llmga.sd.canvas import outpaint_canvas, paste_back
 
 
 def random_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -114,7 +115,7 @@ def test_paste_back_refuses_a_generated_image_of_another_size():
 
 
 def test_paste_back_refuses_a_mask_of_another_size():
-    with pytest.raises(ValueError, match="the mask is 64x32 but the images are 48x40"):
+    with pytest.raises(ValueError, match="the mask is 64x32 but the original image is 48x40"):
         paste_back(torch.zeros(1, 40, 48, 3), torch.zeros(1, 40, 48, 3), torch.zeros(1, 32, 64))
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from fixtures.mllm import FAMILY_SPECS, build_projector_only
 from PIL import Image
 
+from llmga.images import ImageInputError
 from llmga.mllm.chat import (
     Assistant,
     ChatError,
@@ -36,10 +38,7 @@ def vicuna(mllm_checkpoints):
 
 
 def ask(assistant: Assistant, text: str, settings=SAMPLING, history=None, image=None, task="chat", **kwargs):
-    history = history or assistant.new_history()
-    picture = assistant.picture(image) if image is not None else None
-    message = assistant.user_message(task, text, history, picture is not None and history.image is None)
-    return assistant.reply(history, message, image=picture, settings=settings, **kwargs)
+    return assistant.ask(history or assistant.new_history(), task, text, image=image, settings=settings, **kwargs)
 
 
 def test_stop_string_cuts_the_reply():
@@ -108,6 +107,51 @@ def test_another_picture_in_the_same_chat_is_refused(vicuna):
     first = ask(vicuna, "", task="describe", image=Image.new("RGB", (32, 32), "red"))
     with pytest.raises(ChatError, match="already has a picture"):
         ask(vicuna, "", task="describe", history=first.history, image=Image.new("RGB", (32, 32), "blue"))
+
+
+def test_a_turn_with_a_mask_shows_the_masked_pixels_black(qwen):
+    picture = Image.new("RGB", (64, 48), (200, 120, 40))
+    mask = np.zeros((48, 64), np.float32)
+    mask[10:30, 20:50] = 1.0
+    turn = qwen.turn(qwen.new_history(), "inpaint", image=picture, mask=mask)
+    assert turn.message.startswith("<image>\n")
+    blacked = np.asarray(picture).copy()
+    blacked[10:30, 20:50] = 0
+    assert torch.equal(turn.picture, qwen.picture(Image.fromarray(blacked)))
+    assert not torch.equal(turn.picture, qwen.picture(picture))
+    grayscale = Image.fromarray((mask * 255).astype(np.uint8), mode="L")  # a mask image reads the same
+    assert torch.equal(qwen.turn(qwen.new_history(), "inpaint", image=picture, mask=grayscale).picture, turn.picture)
+
+
+def test_a_mask_without_an_image_is_refused(qwen):
+    with pytest.raises(ChatError, match="mask was given without an image"):
+        qwen.turn(qwen.new_history(), "inpaint", mask=np.ones((8, 8), np.float32))
+
+
+def test_a_mask_of_another_size_is_refused_with_the_one_mask_message(qwen):
+    with pytest.raises(ImageInputError, match="the mask is 10x8 but the image is 64x48: use the mask made for"):
+        qwen.turn(qwen.new_history(), "inpaint", image=Image.new("RGB", (64, 48)), mask=np.ones((8, 10), np.float32))
+
+
+def test_the_picture_enters_the_message_only_in_its_first_turn(vicuna):
+    picture = Image.new("RGB", (32, 32), "red")
+    first = ask(vicuna, "", task="describe", image=picture)
+    later = vicuna.turn(first.history, "chat", "And the colour?", image=picture)
+    assert later.message == "And the colour?"
+    assert vicuna.turn(vicuna.new_history(), "chat", "And the colour?", image=picture).message.startswith("<image>")
+
+
+def test_ask_is_turn_then_reply(vicuna):
+    greedy = GenerationSettings(max_new_tokens=12, temperature=0.0)
+    picture = Image.new("RGB", (40, 30), "green")
+    history = vicuna.new_history()
+    turn = vicuna.turn(history, "similar_image", image=picture, phrasing_seed=3)
+    by_hand = vicuna.reply(history, turn.message, image=turn.picture, settings=greedy)
+    asked = vicuna.ask(history, "similar_image", image=picture, settings=greedy, phrasing_seed=3)
+    assert (asked.text, asked.prompt) == (by_hand.text, by_hand.prompt)
+    # One seed drives both the phrasing and the sampling when no phrasing seed is given.
+    seeded = GenerationSettings(max_new_tokens=12, temperature=0.0, seed=3)
+    assert vicuna.ask(history, "similar_image", image=picture, settings=seeded).prompt == by_hand.prompt
 
 
 def test_image_placeholder_without_image_is_refused(qwen):

@@ -16,17 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ..images import as_mask_batch, check_mask_size
+
 SD15_LATENT_SCALE = 8  # SD1.5's VAE maps 8x8 pixels to one latent
-
-
-def as_mask_batch(mask: torch.Tensor) -> torch.Tensor:
-    """A mask as `[B, H, W]`: `[H, W]` becomes a batch of one; other shapes raise ValueError."""
-    if mask.dim() == 2:
-        return mask.unsqueeze(0)
-    if mask.dim() != 3:
-        raise ValueError(f"a mask must be [H, W] or [B, H, W], got shape {list(mask.shape)}: pass a MASK, not an "
-                         "IMAGE (convert an image with an image-to-mask step first)")
-    return mask
 
 
 def _check_image(image: torch.Tensor, name: str) -> None:
@@ -159,9 +151,7 @@ def paste_back(original: torch.Tensor, generated: torch.Tensor, mask: torch.Tens
     if generated.shape[3] != original.shape[3]:
         raise ValueError(f"the generated image has {generated.shape[3]} channels but the original has "
                          f"{original.shape[3]}: convert both to RGB")
-    if mask.shape[1:] != original.shape[1:3]:
-        raise ValueError(f"the mask is {_size(mask)} but the images are {_size(original)}: use the mask that was made "
-                         "for this image (the one given to the inpainting), or resize it to the image")
+    check_mask_size(tuple(mask.shape), (original.shape[2], original.shape[1]), image_name="original image")
     batch = _common_batch(original=original.shape[0], generated=generated.shape[0], mask=mask.shape[0])
     weight = _blend_weight(mask.to(original.device), feathering).unsqueeze(-1)
     generated = generated.to(device=original.device, dtype=original.dtype)
