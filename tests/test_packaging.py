@@ -106,3 +106,34 @@ def test_comfyui_reads_the_pack_configuration(comfy_path):
     assert config["publisher"] and config["display"] and config["repository"]
     assert config["requires"] == ">=0.3.75" and config["license"] == "LICENSE"
     assert config["os"] and config["accelerators"]  # classifiers ComfyUI recognises (else it drops them all)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, relative imports resolved against the repository root (the pack's package)."""
+    package = list(path.relative_to(REPO).with_suffix("").parts)[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.update(f"{module}.{alias.name}".lstrip(".") for alias in node.names)
+    return names
+
+
+ADAPTER_AND_APPLICATION_FILES = sorted(
+    path for folder in ("llmga", "nodes", "training", "bench", "scripts") for path in (REPO / folder).rglob("*.py")
+    if "cli" not in path.relative_to(REPO).parts[:2] and path != REPO / "llmga" / "__main__.py")
+
+
+@pytest.mark.parametrize("path", ADAPTER_AND_APPLICATION_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_nothing_outside_the_command_line_imports_from_it(path):
+    """llmga/cli/ is an adapter beside nodes/: the library, the nodes and the applications never import it (only
+    `python -m llmga`'s entry point does)."""
+    assert not [name for name in imported_modules(path) if name == "llmga.cli" or name.startswith("llmga.cli.")]
+
+
+def test_the_import_resolver_sees_relative_and_absolute_imports_of_the_cli():
+    assert "llmga.cli.common.InputError" in imported_modules(REPO / "llmga" / "cli" / "sd.py")
+    assert "llmga.cli.main" in imported_modules(REPO / "llmga" / "__main__.py")
