@@ -2,50 +2,26 @@
 
 from __future__ import annotations
 
-import random
-
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
-import numpy as np
 import torch
 from comfy_api.latest import io
-from PIL import Image
 from server import PromptServer
 
 from ..llmga.devices import device_and_dtype
-from ..llmga.hub import RELEASED_MLLMS, ModelNotFoundError, resolve_model
-from ..llmga.mllm.chat import Assistant, ChatError, ChatHistory, GenerationSettings
-from ..llmga.mllm.checkpoint import CheckpointError
+from ..llmga.hub import RELEASED_MLLMS, resolve_model
+from ..llmga.images import tensor_to_pil
+from ..llmga.mllm.chat import Assistant, ChatHistory, GenerationSettings
 from ..llmga.mllm.loader import load_llmga
 from ..llmga.mllm.tasks import PLACEMENTS, TASKS
 from ..llmga.mllm.templates import TEMPLATE_NAMES
+from .errors import reported_as
+from .managed_model import ManagedModel
 from .model_folders import llmga_checkpoint_names, model_folders
+from .schema import pack_schema
 
 AssistantType = io.Custom("LLMGA_ASSISTANT")
 HistoryType = io.Custom("LLMGA_HISTORY")
-
-
-class ManagedAssistant:
-    """An Assistant whose network ComfyUI's model management can load to the GPU and offload again."""
-
-    def __init__(self, assistant: Assistant, patcher: comfy.model_patcher.ModelPatcher | None):
-        self.assistant = assistant
-        self.patcher = patcher  # None when bitsandbytes placed the weights (they cannot move)
-
-    def load(self) -> None:
-        if self.patcher is not None:
-            mm.load_models_gpu([self.patcher], force_full_load=True)
-
-    def offload(self) -> None:
-        """Move the weights back to the offload device now, as ComfyUI does when it needs the memory."""
-        if self.patcher is None:
-            return
-        for index in reversed(range(len(mm.current_loaded_models))):
-            loaded = mm.current_loaded_models[index]
-            if loaded.model is self.patcher and loaded.model_unload():
-                mm.current_loaded_models.pop(index)
-        mm.soft_empty_cache()
 
 
 def _model_choices() -> list[str]:
@@ -59,41 +35,36 @@ def _model_choices() -> list[str]:
 
 
 class LoadAssistant(io.ComfyNode):
+    """Load an LLMGA multimodal assistant from an official checkpoint folder in models/LLM, or a released checkpoint
+    by name (downloaded on first use when allowed)."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGALoadAssistant",
-            display_name="LLMGA Load Assistant",
-            category="LLMGA/assistant",
-            description="Load an LLMGA multimodal assistant from an official checkpoint folder in models/LLM, or a "
-            "released checkpoint by name (downloaded on first use when allowed).",
-            inputs=[
-                io.Combo.Input("model", options=_model_choices(),
-                               tooltip="An LLMGA checkpoint folder in models/LLM, or a released name (binxia/…) "
-                               "that is downloaded into models/LLM when missing."),
-                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
-                               tooltip="auto: bf16 on GPUs that support it (the released weights are bf16), fp16 "
-                               "on others, fp32 on the CPU."),
-                io.Combo.Input("device", options=["auto", "cuda", "cpu", "mps"], default="auto",
-                               tooltip="auto follows ComfyUI's device; cpu is slow but needs no GPU memory."),
-                io.Combo.Input("quantization", options=["none", "8bit", "4bit"], default="none",
-                               tooltip="8/4-bit weights through bitsandbytes (CUDA only) to save GPU memory."),
-                io.Combo.Input("attention", options=["sdpa", "eager"], default="sdpa",
-                               tooltip="sdpa: PyTorch's fused attention; eager: the reference implementation."),
-                io.Combo.Input("template", options=["auto", *TEMPLATE_NAMES], default="auto",
-                               tooltip="The chat template; auto picks the one the checkpoint's family was trained "
-                               "with."),
-                io.Boolean.Input("allow_download", default=True,
-                                 tooltip="Download a released checkpoint (and the CLIP vision tower) when it is not "
-                                 "found locally. Off, or HF_HUB_OFFLINE=1: only local files are used."),
-            ],
-            outputs=[AssistantType.Output("assistant", display_name="assistant")],
-        )
+        return pack_schema(cls, "LLMGALoadAssistant", "LLMGA Load Assistant", "assistant", inputs=[
+            io.Combo.Input("model", options=_model_choices(),
+                           tooltip="An LLMGA checkpoint folder in models/LLM, or a released name (binxia/…) "
+                           "that is downloaded into models/LLM when missing."),
+            io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                           tooltip="auto: bf16 on GPUs that support it (the released weights are bf16), fp16 "
+                           "on others, fp32 on the CPU."),
+            io.Combo.Input("device", options=["auto", "cuda", "cpu", "mps"], default="auto",
+                           tooltip="auto follows ComfyUI's device; cpu is slow but needs no GPU memory."),
+            io.Combo.Input("quantization", options=["none", "8bit", "4bit"], default="none",
+                           tooltip="8/4-bit weights through bitsandbytes (CUDA only) to save GPU memory."),
+            io.Combo.Input("attention", options=["sdpa", "eager"], default="sdpa",
+                           tooltip="sdpa: PyTorch's fused attention; eager: the reference implementation."),
+            io.Combo.Input("template", options=["auto", *TEMPLATE_NAMES], default="auto",
+                           tooltip="The chat template; auto picks the one the checkpoint's family was trained "
+                           "with."),
+            io.Boolean.Input("allow_download", default=True,
+                             tooltip="Download a released checkpoint (and the CLIP vision tower) when it is not "
+                             "found locally. Off, or HF_HUB_OFFLINE=1: only local files are used."),
+        ], outputs=[AssistantType.Output("assistant", display_name="assistant")])
 
     @classmethod
     def execute(cls, model: str, dtype: str, device: str, quantization: str, attention: str, template: str,
                 allow_download: bool) -> io.NodeOutput:
-        try:
+        with reported_as("LLMGA Load Assistant"):
             load_device, precision = device_and_dtype("assistant", device, dtype,
                                                       default_device=mm.get_torch_device())
             path = resolve_model(model, model_folders("LLM"), allow_download=allow_download)
@@ -102,127 +73,91 @@ class LoadAssistant(io.ComfyNode):
                                 attention=attention, quantization=quantization,
                                 clip_vision_dirs=model_folders("clip_vision"), allow_download=allow_download)
             assistant = Assistant(loaded, template=None if template == "auto" else template)
-        except (ModelNotFoundError, CheckpointError, ChatError, ValueError) as error:
-            raise RuntimeError(f"LLMGA Load Assistant: {error}") from error
-        patcher = None
-        if quantization == "none":
-            patcher = comfy.model_patcher.ModelPatcher(loaded.model, load_device=load_device,
-                                                      offload_device=mm.unet_offload_device())
-        return io.NodeOutput(ManagedAssistant(assistant, patcher))
-
-
-def _first_image(image: torch.Tensor) -> Image.Image:
-    """ComfyUI IMAGE [B, H, W, 3] floats in [0, 1] -> the first picture as PIL."""
-    array = (image[0].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(array[..., :3])
-
-
-def _mask_for(mask: torch.Tensor, width: int, height: int) -> np.ndarray:
-    """ComfyUI MASK [B, H, W] or [H, W] (1 = paint here) -> [H, W] floats; sizes must match the image."""
-    array = (mask[0] if mask.dim() == 3 else mask).cpu().float().numpy()
-    if array.shape != (height, width):
-        raise ValueError(f"the mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}: "
-                         "use a mask made for this image (e.g. from the same Load Image node) or resize it")
-    return array
+        # Quantised weights were placed by bitsandbytes and cannot move: no ModelPatcher for them.
+        network = loaded.model if quantization == "none" else None
+        return io.NodeOutput(ManagedModel(assistant, network, load_device))
 
 
 class Chat(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGAChat",
-            display_name="LLMGA Chat",
-            category="LLMGA/assistant",
-            description="Ask the LLMGA assistant; its reply holds a detailed generation prompt between <gen_image> "
-            "tags. Connect the history output to a later Chat to continue the conversation.",
-            inputs=[
-                AssistantType.Input("assistant", tooltip="From LLMGA Load Assistant."),
-                io.String.Input("message", multiline=True, default="a cat on a windowsill",
-                                tooltip="Your words. For text_to_image a short prompt; for chat and edit the whole "
-                                "message or instruction; inpaint/outpaint/similar_image/describe may leave it empty."),
-                io.Combo.Input("task", options=list(TASKS), default="text_to_image",
-                               tooltip="How the message is phrased for the model, as in its training: "
-                               "text_to_image/refine_prompt add an instruction to a short prompt; inpaint, "
-                               "outpaint, similar_image, edit and describe need an image; chat sends your words."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seeds the sampling and the choice of instruction phrasing."),
-                io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.05,
-                               tooltip="0 decodes greedily (deterministic); the official default is 0.2."),
-                io.Float.Input("top_p", default=1.0, min=0.05, max=1.0, step=0.05,
-                               tooltip="Nucleus sampling: keep the smallest set of tokens with this probability."),
-                io.Int.Input("max_new_tokens", default=512, min=1, max=4096,
-                             tooltip="Longest reply, in tokens (the official CLI uses 512)."),
-                io.Boolean.Input("keep_loaded", default=True,
-                                 tooltip="Keep the assistant on the GPU after the reply (faster next time); off "
-                                 "frees the memory for Stable Diffusion right away."),
-                io.Image.Input("image", optional=True,
-                               tooltip="A picture to talk about, edit, inpaint or outpaint (the first of a batch)."),
-                io.Mask.Input("mask", optional=True,
-                              tooltip="For inpaint/outpaint: 1 where new content goes; the model sees those pixels "
-                              "black, as in its training."),
-                HistoryType.Input("history", optional=True,
-                                  tooltip="The conversation so far, from an earlier Chat; leave empty to start anew."),
-                io.String.Input("instruction", optional=True, default="",
-                                tooltip="Your own phrasing of the task instruction; empty picks one of the official "
-                                "training phrasings (seeded)."),
-                io.Combo.Input("placement", options=list(PLACEMENTS), default="auto", optional=True,
-                               tooltip="text_to_image: put the instruction before or after your short prompt (auto: "
-                               "seeded, as in training)."),
-            ],
-            outputs=[
-                io.String.Output("reply", display_name="reply",
-                                 tooltip="The reply for the user, the prompt shown as '(The generation prompt: …)'."),
-                io.String.Output("generation_prompt", display_name="generation prompt",
-                                 tooltip="The text between the first <gen_image> tags, for Stable Diffusion."),
-                io.Boolean.Output("has_prompt", display_name="has prompt",
-                                  tooltip="Whether the reply holds a generation prompt."),
-                HistoryType.Output("updated_history", display_name="history",
-                                   tooltip="The conversation including this turn."),
-                io.String.Output("raw_reply", display_name="raw reply", tooltip="The reply exactly as generated."),
-            ],
-            hidden=[io.Hidden.unique_id],
-        )
+    """Ask the LLMGA assistant; its reply holds a detailed generation prompt between <gen_image> tags. Connect the
+    history output to a later Chat to continue the conversation."""
 
     @classmethod
-    def execute(cls, assistant: ManagedAssistant, message: str, task: str, seed: int, temperature: float,
+    def define_schema(cls) -> io.Schema:
+        return pack_schema(cls, "LLMGAChat", "LLMGA Chat", "assistant", inputs=[
+            AssistantType.Input("assistant", tooltip="From LLMGA Load Assistant."),
+            io.String.Input("message", multiline=True, default="a cat on a windowsill",
+                            tooltip="Your words. For text_to_image a short prompt; for chat and edit the whole "
+                            "message or instruction; inpaint/outpaint/similar_image/describe may leave it empty."),
+            io.Combo.Input("task", options=list(TASKS), default="text_to_image",
+                           tooltip="How the message is phrased for the model, as in its training: "
+                           "text_to_image/refine_prompt add an instruction to a short prompt; inpaint, "
+                           "outpaint, similar_image, edit and describe need an image; chat sends your words."),
+            io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                         tooltip="Seeds the sampling and the choice of instruction phrasing."),
+            io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.05,
+                           tooltip="0 decodes greedily (deterministic); the official default is 0.2."),
+            io.Float.Input("top_p", default=1.0, min=0.05, max=1.0, step=0.05,
+                           tooltip="Nucleus sampling: keep the smallest set of tokens with this probability."),
+            io.Int.Input("max_new_tokens", default=512, min=1, max=4096,
+                         tooltip="Longest reply, in tokens (the official CLI uses 512)."),
+            io.Boolean.Input("keep_loaded", default=True,
+                             tooltip="Keep the assistant on the GPU after the reply (faster next time); off "
+                             "frees the memory for Stable Diffusion right away."),
+            io.Image.Input("image", optional=True,
+                           tooltip="A picture to talk about, edit, inpaint or outpaint (the first of a batch)."),
+            io.Mask.Input("mask", optional=True,
+                          tooltip="For inpaint/outpaint: 1 where new content goes; the model sees those pixels "
+                          "black, as in its training."),
+            HistoryType.Input("history", optional=True,
+                              tooltip="The conversation so far, from an earlier Chat; leave empty to start anew."),
+            io.String.Input("instruction", optional=True, default="",
+                            tooltip="Your own phrasing of the task instruction; empty picks one of the official "
+                            "training phrasings (seeded)."),
+            io.Combo.Input("placement", options=list(PLACEMENTS), default="auto", optional=True,
+                           tooltip="text_to_image: put the instruction before or after your short prompt (auto: "
+                           "seeded, as in training)."),
+        ], outputs=[
+            io.String.Output("reply", display_name="reply",
+                             tooltip="The reply for the user, the prompt shown as '(The generation prompt: …)'."),
+            io.String.Output("generation_prompt", display_name="generation prompt",
+                             tooltip="The text between the first <gen_image> tags, for Stable Diffusion."),
+            io.Boolean.Output("has_prompt", display_name="has prompt",
+                              tooltip="Whether the reply holds a generation prompt."),
+            HistoryType.Output("updated_history", display_name="history",
+                               tooltip="The conversation including this turn."),
+            io.String.Output("raw_reply", display_name="raw reply", tooltip="The reply exactly as generated."),
+        ], hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    def execute(cls, assistant: ManagedModel[Assistant], message: str, task: str, seed: int, temperature: float,
                 top_p: float, max_new_tokens: int, keep_loaded: bool, image: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, history: ChatHistory | None = None, instruction: str = "",
                 placement: str = "auto") -> io.NodeOutput:
-        chat = assistant.assistant
-        history = history or chat.new_history()
+        chat = assistant.model
         node_id = cls.hidden.unique_id
-        try:
-            picture = None
-            if image is not None:
-                pil = _first_image(image)
-                masked = _mask_for(mask, pil.width, pil.height) if mask is not None else None
-                picture = chat.picture(pil, masked)
-            elif mask is not None:
-                raise ValueError("a mask was connected without an image: connect the image it belongs to")
-            text = chat.user_message(task, message, history, picture is not None and history.image is None,
-                                     instruction=instruction or None, rng=random.Random(seed),
-                                     placement=placement if task in ("text_to_image", "refine_prompt") else "auto")
-            settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                          seed=seed)
-            progress = comfy.utils.ProgressBar(max_new_tokens)
-            shown: list[str] = []
+        progress = comfy.utils.ProgressBar(max_new_tokens)
+        shown: list[str] = []
 
-            def on_text(piece: str) -> None:
-                shown.append(piece)
-                progress.update(1)
-                server = PromptServer.instance
-                if node_id is not None and server is not None:
-                    server.send_progress_text("".join(shown), node_id, sid=server.client_id)
+        def on_text(piece: str) -> None:
+            shown.append(piece)
+            progress.update(1)
+            server = PromptServer.instance
+            if node_id is not None and server is not None:
+                server.send_progress_text("".join(shown), node_id, sid=server.client_id)
 
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+        with reported_as("LLMGA Chat"):
             assistant.load()
             try:
-                result = chat.reply(history, text, image=picture, settings=settings, on_text=on_text,
-                                    should_stop=mm.processing_interrupted)
+                result = chat.ask(history or chat.new_history(), task, message,
+                                  image=None if image is None else tensor_to_pil(image[0]), mask=mask,
+                                  instruction=instruction or None,
+                                  placement=placement if task in ("text_to_image", "refine_prompt") else "auto",
+                                  settings=settings, on_text=on_text, should_stop=mm.processing_interrupted)
             finally:
                 if not keep_loaded:
                     assistant.offload()
-        except (ChatError, ValueError) as error:
-            raise RuntimeError(f"LLMGA Chat: {error}") from error
         mm.throw_exception_if_processing_interrupted()
         parsed = result.parsed
         return io.NodeOutput(parsed.display_text, parsed.prompt(no_tag_fallback="empty"), parsed.has_prompt,

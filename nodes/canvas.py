@@ -6,6 +6,8 @@ import torch
 from comfy_api.latest import io
 
 from ..llmga.sd.canvas import outpaint_canvas, paste_back
+from .errors import reported_as
+from .schema import pack_schema
 
 MAX_PIXELS = 4096
 
@@ -15,76 +17,65 @@ def _padding_input(side: str) -> io.Int.Input:
                         tooltip=f"Pixels of new area to add on the {side}.")
 
 
+def _feathering_input(tooltip: str) -> io.Int.Input:
+    """A width in pixels over which the seam blends (0 = a hard edge)."""
+    return io.Int.Input("feathering", default=0, min=0, max=MAX_PIXELS, step=1, tooltip=tooltip)
+
+
 class OutpaintCanvas(io.ComfyNode):
+    """Pad an image for outpainting: new area filled with gray, a mask of 1 over it, width and height rounded up to
+    multiples of 8 for SD1.5. Feed both to LLMGA Chat (outpaint task) and to InpaintModelConditioning."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGAOutpaintCanvas",
-            display_name="LLMGA Outpaint Canvas",
-            category="LLMGA/image",
-            description="Pad an image for outpainting: new area filled with gray, a mask of 1 over it, width and "
-            "height rounded up to multiples of 8 for SD1.5. Feed both to LLMGA Chat (outpaint task) and to "
-            "InpaintModelConditioning.",
-            inputs=[
-                io.Image.Input("image", tooltip="The picture to extend."),
-                _padding_input("left"),
-                _padding_input("top"),
-                _padding_input("right"),
-                _padding_input("bottom"),
-                io.Int.Input("feathering", default=0, min=0, max=MAX_PIXELS, step=1,
-                             tooltip="Pixels of the original, along each padded side, that are partly repainted (the "
-                             "mask fades from near 1 at the seam to 0) so the seam blends. 0: a hard edge, as in the "
-                             "official LLMGA outpainting."),
-            ],
-            outputs=[
-                io.Image.Output("canvas", display_name="canvas",
-                                tooltip="The image on its larger canvas; the new area is 0.5 gray. Extra pixels for "
-                                "the multiple of 8 go right/bottom, or left/top when only those sides are padded."),
-                io.Mask.Output("mask", display_name="mask",
-                               tooltip="1 on the new area, 0 on the original (ramping near the seam when feathered)."),
-            ],
-        )
+        return pack_schema(cls, "LLMGAOutpaintCanvas", "LLMGA Outpaint Canvas", "image", inputs=[
+            io.Image.Input("image", tooltip="The picture to extend."),
+            _padding_input("left"),
+            _padding_input("top"),
+            _padding_input("right"),
+            _padding_input("bottom"),
+            _feathering_input("Pixels of the original, along each padded side, that are partly repainted (the mask "
+                              "fades from near 1 at the seam to 0) so the seam blends. 0: a hard edge, as in the "
+                              "official LLMGA outpainting."),
+        ], outputs=[
+            io.Image.Output("canvas", display_name="canvas",
+                            tooltip="The image on its larger canvas; the new area is 0.5 gray. Extra pixels for "
+                            "the multiple of 8 go right/bottom, or left/top when only those sides are padded."),
+            io.Mask.Output("mask", display_name="mask",
+                           tooltip="1 on the new area, 0 on the original (ramping near the seam when feathered)."),
+        ])
 
     @classmethod
     def execute(cls, image: torch.Tensor, left: int, top: int, right: int, bottom: int,
                 feathering: int) -> io.NodeOutput:
-        try:
+        with reported_as("LLMGA Outpaint Canvas"):
             canvas, mask = outpaint_canvas(image, left, top, right, bottom, feathering=feathering)
-        except ValueError as error:
-            raise ValueError(f"LLMGA Outpaint Canvas: {error}") from error
         return io.NodeOutput(canvas, mask)
 
 
 class PasteBack(io.ComfyNode):
+    """Composite an inpainted or outpainted result onto the original: pixels outside the mask stay exactly the
+    original's (undoing the VAE's small changes there), pixels inside come from the generated image."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGAPasteBack",
-            display_name="LLMGA Paste Back",
-            category="LLMGA/image",
-            description="Composite an inpainted or outpainted result onto the original: pixels outside the mask stay "
-            "exactly the original's (undoing the VAE's small changes there), pixels inside come from the generated "
-            "image.",
-            inputs=[
-                io.Image.Input("original", tooltip="The image that was inpainted (for outpainting: the canvas)."),
-                io.Image.Input("generated", tooltip="The decoded result, the same size as the original; a batch of "
-                               "results is pasted onto one original."),
-                io.Mask.Input("mask", tooltip="The mask used for the generation: 1 takes the generated pixel, 0 keeps "
-                              "the original pixel bit for bit, values between blend."),
-                io.Int.Input("feathering", default=0, min=0, max=MAX_PIXELS, step=1,
-                             tooltip="Pixels inside the masked region, along its border, over which the generated "
-                             "image fades in; unmasked pixels stay exact. Use 0 when the original holds no content "
-                             "under the mask (e.g. an outpaint canvas's gray)."),
-            ],
-            outputs=[io.Image.Output("image", display_name="image",
-                                     tooltip="The original with the generated pixels pasted in.")],
-        )
+        return pack_schema(cls, "LLMGAPasteBack", "LLMGA Paste Back", "image", inputs=[
+            io.Image.Input("original", tooltip="The image that was inpainted (for outpainting: the canvas)."),
+            io.Image.Input("generated", tooltip="The decoded result, the same size as the original; a batch of "
+                           "results is pasted onto one original."),
+            io.Mask.Input("mask", tooltip="The mask used for the generation: 1 takes the generated pixel, 0 keeps "
+                          "the original pixel bit for bit, values between blend."),
+            _feathering_input("Pixels inside the masked region, along its border, over which the generated image "
+                              "fades in; unmasked pixels stay exact. Use 0 when the original holds no content under "
+                              "the mask (e.g. an outpaint canvas's gray)."),
+        ], outputs=[
+            io.Image.Output("image", display_name="image",
+                            tooltip="The original with the generated pixels pasted in."),
+        ])
 
     @classmethod
     def execute(cls, original: torch.Tensor, generated: torch.Tensor, mask: torch.Tensor,
                 feathering: int) -> io.NodeOutput:
-        try:
+        with reported_as("LLMGA Paste Back"):
             image = paste_back(original, generated, mask, feathering=feathering)
-        except ValueError as error:
-            raise ValueError(f"LLMGA Paste Back: {error}") from error
         return io.NodeOutput(image)

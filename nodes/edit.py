@@ -29,7 +29,9 @@ from ..llmga.edit.run import (
     pad_to_latent_multiple,
 )
 from ..llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, MODES
+from .errors import reported_as
 from .long_prompt import ComfyCLIPBinding
+from .schema import pack_schema
 
 logger = logging.getLogger("comfyui-llmga")
 PLACES = {"input": "down", "middle": "mid", "output": "up"}
@@ -116,66 +118,61 @@ def blend_words(source: str, target: str) -> tuple[tuple[str, ...], tuple[str, .
 
 
 class InversionEdit(io.ComfyNode):
+    """Edit an image by inversion on SD1.5: it is inverted with the source prompt (what it shows, e.g. the
+    assistant's 'similar image' reply) and regenerated towards the target prompt (the assistant's reply to your
+    instruction). Prompts up to 300 tokens."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGAInversionEdit",
-            display_name="LLMGA Inversion Edit",
-            category="LLMGA/edit",
-            description="Edit an image by inversion on SD1.5: it is inverted with the source prompt (what it shows, "
-            "e.g. the assistant's 'similar image' reply) and regenerated towards the target prompt (the assistant's "
-            "reply to your instruction). Prompts up to 300 tokens.",
-            inputs=[
-                io.Model.Input("model", tooltip="An SD1.5 text-to-image MODEL (llmga-sd15-t2i-v2 is what LLMGA uses)."),
-                io.Clip.Input("clip", tooltip="The SD1.5 CLIP of the same checkpoint."),
-                io.Vae.Input("vae", tooltip="The SD1.5 VAE (the official code uses sd-vae-ft-mse)."),
-                io.Image.Input("image", tooltip="The image(s) to edit; each image of a batch is edited on its own. "
-                               "Sizes that are not multiples of 8 are padded and cropped back."),
-                io.String.Input("source_prompt", multiline=True, default="",
-                                tooltip="What the image shows now (LLMGA Chat with task 'similar image')."),
-                io.String.Input("target_prompt", multiline=True, default="",
-                                tooltip="What the edited image should show (LLMGA Chat's reply to the instruction). "
-                                "Equal to the source: the image is returned unchanged."),
-                io.Combo.Input("method", options=list(METHODS), default=METHODS[0],
-                               tooltip="direct_inversion_p2p: the paper's Direct Inversion + Prompt-to-Prompt "
-                               "(structure-preserving). ddpm_inversion: the official code's edit-friendly DDPM "
-                               "inversion with a DiffEdit mask (steps 50, skip 25, CFG 3.5 / 7.5)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (both methods use 50)."),
-                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="Guidance towards the target prompt (7.5 in both references)."),
-                io.Float.Input("source_cfg", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="ddpm_inversion: guidance of the inversion pass (official 3.5)."),
-                io.Int.Input("skip", default=25, min=0, max=99,
-                             tooltip="ddpm_inversion: percent of the noisiest steps skipped (official 25); higher "
-                             "keeps more of the input."),
-                io.Combo.Input("controller", options=list(CONTROLLERS), default="refine",
-                               tooltip="direct_inversion_p2p: refine aligns the two prompts token by token (any "
-                               "prompts); replace swaps words one for one (needs the same word count)."),
-                io.Float.Input("cross_replace", default=0.4, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of steps whose cross-attention comes from the source (PnP: 0.4)."),
-                io.Float.Input("self_replace", default=0.6, min=0.0, max=1.0, step=0.05,
-                               tooltip="Fraction of steps whose self-attention comes from the source (PnP: 0.6)."),
-                io.String.Input("blend_source_words", default="", optional=True,
-                                tooltip="LocalBlend: words of the source prompt whose region may change (e.g. "
-                                "'cat'); 'auto': the words that differ between the prompts; both empty: no "
-                                "LocalBlend (the whole image may change)."),
-                io.String.Input("blend_target_words", default="", optional=True,
-                                tooltip="LocalBlend: words of the target prompt whose region may change (e.g. 'dog')."),
-                io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01,
-                               tooltip="LocalBlend: attention threshold of the edited region (PnP: 0.3)."),
-                io.Combo.Input("prompt_mode", options=list(MODES), default="llmga",
-                               tooltip="Long-prompt encoding: llmga (how LLMGA's SD was trained) or lpw (official "
-                               "inference pipelines)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="ddpm_inversion: seed of the noise maps and the mask noise."),
-            ],
-            outputs=[
-                io.Image.Output("edited_image", display_name="image"),
-                io.Mask.Output("edit_mask", display_name="mask",
-                               tooltip="The region the edit could change (LocalBlend / DiffEdit mask; all white "
-                               "without one, black when nothing was edited)."),
-            ],
-        )
+        return pack_schema(cls, "LLMGAInversionEdit", "LLMGA Inversion Edit", "edit", inputs=[
+            io.Model.Input("model", tooltip="An SD1.5 text-to-image MODEL (llmga-sd15-t2i-v2 is what LLMGA uses)."),
+            io.Clip.Input("clip", tooltip="The SD1.5 CLIP of the same checkpoint."),
+            io.Vae.Input("vae", tooltip="The SD1.5 VAE (the official code uses sd-vae-ft-mse)."),
+            io.Image.Input("image", tooltip="The image(s) to edit; each image of a batch is edited on its own. "
+                           "Sizes that are not multiples of 8 are padded and cropped back."),
+            io.String.Input("source_prompt", multiline=True, default="",
+                            tooltip="What the image shows now (LLMGA Chat with task 'similar image')."),
+            io.String.Input("target_prompt", multiline=True, default="",
+                            tooltip="What the edited image should show (LLMGA Chat's reply to the instruction). "
+                            "Equal to the source: the image is returned unchanged."),
+            io.Combo.Input("method", options=list(METHODS), default=METHODS[0],
+                           tooltip="direct_inversion_p2p: the paper's Direct Inversion + Prompt-to-Prompt "
+                           "(structure-preserving). ddpm_inversion: the official code's edit-friendly DDPM "
+                           "inversion with a DiffEdit mask (steps 50, skip 25, CFG 3.5 / 7.5)."),
+            io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (both methods use 50)."),
+            io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
+                           tooltip="Guidance towards the target prompt (7.5 in both references)."),
+            io.Float.Input("source_cfg", default=3.5, min=0.0, max=30.0, step=0.1,
+                           tooltip="ddpm_inversion: guidance of the inversion pass (official 3.5)."),
+            io.Int.Input("skip", default=25, min=0, max=99,
+                         tooltip="ddpm_inversion: percent of the noisiest steps skipped (official 25); higher "
+                         "keeps more of the input."),
+            io.Combo.Input("controller", options=list(CONTROLLERS), default="refine",
+                           tooltip="direct_inversion_p2p: refine aligns the two prompts token by token (any "
+                           "prompts); replace swaps words one for one (needs the same word count)."),
+            io.Float.Input("cross_replace", default=0.4, min=0.0, max=1.0, step=0.05,
+                           tooltip="Fraction of steps whose cross-attention comes from the source (PnP: 0.4)."),
+            io.Float.Input("self_replace", default=0.6, min=0.0, max=1.0, step=0.05,
+                           tooltip="Fraction of steps whose self-attention comes from the source (PnP: 0.6)."),
+            io.String.Input("blend_source_words", default="", optional=True,
+                            tooltip="LocalBlend: words of the source prompt whose region may change (e.g. "
+                            "'cat'); 'auto': the words that differ between the prompts; both empty: no "
+                            "LocalBlend (the whole image may change)."),
+            io.String.Input("blend_target_words", default="", optional=True,
+                            tooltip="LocalBlend: words of the target prompt whose region may change (e.g. 'dog')."),
+            io.Float.Input("blend_threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                           tooltip="LocalBlend: attention threshold of the edited region (PnP: 0.3)."),
+            io.Combo.Input("prompt_mode", options=list(MODES), default="llmga",
+                           tooltip="Long-prompt encoding: llmga (how LLMGA's SD was trained) or lpw (official "
+                           "inference pipelines)."),
+            io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                         tooltip="ddpm_inversion: seed of the noise maps and the mask noise."),
+        ], outputs=[
+            io.Image.Output("edited_image", display_name="image"),
+            io.Mask.Output("edit_mask", display_name="mask",
+                           tooltip="The region the edit could change (LocalBlend / DiffEdit mask; all white "
+                           "without one, black when nothing was edited)."),
+        ])
 
     @classmethod
     def execute(cls, model, clip, vae, image: torch.Tensor, source_prompt: str, target_prompt: str, method: str,
@@ -188,14 +185,12 @@ class InversionEdit(io.ComfyNode):
             blend_words=blend_words(blend_source_words, blend_target_words), blend_threshold=blend_threshold,
             prompt_mode=prompt_mode, max_chunks=LLMGA_MAX_CHUNKS, seed=seed,
         )
-        try:
+        with reported_as("LLMGA Inversion Edit"):
             settings.check()
             if clip is None:
                 raise ValueError("no CLIP connected; the checkpoint may lack a text encoder")
             check_sd15_model(model)
             binding = ComfyCLIPBinding(clip)
-        except ValueError as error:
-            raise RuntimeError(f"LLMGA Inversion Edit: {error}") from error
         text = TextBinding(binding.tokenize, binding.encode, binding.bos, binding.eos, binding.pad)
         padded, size = pad_to_latent_multiple(image[..., :3])
         latent_hw = (padded.shape[1] // 8, padded.shape[2] // 8)
@@ -210,12 +205,10 @@ class InversionEdit(io.ComfyNode):
             comfy.model_management.load_models_gpu(
                 [model], memory_required=model.memory_required([4, 4, *latent_hw]))
             x0 = model.model.latent_format.process_in(vae.encode(padded[index : index + 1])).float()
-            try:
+            with reported_as("LLMGA Inversion Edit"):
                 result = edit_latent(x0.to(model.load_device), source_prompt, target_prompt, text=text,
                                      controlled_eps=lambda control: comfy_controlled_eps(model, control),
                                      settings=settings, on_step=on_step)
-            except ValueError as error:
-                raise RuntimeError(f"LLMGA Inversion Edit: {error}") from error
             if result.unchanged:
                 images.append(image[index : index + 1])
                 masks.append(torch.zeros(1, *image.shape[1:3]))

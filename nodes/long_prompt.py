@@ -12,13 +12,9 @@ import torch
 from comfy.sd1_clip import SD1Tokenizer
 from comfy_api.latest import io, ui
 
-from ..llmga.prompt.long_prompt import (
-    LLMGA_MAX_CHUNKS,
-    LPW_T2I_MAX_CHUNKS,
-    chunk_prompt_tokens,
-    encode_chunks,
-    tokenize_prompt,
-)
+from ..llmga.prompt.long_prompt import encode_long_prompts
+from .errors import reported_as
+from .schema import pack_schema
 
 MODES = ("llmga", "lpw", "comfy")
 logger = logging.getLogger("comfyui-llmga")
@@ -36,7 +32,7 @@ class ComfyCLIPBinding:
         self.hf_tokenizer = tokenizer.tokenizer
         self.bos, self.eos = tokenizer.start_token, tokenizer.end_token
         self.pad = tokenizer.pad_token if tokenizer.pad_token is not None else tokenizer.end_token
-        self.extra: dict = {}
+        self.extras: list[dict] = []  # per encode call, what ComfyUI returns beside cond and pooled output (hooks)
 
     def tokenize(self, text: str) -> list[int]:
         """Content ids of `text`, no BOS/EOS, no truncation (the raw CLIP tokenizer, as LLMGA's training used)."""
@@ -44,68 +40,55 @@ class ComfyCLIPBinding:
 
     def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [n, 77] -> hidden [n, 77, C] and pooled [n, C'] (ComfyUI returns the first window's pooled output,
-        which is the one the conditioning keeps; it is repeated for the others)."""
+        which is the one the conditioning keeps; it is repeated for the others: encode with `call_per_prompt`)."""
         chunks = [[(int(token), 1.0) for token in row] for row in ids.tolist()]
         out = self.clip.encode_from_tokens({"l": chunks}, return_dict=True)
-        self.extra = {key: value for key, value in out.items() if key not in ("cond", "pooled_output")}
+        self.extras.append({key: value for key, value in out.items() if key not in ("cond", "pooled_output")})
         hidden = out["cond"].reshape(len(chunks), ids.shape[1], -1)
         pooled = out["pooled_output"]
         return hidden, pooled.expand(len(chunks), -1) if pooled is not None else torch.zeros(len(chunks), 1)
 
 
 class LongPromptEncode(io.ComfyNode):
+    """Encode a long (up to 300-token) prompt and a negative prompt for SD1.5 the way LLMGA's SD models were
+    trained; both conditionings get the same length and work with KSampler and ControlNet."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGALongPromptEncode",
-            display_name="LLMGA Long Prompt Encode",
-            category="LLMGA/conditioning",
-            description="Encode a long (up to 300-token) prompt and a negative prompt for SD1.5 the way LLMGA's SD "
-            "models were trained; both conditionings get the same length and work with KSampler and ControlNet.",
-            inputs=[
-                io.Clip.Input("clip", tooltip="An SD1.5 CLIP (from LLMGA Load SD1.5 or any SD1.5 checkpoint)."),
-                io.String.Input("prompt", multiline=True, default="",
-                                tooltip="The generation prompt, e.g. from LLMGA Chat's 'generation prompt'."),
-                io.String.Input("negative_prompt", multiline=True, default="",
-                                tooltip="The negative prompt; the official LLMGA code uses an empty one."),
-                io.Combo.Input("mode", options=list(MODES), default="llmga",
-                               tooltip="llmga: the stage-2 training encoding (up to 4 x 75 tokens, one BOS/EOS pair "
-                               "around the whole prompt) — best for LLMGA's SD models. lpw: the official inference "
-                               "pipeline (every 75-token chunk with its own BOS/EOS, (word:1.2) weights). comfy: "
-                               "ComfyUI's own CLIPTextEncode."),
-                io.Int.Input("max_chunks", default=0, min=0, max=8,
-                             tooltip="How many 75-token chunks at most; 0 = the mode's default (llmga 4, lpw 3 as the "
-                             "official text-to-image CLI; the official inpainting pipeline uses 4)."),
-            ],
-            outputs=[
-                io.Conditioning.Output("positive", display_name="positive"),
-                io.Conditioning.Output("negative", display_name="negative"),
-            ],
-        )
+        return pack_schema(cls, "LLMGALongPromptEncode", "LLMGA Long Prompt Encode", "conditioning", inputs=[
+            io.Clip.Input("clip", tooltip="An SD1.5 CLIP (from LLMGA Load SD1.5 or any SD1.5 checkpoint)."),
+            io.String.Input("prompt", multiline=True, default="",
+                            tooltip="The generation prompt, e.g. from LLMGA Chat's 'generation prompt'."),
+            io.String.Input("negative_prompt", multiline=True, default="",
+                            tooltip="The negative prompt; the official LLMGA code uses an empty one."),
+            io.Combo.Input("mode", options=list(MODES), default="llmga",
+                           tooltip="llmga: the stage-2 training encoding (up to 4 x 75 tokens, one BOS/EOS pair "
+                           "around the whole prompt) — best for LLMGA's SD models. lpw: the official inference "
+                           "pipeline (every 75-token chunk with its own BOS/EOS, (word:1.2) weights). comfy: "
+                           "ComfyUI's own CLIPTextEncode."),
+            io.Int.Input("max_chunks", default=0, min=0, max=8,
+                         tooltip="How many 75-token chunks at most; 0 = the mode's default (llmga 4, lpw 3 as the "
+                         "official text-to-image CLI; the official inpainting pipeline uses 4)."),
+        ], outputs=[
+            io.Conditioning.Output("positive", display_name="positive"),
+            io.Conditioning.Output("negative", display_name="negative"),
+        ])
 
     @classmethod
     def execute(cls, clip, prompt: str, negative_prompt: str, mode: str, max_chunks: int) -> io.NodeOutput:
-        texts = (prompt, negative_prompt)
-        if clip is None:
-            raise RuntimeError("LLMGA Long Prompt Encode: no CLIP connected; the checkpoint may lack a text encoder")
-        if mode == "comfy":
-            encoded = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in texts]
-            return io.NodeOutput(*encoded, ui=ui.PreviewText("ComfyUI's native encoding"))
-        try:
+        with reported_as("LLMGA Long Prompt Encode"):
+            if clip is None:
+                raise ValueError("no CLIP connected; the checkpoint may lack a text encoder")
+            if mode == "comfy":
+                encoded = [clip.encode_from_tokens_scheduled(clip.tokenize(text)) for text in (prompt, negative_prompt)]
+                return io.NodeOutput(*encoded, ui=ui.PreviewText("ComfyUI's native encoding"))
             binding = ComfyCLIPBinding(clip)
-            limit = max_chunks or (LLMGA_MAX_CHUNKS if mode == "llmga" else LPW_T2I_MAX_CHUNKS)
-            tokens = [tokenize_prompt(text, binding.tokenize, mode=mode, max_chunks=limit) for text in texts]
-            chunked = chunk_prompt_tokens(tokens, bos=binding.bos, eos=binding.eos, pad=binding.pad)
-        except ValueError as error:
-            raise RuntimeError(f"LLMGA Long Prompt Encode: {error}") from error
-        conditionings = []
-        for prompt in chunked:  # one CLIP call per prompt, so each keeps its own first-window pooled output
-            (encoded,) = encode_chunks([prompt], binding.encode, mode=mode)
-            conditionings.append([[encoded.cond, {"pooled_output": encoded.pooled, **binding.extra}]])
-        report = [f"{mode}: {len(chunked[0].chunks)} chunk(s), {conditionings[0][0][0].shape[1]} positions"]
-        for name, token_list in zip(("positive", "negative"), tokens, strict=True):
-            if token_list.dropped:
-                message = f"{name} prompt: dropped {token_list.dropped} tokens past the {75 * limit}-token limit"
-                logger.warning("LLMGA Long Prompt Encode: %s", message)
-                report.append(message)
-        return io.NodeOutput(*conditionings, ui=ui.PreviewText("\n".join(report)))
+            result = encode_long_prompts(prompt, negative_prompt, binding.tokenize, binding.encode, mode=mode,
+                                         bos=binding.bos, eos=binding.eos, pad=binding.pad,
+                                         max_chunks=max_chunks or None, call_per_prompt=True)
+        conditionings = [[[encoded.cond, {"pooled_output": encoded.pooled, **extra}]]
+                         for encoded, extra in zip((result.positive, result.negative), binding.extras, strict=True)]
+        warnings = result.truncation_warnings()
+        for warning in warnings:
+            logger.warning("LLMGA Long Prompt Encode: %s", warning)
+        return io.NodeOutput(*conditionings, ui=ui.PreviewText("\n".join([result.summary(), *warnings])))

@@ -9,16 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import comfy.model_management as mm
-import comfy.model_patcher
 import comfy.utils
 import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..llmga.devices import device_and_dtype
 from ..llmga.hub import DIFFRIR_DOWNLOAD, DIFFRIR_FILE
-from ..llmga.restore.checkpoint import DiffRIRLoadError, load_diffrir
+from ..llmga.restore.checkpoint import load_diffrir
 from ..llmga.restore.inference import restore_image
+from .errors import reported_as
+from .managed_model import ManagedModel
 from .model_folders import model_folders
+from .schema import pack_schema
 
 DiffRIRType = io.Custom("LLMGA_DIFFRIR")
 WEIGHT_SUFFIXES = (".pth", ".safetensors")
@@ -31,90 +34,59 @@ def diffrir_choices() -> list[str]:
     return [DIFFRIR_FILE] + [name for name in files if name != DIFFRIR_FILE]
 
 
-class ManagedDiffRIR:
-    """A DiffRIR network under ComfyUI's model management."""
-
-    def __init__(self, model: torch.nn.Module, patcher: comfy.model_patcher.ModelPatcher, name: str):
-        self.model = model
-        self.patcher = patcher
-        self.name = name
-
-    def load(self) -> None:
-        mm.load_models_gpu([self.patcher], force_full_load=True)
-
-
 class LoadDiffRIR(io.ComfyNode):
+    """Load DiffRIR, the reference-based restoration network that removes the texture, brightness and contrast seams
+    SD leaves after inpainting and outpainting."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGALoadDiffRIR",
-            display_name="LLMGA Load DiffRIR",
-            category="LLMGA/loaders",
-            description="Load DiffRIR, the reference-based restoration network that removes the texture, brightness "
-            "and contrast seams SD leaves after inpainting and outpainting.",
-            inputs=[
-                io.Combo.Input("model", options=diffrir_choices(),
-                               tooltip="A DiffRIR S2 weight file (.pth with params_ema, or .safetensors) in "
-                               "models/diffrir. " + DIFFRIR_DOWNLOAD.format(folders="models/diffrir/.")),
-                io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
-                               tooltip="auto: fp16 on GPUs, fp32 on the CPU."),
-            ],
-            outputs=[DiffRIRType.Output("diffrir", display_name="diffrir")],
-        )
+        return pack_schema(cls, "LLMGALoadDiffRIR", "LLMGA Load DiffRIR", "loaders", inputs=[
+            io.Combo.Input("model", options=diffrir_choices(),
+                           tooltip="A DiffRIR S2 weight file (.pth with params_ema, or .safetensors) in "
+                           "models/diffrir. " + DIFFRIR_DOWNLOAD.format(folders="models/diffrir/.")),
+            io.Combo.Input("dtype", options=["auto", "fp32", "fp16", "bf16"], default="auto",
+                           tooltip="auto: fp32, as the official inference runs (a small network)."),
+        ], outputs=[DiffRIRType.Output("diffrir", display_name="diffrir")])
 
     @classmethod
     def execute(cls, model: str, dtype: str) -> io.NodeOutput:
-        folders = ", ".join(str(folder) for folder in model_folders("diffrir"))
-        path = folder_paths.get_full_path("diffrir", model)
-        if path is None:
-            raise RuntimeError(f"LLMGA Load DiffRIR: {model} is not in {folders}. "
-                               + DIFFRIR_DOWNLOAD.format(folders=folders))
-        load_device = mm.get_torch_device()
-        precision = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype)
-        if precision is None:
-            precision = torch.float16 if load_device.type == "cuda" else torch.float32
-        try:
+        with reported_as("LLMGA Load DiffRIR"):
+            path = folder_paths.get_full_path("diffrir", model)
+            if path is None:
+                folders = ", ".join(str(folder) for folder in model_folders("diffrir"))
+                raise FileNotFoundError(f"{model} is not in {folders}. " + DIFFRIR_DOWNLOAD.format(folders=folders))
+            load_device, precision = device_and_dtype("diffrir", "auto", dtype, default_device=mm.get_torch_device())
             network = load_diffrir(Path(path), device="cpu", dtype=precision)
-        except DiffRIRLoadError as error:
-            raise RuntimeError(f"LLMGA Load DiffRIR: {error}") from error
-        patcher = comfy.model_patcher.ModelPatcher(network, load_device=load_device,
-                                                  offload_device=mm.unet_offload_device())
-        return io.NodeOutput(ManagedDiffRIR(network, patcher, model))
+        return io.NodeOutput(ManagedModel(network, network, load_device))
 
 
 class DiffRIRRestore(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGADiffRIRRestore",
-            display_name="LLMGA DiffRIR Restore",
-            category="LLMGA/image",
-            description="Restore the generated region of an inpainted/outpainted image so its texture, brightness and "
-            "contrast match the kept pixels of the original (the reference). Pixels outside the mask stay exactly "
-            "the reference's.",
-            inputs=[
-                DiffRIRType.Input("diffrir", tooltip="From LLMGA Load DiffRIR."),
-                io.Image.Input("generated", tooltip="SD's result (e.g. VAE Decode after inpainting/outpainting)."),
-                io.Image.Input("reference", tooltip="The original picture (the outpaint canvas for outpainting); only "
-                               "its pixels outside the mask are used."),
-                io.Mask.Input("mask", tooltip="1 (white) where SD generated new content, same size as the images."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the prior's starting noise (the official code draws it at random)."),
-                io.Int.Input("tile_size", default=0, min=0, max=8192, step=32,
-                             tooltip="0: automatic (the whole image when it fits in memory, else tiles). Otherwise "
-                             "the tile side in pixels (a multiple of 32); the prior is shared by all tiles."),
-                io.Int.Input("dilate", default=0, min=0, max=256,
-                             tooltip="Grow the region handed to the network by this many pixels (0 = official)."),
-                io.Int.Input("feather", default=0, min=0, max=256,
-                             tooltip="Blend the restored region into the reference over this many pixels (0 = "
-                             "official hard edge)."),
-            ],
-            outputs=[io.Image.Output("image", display_name="image")],
-        )
+    """Restore the generated region of an inpainted/outpainted image so its texture, brightness and contrast match
+    the kept pixels of the original (the reference). Pixels outside the mask stay exactly the reference's."""
 
     @classmethod
-    def execute(cls, diffrir: ManagedDiffRIR, generated: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor,
-                seed: int, tile_size: int, dilate: int, feather: int) -> io.NodeOutput:
+    def define_schema(cls) -> io.Schema:
+        return pack_schema(cls, "LLMGADiffRIRRestore", "LLMGA DiffRIR Restore", "image", inputs=[
+            DiffRIRType.Input("diffrir", tooltip="From LLMGA Load DiffRIR."),
+            io.Image.Input("generated", tooltip="SD's result (e.g. VAE Decode after inpainting/outpainting)."),
+            io.Image.Input("reference", tooltip="The original picture (the outpaint canvas for outpainting); only "
+                           "its pixels outside the mask are used."),
+            io.Mask.Input("mask", tooltip="1 (white) where SD generated new content, same size as the images."),
+            io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                         tooltip="Seed of the prior's starting noise (the official code draws it at random)."),
+            io.Int.Input("tile_size", default=0, min=0, max=8192, step=32,
+                         tooltip="0: automatic (the whole image when it fits in memory, else tiles). Otherwise "
+                         "the tile side in pixels (a multiple of 32); the prior is shared by all tiles."),
+            io.Int.Input("dilate", default=0, min=0, max=256,
+                         tooltip="Grow the region handed to the network by this many pixels (0 = official)."),
+            io.Int.Input("feather", default=0, min=0, max=256,
+                         tooltip="Blend the restored region into the reference over this many pixels (0 = "
+                         "official hard edge)."),
+        ], outputs=[io.Image.Output("image", display_name="image")])
+
+    @classmethod
+    def execute(cls, diffrir: ManagedModel[torch.nn.Module], generated: torch.Tensor, reference: torch.Tensor,
+                mask: torch.Tensor, seed: int, tile_size: int, dilate: int, feather: int) -> io.NodeOutput:
         progress = comfy.utils.ProgressBar(1)
 
         def on_tile(done: int, total: int) -> None:
@@ -122,9 +94,7 @@ class DiffRIRRestore(io.ComfyNode):
             progress.update_absolute(done, total)
 
         diffrir.load()
-        try:
+        with reported_as("LLMGA DiffRIR Restore"):
             restored = restore_image(diffrir.model, generated, reference, mask, seed=seed, tile=tile_size or None,
                                      dilate=dilate, feather=feather, on_tile=on_tile)
-        except ValueError as error:
-            raise RuntimeError(f"LLMGA DiffRIR Restore: {error}") from error
         return io.NodeOutput(restored.to(generated.dtype).cpu())

@@ -9,9 +9,11 @@ import comfy.sd
 import folder_paths
 from comfy_api.latest import io
 
-from ..llmga.hub import HUB_OWNER, RELEASED_SD, ModelNotFoundError, released_name, resolve_model
+from ..llmga.hub import HUB_OWNER, RELEASED_SD, released_name, resolve_model
 from ..llmga.sd.loading import SD15LoadError, check_sd15_single_file, read_sd15_folder
+from .errors import reported_as
 from .model_folders import model_folders
+from .schema import pack_schema
 
 RELEASED_CHOICES = [f"{HUB_OWNER}/{name}" for name in RELEASED_SD]
 # Where a released model sits inside a diffusers folder (llmga.hub.find_local); such a copy is offered under its
@@ -70,36 +72,29 @@ def load_sd15(name: str, allow_download: bool) -> tuple:
 
 
 class LoadSD15(io.ComfyNode):
+    """Load an SD1.5 model as MODEL, CLIP and VAE: the released LLMGA SD1.5 models (downloaded on first use when
+    allowed), a diffusers folder in models/diffusers or a checkpoint in models/checkpoints. The inpainting model has
+    a 9-channel UNet: feed it with InpaintModelConditioning."""
+
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="LLMGALoadSD15",
-            display_name="LLMGA Load SD1.5",
-            category="LLMGA/loaders",
-            description="Load an SD1.5 model as MODEL, CLIP and VAE: the released LLMGA SD1.5 models (downloaded on "
-            "first use when allowed), a diffusers folder in models/diffusers or a checkpoint in models/checkpoints. "
-            "The inpainting model has a 9-channel UNet: feed it with InpaintModelConditioning.",
-            inputs=[
-                io.Combo.Input("model", options=sd15_model_choices(),
-                               tooltip="binxia/… : a released LLMGA SD1.5 model, downloaded into models/diffusers "
-                               "when missing; otherwise a diffusers folder (with model_index.json) from "
-                               "models/diffusers or a single-file checkpoint from models/checkpoints."),
-                io.Boolean.Input("allow_download", default=True,
-                                 tooltip="Download a released model that is not found locally. Off, or "
-                                 "HF_HUB_OFFLINE=1: only local files are used."),
-            ],
-            outputs=[
-                io.Model.Output(tooltip="The SD1.5 UNet, for KSampler."),
-                io.Clip.Output(tooltip="The CLIP ViT-L/14 text encoder, for LLMGA Long Prompt Encode or "
-                               "CLIPTextEncode."),
-                io.Vae.Output(tooltip="The VAE, for VAEDecode, VAEEncode and InpaintModelConditioning."),
-            ],
-        )
+        return pack_schema(cls, "LLMGALoadSD15", "LLMGA Load SD1.5", "loaders", inputs=[
+            io.Combo.Input("model", options=sd15_model_choices(),
+                           tooltip="binxia/… : a released LLMGA SD1.5 model, downloaded into models/diffusers "
+                           "when missing; otherwise a diffusers folder (with model_index.json) from "
+                           "models/diffusers or a single-file checkpoint from models/checkpoints."),
+            io.Boolean.Input("allow_download", default=True,
+                             tooltip="Download a released model that is not found locally. Off, or "
+                             "HF_HUB_OFFLINE=1: only local files are used."),
+        ], outputs=[
+            io.Model.Output(tooltip="The SD1.5 UNet, for KSampler."),
+            io.Clip.Output(tooltip="The CLIP ViT-L/14 text encoder, for LLMGA Long Prompt Encode or "
+                           "CLIPTextEncode."),
+            io.Vae.Output(tooltip="The VAE, for VAEDecode, VAEEncode and InpaintModelConditioning."),
+        ])
 
     @classmethod
     def execute(cls, model: str, allow_download: bool) -> io.NodeOutput:
-        try:
+        with reported_as("LLMGA Load SD1.5", SD15LoadError):  # SD15LoadError is not yet a ValueError
             loaded = load_sd15(model, allow_download)
-        except (SD15LoadError, ModelNotFoundError) as error:
-            raise RuntimeError(f"LLMGA Load SD1.5: {error}") from error
         return io.NodeOutput(*loaded)

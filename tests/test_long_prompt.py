@@ -26,6 +26,7 @@ from llmga.prompt.long_prompt import (
     chunk_prompt_tokens,
     encode_chunks,
     encode_long_prompts,
+    encode_prompt_group,
     sequence_length,
     tokenize_prompt,
 )
@@ -364,6 +365,40 @@ def test_truncation_counts_and_warnings(tokenizer, clip):
     assert _long(clip, text_of(tokenizer, 226), "", mode="lpw").truncation_warnings() == [
         "positive prompt: dropped 1 token past the 225-token limit"
     ]
+
+
+def test_summary_and_group_warnings_use_singular_and_plural(tokenizer, clip):
+    assert _long(clip, text_of(tokenizer, 10), "").summary() == "llmga: 1 chunk, 77 positions"
+    assert _long(clip, text_of(tokenizer, 337), "").summary() == "llmga: 4 chunks, 302 positions"
+    assert _long(clip, text_of(tokenizer, 80), "", mode="lpw").summary() == "lpw: 2 chunks, 154 positions"
+    group = encode_prompt_group((text_of(tokenizer, 301), text_of(tokenizer, 302), text_of(tokenizer, 400)),
+                                clip.tokenize, clip.encode)
+    assert group.truncation_warnings(("source", "target")) == [
+        "source prompt: dropped 1 token past the 300-token limit",
+        "target prompt: dropped 2 tokens past the 300-token limit",
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_call_per_prompt_gives_each_prompt_its_own_pooled_output(tokenizer, clip, mode):
+    """An encoder like ComfyUI's CLIP, which returns the first window's pooled output for a whole call: with one call
+    per prompt the negative keeps its own pooled output; the conds equal the shared call's bit for bit."""
+    calls = []
+
+    def first_pooled_only(ids):
+        calls.append(ids.shape[0])
+        hidden, pooled = clip.encode(ids)
+        return hidden, pooled[:1].expand(ids.shape[0], -1)
+
+    positive, negative = text_of(tokenizer, 160), "blurry, low quality"
+    shared = _long(clip, positive, negative, mode=mode)
+    per_prompt = encode_long_prompts(positive, negative, clip.tokenize, first_pooled_only, mode=mode, bos=clip.bos,
+                                     eos=clip.eos, pad=clip.pad, call_per_prompt=True)
+    assert calls == [3, 2]  # one call each; the negative's two all-padding windows are encoded once
+    for ours, reference in ((per_prompt.positive, shared.positive), (per_prompt.negative, shared.negative)):
+        assert torch.equal(ours.pooled, reference.pooled)
+        torch.testing.assert_close(ours.cond, reference.cond, atol=ATOL, rtol=0)
+    assert not torch.equal(per_prompt.negative.pooled, per_prompt.positive.pooled)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -126,11 +126,25 @@ class LongPromptResult:
     def truncation_warnings(self) -> list[str]:
         """One message per prompt that lost tokens: "positive prompt: dropped 37 tokens past the 300-token limit"."""
         counts = (("positive", self.dropped_positive), ("negative", self.dropped_negative))
-        return [
-            f"{name} prompt: dropped {n} token{'s' if n != 1 else ''} past the {self.token_limit}-token limit"
-            for name, n in counts
-            if n
-        ]
+        return [truncation_warning(name, n, self.token_limit) for name, n in counts if n]
+
+    def summary(self) -> str:
+        """What was encoded, in one line: "llmga: 4 chunks, 302 positions"."""
+        return encoding_summary(self.mode, self.chunks, self.length)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def truncation_warning(name: str, dropped: int, token_limit: int) -> str:
+    """"positive prompt: dropped 37 tokens past the 300-token limit" ("1 token" for one)."""
+    return f"{name} prompt: dropped {_count(dropped, 'token')} past the {token_limit}-token limit"
+
+
+def encoding_summary(mode: str, chunks: int, length: int) -> str:
+    """"llmga: 4 chunks, 302 positions": the mode, k and T of prompts encoded together."""
+    return f"{mode}: {_count(chunks, 'chunk')}, {_count(length, 'position')}"
 
 
 def _check_mode(mode: str) -> None:
@@ -235,15 +249,20 @@ def apply_prompt_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.T
 
 
 def encode_chunks(
-    prompts: Sequence[ChunkedPrompt], encode: EncodeChunks, *, mode: str = "llmga"
+    prompts: Sequence[ChunkedPrompt], encode: EncodeChunks, *, mode: str = "llmga", call_per_prompt: bool = False
 ) -> list[EncodedPrompt]:
     """Encode chunked prompts with one call of `encode` on all their windows.
 
     Inputs: prompts with k windows each (k may differ between calls, not within one: share it for CFG);
     `encode(ids LongTensor [n, 77]) -> (hidden [n, 77, C], pooled [n, C'])`. Output per prompt: cond
     [1, T, C] (T = sequence_length(k, mode); lpw weights applied) and pooled [1, C'] of its first window.
+    call_per_prompt: one call of `encode` per prompt instead, in order, for an encoder that gives one pooled output
+    per call (ComfyUI's CLIP returns the first window's for the whole call, so a shared call would hand the
+    negative the positive's pooled output).
     """
     _check_mode(mode)
+    if call_per_prompt:
+        return [encoded for prompt in prompts for encoded in encode_chunks([prompt], encode, mode=mode)]
     if not prompts:
         return []
     counts = [len(p.chunks) for p in prompts]
@@ -314,6 +333,12 @@ class PromptGroup:
         """T, the sequence length shared by every cond."""
         return self.encoded[0].cond.shape[1]
 
+    def truncation_warnings(self, names: Sequence[str]) -> list[str]:
+        """One message per prompt that lost tokens, `names[i]` naming prompt i ("source prompt: dropped 1 token past
+        the 300-token limit"); prompts past the end of `names` are not reported."""
+        return [truncation_warning(name, tokens.dropped, self.token_limit)
+                for name, tokens in zip(names, self.tokens, strict=False) if tokens.dropped]
+
 
 def encode_prompt_group(
     texts: Sequence[str],
@@ -325,6 +350,7 @@ def encode_prompt_group(
     eos: int = SD15_EOS,
     pad: int | None = None,
     max_chunks: int | None = None,
+    call_per_prompt: bool = False,
 ) -> PromptGroup:
     """Encode any number of prompts to conds of one length T (k = the longest prompt's chunk count).
 
@@ -333,7 +359,7 @@ def encode_prompt_group(
     max_chunks = resolve_max_chunks(mode, max_chunks)
     tokens = [tokenize_prompt(text, tokenize, mode=mode, max_chunks=max_chunks) for text in texts]
     chunked = chunk_prompt_tokens(tokens, bos=bos, eos=eos, pad=pad)
-    encoded = encode_chunks(chunked, encode, mode=mode)
+    encoded = encode_chunks(chunked, encode, mode=mode, call_per_prompt=call_per_prompt)
     return PromptGroup(
         encoded=tuple(encoded),
         tokens=tuple(tokens),
@@ -355,6 +381,7 @@ def encode_long_prompts(
     eos: int = SD15_EOS,
     pad: int | None = None,
     max_chunks: int | None = None,
+    call_per_prompt: bool = False,
 ) -> LongPromptResult:
     """Encode a positive and a negative prompt to conds of the same length T.
 
@@ -362,11 +389,13 @@ def encode_long_prompts(
     called once per weighted fragment); `encode(ids [n, 77]) -> (hidden [n, 77, C], pooled [n, C'])`; the mode
     ("llmga" training encoding, "lpw" official inference encoding); BOS/EOS/pad ids (pad None: EOS, what the
     SD1.5 tokenizer's pad_token_id is); max_chunks (None: 4 for llmga, 3 for lpw as cli-sd15.py; 4 matches the
-    official inpainting and editing pipelines). Output: LongPromptResult with conds [1, T, C], pooled [1, C'],
-    the dropped token counts and k.
+    official inpainting and editing pipelines); call_per_prompt (see `encode_chunks`: True for ComfyUI's CLIP, whose
+    pooled output is one per call). Output: LongPromptResult with conds [1, T, C], pooled [1, C'], the dropped token
+    counts and k.
     """
     group = encode_prompt_group(
-        (positive, negative), tokenize, encode, mode=mode, bos=bos, eos=eos, pad=pad, max_chunks=max_chunks
+        (positive, negative), tokenize, encode, mode=mode, bos=bos, eos=eos, pad=pad, max_chunks=max_chunks,
+        call_per_prompt=call_per_prompt,
     )
     return LongPromptResult(
         positive=group.encoded[0],
