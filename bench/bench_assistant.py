@@ -50,20 +50,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def run_assistant(assistant: Assistant, tokens: int) -> tuple[float, float, int]:
-    history = assistant.new_history()
-    message = assistant.user_message("text_to_image", "a red fox in deep snow", history, False)
     first: list[float] = []
     start = time.perf_counter()
-    reply = assistant.reply(history, message, settings=GenerationSettings(max_new_tokens=tokens, temperature=0.0),
-                            on_text=lambda _: first or first.append(time.perf_counter()))
+    reply = assistant.ask(assistant.new_history(), "text_to_image", "a red fox in deep snow",
+                          settings=GenerationSettings(max_new_tokens=tokens, temperature=0.0, seed=0),
+                          on_text=lambda _: first or first.append(time.perf_counter()))
     total = time.perf_counter() - start
     return (first[0] - start) if first else total, total, reply.new_tokens
 
 
 def run_base(assistant: Assistant, tokens: int) -> tuple[float, float, int]:
-    history = assistant.new_history()
-    message = assistant.user_message("text_to_image", "a red fox in deep snow", history, False)
-    ids = tokenize_with_image(assistant.template.render([(message, None)]), assistant.tokenizer)
+    turn = assistant.turn(assistant.new_history(), "text_to_image", "a red fox in deep snow", phrasing_seed=0)
+    ids = tokenize_with_image(assistant.template.render([(turn.message, None)]), assistant.tokenizer)
     model = assistant.loaded.model.language_model
     streamer = FirstToken()
     start = time.perf_counter()
