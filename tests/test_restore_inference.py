@@ -204,6 +204,25 @@ def test_feathering_does_not_fade_at_the_picture_border():
     assert torch.equal(blend[0, :, 15], torch.ones(16)) and blend[0, 5, 10] == pytest.approx(0.25)
 
 
+def max_filter(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """[B,1,H,W] -> its (2r+1)² square max filter, outside the picture ignored (max pooling pads with -inf)."""
+    return F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)
+
+
+@pytest.mark.parametrize(("dilate", "feather"), [(1, 0), (6, 0), (0, 3), (5, 4), (40, 2)])
+def test_grow_mask_is_a_max_filter_then_eroded_rings(dilate, feather):
+    """kornia's geodesic dilation and erosion give exactly the square max filter and, per feather ring, its dual."""
+    mask = (torch.rand(2, 45, 67, generator=torch.Generator().manual_seed(dilate)) > 0.99).float()
+    mask[1, :, -3:] = 1  # a band at the border, which erosion must not fade
+    region, blend = grow_mask(mask, dilate, feather)
+    expected_region = max_filter(mask[:, None], dilate)
+    inside, total = expected_region, expected_region
+    for _ in range(feather):
+        inside = 1 - max_filter(1 - inside, 1)
+        total = total + inside
+    assert torch.equal(region, expected_region[:, 0]) and torch.equal(blend, (total / (feather + 1))[:, 0])
+
+
 def test_dilate_and_feather_keep_pixels_outside_the_region_exact(tiny):
     generated, reference, mask = pictures(64, 64)
     restored = restore_image(tiny[1], generated, reference, mask, dilate=3, feather=3)

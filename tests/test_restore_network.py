@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from llmga.restore.checkpoint import DiffRIRLoadError, hyper_from_state_dict, load_diffrir, save_diffrir
+from llmga.restore.dirformer import ChannelLayerNorm
 from llmga.restore.network import DiffRIR, initial_noise
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -146,6 +147,20 @@ def test_scale_sets_channels_padding_and_output_size(scale: int, channels: int, 
     x = torch.rand(2, channels, multiple, 2 * multiple)
     with torch.no_grad():
         assert model(x, initial_noise(2, 0)).shape == (2, 3, multiple * scale, 2 * multiple * scale)
+
+
+def test_layer_norm_is_the_official_to_3d_then_to_4d() -> None:
+    """Tokens in (h w) order normalised over channels, returned as a channels-last view: the layout the next conv
+    reads in the official code (a copy in NCHW would round that conv differently)."""
+    norm = ChannelLayerNorm(8)
+    norm.body.weight.data = torch.rand(8, generator=torch.Generator().manual_seed(2)) + 0.5
+    x = torch.rand(2, 8, 5, 7, generator=torch.Generator().manual_seed(3))
+    tokens = x.permute(0, 2, 3, 1).reshape(2, 35, 8)
+    scaled = tokens / torch.sqrt(tokens.var(-1, keepdim=True, unbiased=False) + 1e-5) * norm.body.weight
+    expected = scaled.reshape(2, 5, 7, 8).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        out = norm(x)
+    assert torch.equal(out, expected) and out.stride() == expected.stride()
 
 
 def test_unsupported_scale_is_refused() -> None:
