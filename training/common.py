@@ -1,20 +1,9 @@
-"""What every trainer in `training/` shares: config files, the Accelerator and its logs, seeding, per-step random
-generators, epoch-ordered sampling, checkpoints and resuming, the progress bar.
+"""What every trainer in `training/` shares: config files and the command line, the Accelerator and its logs,
+seeding, per-sample random generators and epoch-ordered sampling. The optimizer-step loop, checkpoints and resuming
+are `training/loop.py`.
 
-A trainer reads top to bottom (diffusers' examples/text_to_image/train_text_to_image.py is the model):
-
-    config = load_config(path, MyConfig)                       # YAML or JSON -> dataclass, clear errors
-    accelerator = make_accelerator(config, "my_run")           # mixed precision, accumulation, logs
-    ...models, optimizer, EpochShuffleSampler + DataLoader, accelerator.prepare(...)
-    step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
-    epoch, skip = data_position(step, steps_per_epoch, config.gradient_accumulation_steps)
-    for batch in epoch_batches(accelerator, dataloader, epoch, skip, sampler, dataset): ...
-        generator = step_generator(config.seed, accelerator.process_index, step, micro_step, accelerator.device)
-        ... save_checkpoint(accelerator, config.output_dir, step, config.checkpoints_total_limit)
-
-Resuming is exact: `accelerator.save_state` keeps model, optimizer, scheduler and registered objects (EMA); the data
-order and per-sample augmentation depend only on (seed, epoch, index), and the noise of each step only on
-(seed, process, step, micro-step), so a resumed run draws what the uninterrupted run would have drawn.
+    config = load_config(path, MyConfig)           # YAML or JSON -> dataclass, clear errors (run_cli does this)
+    accelerator = make_accelerator(config, name)   # mixed precision, accumulation, logs (TrainingRun does this)
 """
 
 from __future__ import annotations
@@ -24,10 +13,9 @@ import contextlib
 import dataclasses
 import importlib.util
 import json
-import shutil
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -37,10 +25,11 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import Dataset, Sampler
-from tqdm.auto import tqdm
+
+from llmga.errors import run_reporting
+from llmga.files import append_jsonl
 
 ConfigT = TypeVar("ConfigT")
-CHECKPOINT_PREFIX = "checkpoint-"
 LOG_FILE = "train.jsonl"
 
 
@@ -181,19 +170,20 @@ def load_config(path: str | Path, config_type: type[ConfigT], overrides: Mapping
 
 
 def run_cli(description: str, config_type: type[ConfigT], train: Callable[[ConfigT], Any],
-            argv: Sequence[str] | None = None) -> None:
-    """A trainer's command line: `--config FILE [--set key=value ...]`; a bad config or missing data exits with
-    "error: <what to fix>" instead of a stack trace."""
-    from .data.datasets import DataError
-
+            argv: Sequence[str] | None, out_of_memory_hint: str) -> int:
+    """A trainer's command line: `--config FILE [--set key=value ...]`. Returns the exit status: 0 trained; 2 a bad
+    config, missing data or another request that cannot be served, reported as one line `error: <what to fix>`
+    (`llmga.errors.run_reporting`, as every command line of the pack); 130 Ctrl-C."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help=f"YAML or JSON file with {config_type.__name__} keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         train(load_config(args.config, config_type, parse_overrides(args.set)))
-    except (ConfigError, DataError) as error:
-        raise SystemExit(f"error: {error}") from None
+        return 0
+
+    return run_reporting(body, out_of_memory_hint)
 
 
 # --- accelerator, logging, seeding --------------------------------------------------------------------------------
@@ -206,8 +196,9 @@ class AcceleratorSettings(Protocol):
 
 
 class JsonlTracker(GeneralTracker):
-    """An accelerate tracker that appends one JSON object per `log` call to a file (the config first). Always on,
-    so every run leaves a machine-readable log even without tensorboard."""
+    """An accelerate tracker that appends one JSON object per `log` call to a file (the config first; values are
+    numbers, strings and bools). Always on, so every run leaves a machine-readable log even without tensorboard;
+    `llmga.files.read_jsonl` reads it back (a row torn by a killed run is skipped)."""
 
     name = "jsonl"
     requires_logging_directory = False
@@ -221,16 +212,11 @@ class JsonlTracker(GeneralTracker):
     def tracker(self) -> Path:
         return self.path
 
-    def _write(self, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
-
     def store_init_configuration(self, values: dict[str, Any]) -> None:
-        self._write({"config": values})
+        append_jsonl(self.path, [{"config": values}])
 
     def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
-        self._write({"step": step, **values})
+        append_jsonl(self.path, [{"step": step, **values}])
 
 
 def make_accelerator(config: AcceleratorSettings, run_name: str) -> Accelerator:
@@ -255,15 +241,9 @@ def make_accelerator(config: AcceleratorSettings, run_name: str) -> Accelerator:
 
 
 def seed_everything(seed: int, accelerator: Accelerator) -> None:
-    """Seed python, numpy and torch, differently on each process (the trainers' own draws use `step_generator`)."""
+    """Seed python, numpy and torch, differently on each process (the trainers' own draws use `sample_rng` and
+    `loop.step_generator`)."""
     set_seed(seed + accelerator.process_index)
-
-
-def step_generator(seed: int, process_index: int, step: int, micro_step: int, device: torch.device) -> torch.Generator:
-    """The generator for one micro-step's random draws (noise, timesteps, VAE sampling): a function of its
-    arguments only, so a resumed run draws exactly what the uninterrupted run drew."""
-    mixed = np.random.SeedSequence([seed, process_index, step, micro_step]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device=device).manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -276,11 +256,6 @@ def frozen_model_context(accelerator: Accelerator) -> contextlib.AbstractContext
     partitioned, since only the trained model goes through `accelerator.prepare`."""
     plugin = accelerator.state.deepspeed_plugin
     return plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
-
-
-def progress_bar(accelerator: Accelerator, total: int, initial: int) -> tqdm:
-    """A step counter shown by the main process of each machine only."""
-    return tqdm(total=total, initial=initial, desc="steps", disable=not accelerator.is_local_main_process)
 
 
 # --- data order ---------------------------------------------------------------------------------------------------
@@ -316,76 +291,3 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-def data_position(step: int, steps_per_epoch: int, gradient_accumulation_steps: int) -> tuple[int, int]:
-    """(epoch, batches of that epoch already consumed) after `step` optimizer steps."""
-    epoch, step_in_epoch = divmod(step, steps_per_epoch)
-    return epoch, step_in_epoch * gradient_accumulation_steps
-
-
-def epoch_batches(accelerator: Accelerator, dataloader: Any, epoch: int, skip: int,
-                  epoch_aware: Iterable[Any] = ()) -> Iterable[Any]:
-    """The prepared dataloader's batches of `epoch`, without its first `skip` ones (not loaded, only skipped in the
-    sampler). `epoch_aware` objects (sampler, dataset) get `set_epoch(epoch)` first."""
-    for item in epoch_aware:
-        item.set_epoch(epoch)
-    dataloader.set_epoch(epoch)
-    return accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-
-
-# --- checkpoints --------------------------------------------------------------------------------------------------
-
-
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """output_dir/checkpoint-<step> folders, oldest step first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=checkpoint_step)
-
-
-def checkpoint_step(path: str | Path) -> int:
-    """The step in a checkpoint folder's name (checkpoint-2000 -> 2000)."""
-    name = Path(path).name
-    if not name.startswith(CHECKPOINT_PREFIX) or not name[len(CHECKPOINT_PREFIX):].isdigit():
-        raise ConfigError(f"{path} is not a checkpoint folder: its name must be {CHECKPOINT_PREFIX}<step>")
-    return int(name[len(CHECKPOINT_PREFIX):])
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, step: int, total_limit: int | None) -> Path:
-    """`accelerator.save_state` into output_dir/checkpoint-<step> (call on every process), keeping at most
-    `total_limit` checkpoints (the oldest are removed first; None keeps all)."""
-    if accelerator.is_main_process and total_limit is not None:
-        existing = checkpoint_dirs(output_dir)
-        for old in existing[: max(0, len(existing) - total_limit + 1)]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    path = Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
-    return path
-
-
-def resume_checkpoint(accelerator: Accelerator, output_dir: str | Path, resume: str | None) -> int:
-    """Load a checkpoint and return its step (0 when starting fresh).
-
-    resume: None (start fresh), "latest" (the newest checkpoint in output_dir, or start fresh when there is none),
-    or the path of a checkpoint-<step> folder (an error when missing).
-    """
-    if resume is None:
-        return 0
-    if resume == "latest":
-        found = checkpoint_dirs(output_dir)
-        if not found:
-            return 0
-        path = found[-1]
-    else:
-        path = Path(resume)
-        if not path.is_dir():
-            raise ConfigError(f"resume_from_checkpoint {resume} is not a folder: give a checkpoint-<step> folder, "
-                              "'latest', or null to start fresh")
-    step = checkpoint_step(path)
-    accelerator.load_state(str(path))
-    accelerator.print(f"resumed from {path} at step {step}")
-    return step

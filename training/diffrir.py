@@ -36,8 +36,7 @@ share parameters and the network is small).
 from __future__ import annotations
 
 import copy
-import math
-import time
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,25 +45,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedType
-from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from llmga.files import save_torch_atomic
+from llmga.images import pil_to_tensor
 from llmga.restore.checkpoint import DiffRIRLoadError, read_state_dict
 from llmga.restore.degradations import MIN_SIZE, Y_BIAS, Y_ERROR_S1, Y_ERROR_S2, DegradationParams
 from llmga.restore.network import SCALES, TRANSFORMER_MULTIPLE, DiffRIR
 from llmga.restore.s1 import DiffRIRS1, init_s2_from_s1
 from llmga.restore.training import (
-    ENCODER_ITERS,
-    GAMMA_ENCODER,
-    GAMMA_SR,
     GT_SIZE,
-    LR_DECAY_ENCODER,
-    LR_DECAY_SR,
-    LR_ENCODER,
-    LR_SR,
     QUEUE_SIZE,
+    S2_SCHEDULE,
     S2Schedule,
+    StepDecay,
     TrainingPairPool,
     build_pair,
     s1_loss,
@@ -75,23 +70,11 @@ from llmga.restore.training import (
     synthesize_training_batch,
 )
 
-from .common import (
-    ConfigError,
-    EpochDataset,
-    EpochShuffleSampler,
-    data_position,
-    epoch_batches,
-    make_accelerator,
-    progress_bar,
-    resume_checkpoint,
-    run_cli,
-    sample_rng,
-    save_checkpoint,
-    seed_everything,
-    step_generator,
-)
-from .data.datasets import IMAGE_EXTENSIONS, DataError
+from . import loop
+from .common import ConfigError, EpochDataset, EpochShuffleSampler, run_cli, sample_rng
+from .data.datasets import IMAGE_EXTENSIONS, DataError, open_training_image
 from .data.masks import DIFFRIR_MASKS, MaskGenerator
+from .loop import MicroStep, TrainingRun
 
 CROP_SIZE = 400  # diffrir_y_mask_dataset.py: crop_pad_size, "400 is hard-coded"
 S1_ITERS, S1_MILESTONES = 400_000, [200_000, 300_000]  # train_DiffRIRS1_x1.yml (x2/x4: 1M, [500k, 700k])
@@ -136,13 +119,13 @@ class DiffRIRConfig:
     lr_gamma: float = 0.5
     # s2: train_DiffRIRS2_x1.yml encoder_iter, lr_encoder, gamma_encoder, lr_decay_encoder, lr_sr, gamma_sr,
     # lr_decay_sr (the MultiStepLR it also configures is overridden by these every iteration); ema_decay
-    encoder_iters: int = ENCODER_ITERS
-    lr_encoder: float = LR_ENCODER
-    gamma_encoder: float = GAMMA_ENCODER
-    lr_decay_encoder: int = LR_DECAY_ENCODER
-    lr_sr: float = LR_SR
-    gamma_sr: float = GAMMA_SR
-    lr_decay_sr: int = LR_DECAY_SR
+    encoder_iters: int = S2_SCHEDULE.encoder_iters
+    lr_encoder: float = S2_SCHEDULE.encoder.lr
+    gamma_encoder: float = S2_SCHEDULE.encoder.gamma
+    lr_decay_encoder: int = S2_SCHEDULE.encoder.every
+    lr_sr: float = S2_SCHEDULE.sr.lr
+    gamma_sr: float = S2_SCHEDULE.sr.gamma
+    lr_decay_sr: int = S2_SCHEDULE.sr.every
     ema_decay: float = 0.999
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: what `accelerate launch` says (official fp32)
     allow_tf32: bool = True
@@ -206,8 +189,8 @@ class DiffRIRConfig:
                 "ffn_expansion_factor": self.ffn_expansion_factor, "n_encoder_res": self.n_encoder_res}
 
     def s2_schedule(self) -> S2Schedule:
-        return S2Schedule(self.encoder_iters, self.lr_encoder, self.gamma_encoder, self.lr_decay_encoder, self.lr_sr,
-                          self.gamma_sr, self.lr_decay_sr)
+        return S2Schedule(self.encoder_iters, StepDecay(self.lr_encoder, self.gamma_encoder, self.lr_decay_encoder),
+                          StepDecay(self.lr_sr, self.gamma_sr, self.lr_decay_sr))
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -253,12 +236,7 @@ class MaskedCropDataset(EpochDataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         rng = sample_rng(self.seed, self.epoch, index)
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path} is not a readable image ({error}): remove it from train_data") from error
+        pixels = pil_to_tensor(open_training_image(self.paths[index], "remove it from train_data"))[0].numpy()
         if self.use_hflip and rng.random() < 0.5:  # BasicSR augment: the flip comes before the pad/crop
             pixels = pixels[:, ::-1]
         pixels = pad_or_crop(pixels, self.crop_size, rng)
@@ -454,9 +432,7 @@ class S2Stage:
 
 
 @dataclass
-class TrainResult:
-    losses: list[float]  # per optimizer step of this run: the total loss, averaged over processes and accumulation
-    global_step: int
+class TrainResult(loop.TrainResult):
     weights: Path  # <output_dir>/<model_name>.pth
 
 
@@ -464,13 +440,11 @@ def train(config: DiffRIRConfig) -> TrainResult:
     """Train the configured stage and write `<output_dir>/<model_name>.pth` (see the module docstring)."""
     paths = find_images(config.train_data)
     s1_weights = read_s1_weights(config.s1_checkpoint) if config.stage == "s2" else None
-    accelerator = make_accelerator(config, f"diffrir_{config.stage}")
+    run = TrainingRun(config, f"diffrir_{config.stage}")
+    accelerator = run.accelerator
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("DiffRIR trains with DDP (accelerate's multi_gpu / single_gpu configs), not DeepSpeed or "
                           "FSDP: its 25M-parameter network fits every GPU")
-    seed_everything(config.seed, accelerator)
-    if config.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
     dataset = MaskedCropDataset(paths, config.crop_size, config.use_hflip, config.seed)
     sampler = EpochShuffleSampler(len(dataset), config.seed)
     # drop_last: the pool takes batches of one size only.
@@ -483,59 +457,28 @@ def train(config: DiffRIRConfig) -> TrainResult:
                         f"on each of {accelerator.num_processes} process(es): add images or lower train_batch_size")
     pool = TrainingPairPool(config.queue_size)
     accelerator.register_for_checkpointing(pool)
-    global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
+    run.resume()
 
-    accumulation = accelerator.gradient_accumulation_steps
-    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
-    first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
-    bar = progress_bar(accelerator, config.max_train_steps, global_step)
-    losses, terms, micro_step, started = [], {}, 0, time.perf_counter()
-    for epoch in range(first_epoch, math.ceil(config.max_train_steps / steps_per_epoch)):
-        if global_step >= config.max_train_steps:
-            break
-        batches = epoch_batches(accelerator, dataloader, epoch, skip if epoch == first_epoch else 0,
-                                (sampler, dataset))
-        for batch in batches:
-            with accelerator.accumulate(stage.model):
-                generator = step_generator(config.seed, accelerator.process_index, global_step, micro_step,
-                                           accelerator.device)
-                micro_step += 1
-                x, gt, mask = training_pair(batch, pool, config, generator)
-                step_terms, lr = stage.step(x, gt, mask, global_step, generator)
-                for name, value in step_terms.items():
-                    mean = accelerator.gather(value.float().reshape(1)).mean().item()
-                    terms[name] = terms.get(name, 0.0) + mean / accumulation
-            if not accelerator.sync_gradients:
-                continue
-            stage.after_step()
-            global_step += 1
-            total = terms["train_loss"]
-            seconds, started = time.perf_counter() - started, time.perf_counter()
-            accelerator.log({**terms, "lr": lr, "step_seconds": seconds,
-                             "samples": len(x) * accelerator.num_processes * accumulation}, step=global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}")
-            losses.append(total)
-            terms, micro_step = {}, 0
-            if global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
-                started = time.perf_counter()  # step_seconds times training, not checkpoint writes
-            if global_step >= config.max_train_steps:
-                break
-    bar.close()
-    accelerator.wait_for_everyone()
+    def micro_step(batch: dict[str, Tensor], generator: torch.Generator, step: int) -> MicroStep:
+        x, gt, mask = training_pair(batch, pool, config, generator)
+        terms, lr = stage.step(x, gt, mask, step, generator)
+        return MicroStep(terms, lr, len(x))
+
+    run.train(stage.model, dataloader, (sampler, dataset), config.max_train_steps, micro_step, stage.after_step)
     path = Path(config.output_dir) / f"{config.model_name}.pth"
-    if accelerator.is_main_process:
-        torch.save(stage.weights(), path)
-        accelerator.print(f"wrote the DiffRIR {config.stage.upper()} weights to {path}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(losses=losses, global_step=global_step, weights=path)
+
+    def write() -> str:
+        save_torch_atomic(stage.weights(), path)
+        return f"wrote the DiffRIR {config.stage.upper()} weights to {path}"
+
+    result = run.finish(write)
+    return TrainResult(result.losses, result.global_step, result.output_dir, path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    run_cli("Train DiffRIR (stage s1, then s2) for LLMGA's restoration step", DiffRIRConfig, train, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("Train DiffRIR (stage s1, then s2) for LLMGA's restoration step", DiffRIRConfig, train, argv,
+                   "lower train_batch_size (and queue_size with it)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

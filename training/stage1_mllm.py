@@ -39,7 +39,7 @@ import contextlib
 import json
 import math
 import random
-import time
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,25 +47,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel, PretrainedConfig
 from transformers import get_scheduler as hf_get_scheduler
 
+from llmga.devices import TORCH_DTYPES, mixed_precision_dtype
 from llmga.mllm.checkpoint import (
-    FAMILY_BY_ARCHITECTURE,
-    FAMILY_BY_MODEL_TYPE,
-    PROJECTOR_FILE,
+    LLAVA_MODEL_TYPE,
     PROJECTOR_PREFIX,
-    VISION_PREFIX,
     CheckpointError,
     LLMGACheckpoint,
     family_of,
+    llava_config,
     read_checkpoint,
     read_weight_file,
+    released_state_dict,
+    write_llmga_folder,
 )
 from llmga.mllm.loader import (
     CLIP_L_336,
@@ -79,19 +78,7 @@ from llmga.mllm.model import IGNORE_INDEX, LLMGAModel, build_projector
 from llmga.mllm.preprocess import ImageProcessing, pixel_values
 from llmga.mllm.templates import TEMPLATE_NAMES, get_template, template_for
 
-from .common import (
-    ConfigError,
-    EpochDataset,
-    EpochShuffleSampler,
-    data_position,
-    epoch_batches,
-    make_accelerator,
-    progress_bar,
-    resume_checkpoint,
-    run_cli,
-    save_checkpoint,
-    seed_everything,
-)
+from .common import ConfigError, EpochDataset, EpochShuffleSampler, run_cli
 from .data.conversations import (
     Conversation,
     chat_conversation,
@@ -104,35 +91,18 @@ from .data.conversations import (
 from .data.datasets import (
     DataError,
     load_training_image,
+    open_training_image,
     read_captioned_images,
     read_edit,
     read_sharegpt,
     read_t2i,
     read_user_captions,
 )
+from .loop import MicroStep, TrainingRun, TrainResult
 
-# The keys `initialize_vision_modules` / train.py add to the base config, as in every released config.json.
-LLAVA_KEYS = {
-    "mm_projector_type": "mlp2x_gelu",
-    "mm_vision_select_layer": -2,
-    "mm_vision_select_feature": "patch",
-    "mm_patch_merge_type": "flat",
-    "image_aspect_ratio": "resizesquare",
-    "mm_use_im_start_end": False,
-    "mm_use_im_patch_token": False,
-    "use_mm_proj": True,
-    "freeze_mm_mlp_adapter": False,
-    "mm_projector_lr": None,
-    "tokenizer_padding_side": "right",
-}
-# The released model_type / architecture of each base-LLM family (llava/model/language_model/*.py).
-LLAVA_MODEL_TYPE = {"llama": "llava_llama", "mistral": "llava_mistral", "qwen2": "llava_Qwen2", "phi3": "llava_Phi3",
-                    "gemma": "llava_gemma"}
-LLAVA_ARCHITECTURE = {family: name for name, family in FAMILY_BY_ARCHITECTURE.items()}
 # train.py: templates whose tokenizer gets pad = unk (the `else` branch); llama_3 gets the first reserved token.
 PAD_IS_UNK_TEMPLATES = ("v1", "llava_v1", "llava_llama_2", "mistral_instruct")
 LLAMA_3_PAD = "<|reserved_special_token_0|>"
-SAVE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DATA_KEYS = ("pretrain_data", "llava_data", "inpainting_data", "similar_image_data", "edit_data", "t2i_data")
 
 
@@ -302,7 +272,7 @@ class Stage1Dataset(EpochDataset):
             image = load_training_image(record.image) if has_image else None
             return chat_conversation(record.turns, has_image=has_image, task="chat"), image
         if item.kind == "pretrain":
-            return chat_conversation(record.turns, has_image=True, task="pretrain"), _open(record.image)
+            return chat_conversation(record.turns, has_image=True, task="pretrain"), open_training_image(record.image)
         image = load_training_image(record.image, crop=record.crop)
         if item.kind == "similar_image":
             return similar_image_conversation(record.caption, rng), image
@@ -319,14 +289,6 @@ class Stage1Dataset(EpochDataset):
             # pretrain.py ran the plain CLIP processor (centre crop); the fine-tuning data is square already.
             pixels = pixel_values(image, self.processing, stretch=self.records[index].kind != "pretrain")
         return {"input_ids": tokens.input_ids, "labels": tokens.labels, "pixel_values": pixels}
-
-
-def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as error:
-        raise DataError(f"{path}: cannot open image ({error}); check the image folder") from None
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -393,9 +355,9 @@ def _base_llm_config(folder: Path) -> tuple[PretrainedConfig, LLMGACheckpoint | 
         except CheckpointError as error:
             raise ConfigError(f"model_name_or_path: {error}") from error
         return checkpoint.base_config(), checkpoint
-    if raw.get("model_type") not in FAMILY_BY_MODEL_TYPE.values():
+    if raw.get("model_type") not in LLAVA_MODEL_TYPE:
         raise ConfigError(f"model_name_or_path {folder} is a {raw.get('model_type')!r} model; LLMGA is built on "
-                          f"{', '.join(sorted(set(FAMILY_BY_MODEL_TYPE.values())))} base LLMs")
+                          f"{', '.join(sorted(LLAVA_MODEL_TYPE))} base LLMs")
     return AutoConfig.from_pretrained(folder), None
 
 
@@ -484,84 +446,26 @@ def load_stage1_parts(config: Stage1Config) -> Stage1Parts:
 # --- writing the official folder -----------------------------------------------------------------------------------
 
 
-def official_state_dict(state: dict[str, torch.Tensor], tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
-    """Stage1Model state-dict keys -> the released keys: LLM keys as the base `XForCausalLM` (no lm_head when tied),
-    `model.mm_projector.*`, `model.vision_tower.vision_tower.vision_model.*`."""
-    official = {}
-    for key, value in state.items():
-        key = key.removeprefix("llmga.")
-        if key.startswith("language_model."):
-            name = key[len("language_model."):]
-            if tie_word_embeddings and name == "lm_head.weight":
-                continue
-            official[name] = value
-        elif key.startswith("projector."):
-            official[PROJECTOR_PREFIX + key[len("projector."):]] = value
-        elif key.startswith("vision_tower."):
-            name = key[len("vision_tower."):]
-            official[VISION_PREFIX + ("" if name.startswith("vision_model.") else "vision_model.") + name] = value
-    return official
-
-
-def llava_config(parts: Stage1Parts, config: Stage1Config, tune_mm_mlp_adapter: bool) -> dict[str, Any]:
-    """config.json of the written folder: the base LLM's config plus LLaVA's keys, as train.py leaves it."""
-    fields = parts.base_config.to_dict()
-    for key in ("architectures", "model_type", "_name_or_path", "transformers_version", "auto_map", "dtype"):
-        fields.pop(key, None)
-    return {
-        "architectures": [LLAVA_ARCHITECTURE[parts.family]],
-        "model_type": LLAVA_MODEL_TYPE[parts.family],
-        **fields,
-        **LLAVA_KEYS,
-        "mm_projector_type": config.mm_projector_type,
-        "mm_vision_select_layer": parts.model.select_layer,
-        "mm_vision_tower": parts.vision_tower_name,
-        "mm_hidden_size": parts.model.vision_tower.config.hidden_size,
-        "tune_mm_mlp_adapter": tune_mm_mlp_adapter,
-        "tokenizer_model_max_length": config.model_max_length,
-        "use_cache": True,
-        "torch_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.save_dtype],
-    }
-
-
-def write_llmga_folder(parts: Stage1Parts, config: Stage1Config, state: dict[str, torch.Tensor],
-                       output_dir: Path) -> None:
-    """Write the trained model in the official layout (see the module docstring) into output_dir."""
-    dtype = SAVE_DTYPES[config.save_dtype]
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if config.mode == "pretrain":
-        projector = {k: v.to(dtype).cpu() for k, v in official_state_dict(state, False).items()
-                     if k.startswith(PROJECTOR_PREFIX)}
-        torch.save(projector, output_dir / PROJECTOR_FILE)
-        (output_dir / "config.json").write_text(json.dumps(llava_config(parts, config, True), indent=2) + "\n")
-        return
-    weights = {k: v.to(dtype).contiguous().cpu()
-               for k, v in official_state_dict(state, parts.base_config.tie_word_embeddings).items()}
-    split = split_torch_state_dict_into_shards(weights, filename_pattern="model{suffix}.safetensors",
-                                               max_shard_size=config.max_shard_size)
-    for old in list(output_dir.glob("model*.safetensors")) + list(output_dir.glob("model.safetensors.index.json")):
-        old.unlink()
-    for filename, keys in split.filename_to_tensors.items():
-        save_file({key: weights[key] for key in keys}, str(output_dir / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())},
-                 "weight_map": split.tensor_to_filename}
-        (output_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (output_dir / "config.json").write_text(json.dumps(llava_config(parts, config, False), indent=2) + "\n")
-    parts.tokenizer.save_pretrained(output_dir)
-    generation = parts.model.language_model.generation_config
-    if generation is not None:
-        generation.save_pretrained(output_dir)
+def write_trained_folder(parts: Stage1Parts, config: Stage1Config, state: dict[str, torch.Tensor]) -> str:
+    """Write the trained model (`Stage1Model` state dict) into output_dir in the official layout
+    (`llmga.mllm.checkpoint.write_llmga_folder`): the full LLMGA folder, or for pretraining config.json +
+    mm_projector.bin. Returns what was written."""
+    pretrain = config.mode == "pretrain"
+    folder_config = llava_config(parts.base_config, vision_tower=parts.vision_tower_name,
+                                 vision_hidden_size=parts.model.vision_tower.config.hidden_size,
+                                 projector_type=config.mm_projector_type, select_layer=parts.model.select_layer,
+                                 model_max_length=config.model_max_length, tune_mm_mlp_adapter=pretrain)
+    model_state = {key.removeprefix("llmga."): value for key, value in state.items()}
+    write_llmga_folder(config.output_dir, folder_config,
+                       released_state_dict(model_state, parts.base_config.tie_word_embeddings),
+                       tokenizer=parts.tokenizer, generation_config=parts.model.language_model.generation_config,
+                       dtype=TORCH_DTYPES[config.save_dtype], max_shard_size=config.max_shard_size,
+                       projector_only=pretrain)
+    what = "mm_projector.bin" if pretrain else "the trained LLMGA folder"
+    return f"wrote {what} to {config.output_dir}"
 
 
 # --- training ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]  # per optimizer step of this run, averaged over processes and accumulation
-    global_step: int
-    output_dir: Path
 
 
 def enable_checkpointing(language_model: nn.Module) -> None:
@@ -585,20 +489,18 @@ def _trainable(model: LLMGAModel, mode: str) -> list[nn.Parameter]:
 def train(config: Stage1Config) -> TrainResult:
     """Train as configured and write the LLMGA folder (or, for pretraining, mm_projector.bin) to output_dir."""
     records = read_stage1_records(config)
-    accelerator = make_accelerator(config, "stage1_mllm")
-    seed_everything(config.seed, accelerator)
+    run = TrainingRun(config, "stage1_mllm")
+    accelerator = run.accelerator
     parts = load_stage1_parts(config)
     model = parts.model
-    if config.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
     parameters = _trainable(model, config.mode)
     model.language_model.config.use_cache = False
     if config.gradient_checkpointing:
         enable_checkpointing(model.language_model)
     model.language_model.train(config.mode == "finetune")
     model.projector.train()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    model.vision_tower.to(accelerator.device, weight_dtype)  # frozen: run in the mixed-precision dtype (train.py)
+    # The frozen vision tower runs in the mixed-precision dtype (train.py).
+    model.vision_tower.to(accelerator.device, mixed_precision_dtype(accelerator.mixed_precision))
     wrapper = Stage1Model(model, config.model_max_length, parts.processing.crop_size)
 
     dataset = Stage1Dataset(records, parts.tokenizer, parts.template, parts.processing, config)
@@ -607,9 +509,8 @@ def train(config: Stage1Config) -> TrainResult:
                             collate_fn=collate, num_workers=config.dataloader_num_workers)
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_epsilon, weight_decay=config.weight_decay)
-    accumulation = config.gradient_accumulation_steps
     batches_per_process = math.ceil(len(dataset) / (config.per_device_train_batch_size * accelerator.num_processes))
-    steps_per_epoch = math.ceil(batches_per_process / accumulation)
+    steps_per_epoch = math.ceil(batches_per_process / config.gradient_accumulation_steps)
     total_steps = config.max_train_steps or config.num_train_epochs * steps_per_epoch
     warmup = math.ceil(total_steps * config.warmup_ratio)
     # The prepared scheduler steps once per process per step, hence the factor (as stage 2 and diffusers do).
@@ -617,62 +518,30 @@ def train(config: Stage1Config) -> TrainResult:
                                     num_warmup_steps=warmup * accelerator.num_processes,
                                     num_training_steps=total_steps * accelerator.num_processes)
     wrapper, optimizer, dataloader, lr_scheduler = accelerator.prepare(wrapper, optimizer, dataloader, lr_scheduler)
-    global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
-    accumulation = accelerator.gradient_accumulation_steps  # a DeepSpeed config that sets it wins over ours
-    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
+    run.resume()
 
-    first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
-    bar = progress_bar(accelerator, total_steps, global_step)
-    losses, step_loss, started = [], 0.0, time.perf_counter()
-    step_tokens = 0
-    for epoch in range(first_epoch, math.ceil(total_steps / steps_per_epoch)):
-        if global_step >= total_steps:
-            break
-        batches = epoch_batches(accelerator, dataloader, epoch, skip if epoch == first_epoch else 0,
-                                (sampler, dataset))
-        for batch in batches:
-            with accelerator.accumulate(wrapper):
-                loss = wrapper(**batch)
-                step_loss += accelerator.gather(loss.detach().reshape(1)).mean().item() / accumulation
-                step_tokens += sum(len(ids) for ids in batch["input_ids"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            seconds, started = time.perf_counter() - started, time.perf_counter()
-            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_seconds": seconds,
-                             "samples": len(batch["input_ids"]) * accelerator.num_processes * accumulation,
-                             "text_tokens": step_tokens}, step=global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            losses.append(step_loss)
-            step_loss, step_tokens = 0.0, 0
-            if global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
-                started = time.perf_counter()
-            if global_step >= total_steps:
-                break
-    bar.close()
-    accelerator.wait_for_everyone()
+    def micro_step(batch: dict[str, Any], generator: torch.Generator, step: int) -> MicroStep:
+        loss = wrapper(**batch)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        return MicroStep({"train_loss": loss.detach()}, lr_scheduler.get_last_lr()[0], len(batch["input_ids"]),
+                         {"text_tokens": sum(len(ids) for ids in batch["input_ids"])})
+
+    run.train(wrapper, dataloader, (sampler, dataset), total_steps, micro_step)
     state = accelerator.get_state_dict(wrapper)
-    if accelerator.is_main_process:
-        model.language_model.config.use_cache = True
-        write_llmga_folder(parts, config, state, Path(config.output_dir))
-        what = "mm_projector.bin" if config.mode == "pretrain" else "the trained LLMGA folder"
-        accelerator.print(f"wrote {what} to {config.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(losses=losses, global_step=global_step, output_dir=Path(config.output_dir))
+    model.language_model.config.use_cache = True
+    return run.finish(lambda: write_trained_folder(parts, config, state))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    run_cli("LLMGA stage 1: projector pretraining or MLLM fine-tuning", Stage1Config, train, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("LLMGA stage 1: projector pretraining or MLLM fine-tuning", Stage1Config, train, argv,
+                   "lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global batch) "
+                   "or set gradient_checkpointing: true")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,10 +25,7 @@ datasets.py); random draws come from per-sample / per-step generators so resumin
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import shutil
-import time
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DistributedType, init_empty_weights
+from accelerate import Accelerator, DistributedType
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
@@ -45,28 +42,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from llmga.devices import mixed_precision_dtype
+from llmga.images import pil_to_tensor
 from llmga.prompt.clip_binding import TransformersCLIP
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
+from llmga.sd.loading import write_sd15_folder
 from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
 
-from .common import (
-    ConfigError,
-    EpochDataset,
-    EpochShuffleSampler,
-    data_position,
-    epoch_batches,
-    frozen_model_context,
-    make_accelerator,
-    progress_bar,
-    resume_checkpoint,
-    run_cli,
-    sample_rng,
-    save_checkpoint,
-    seed_everything,
-    step_generator,
-)
-from .data.datasets import DataError, read_t2i, read_user_captions
+from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
+from .data.datasets import DataError, open_training_image, read_t2i, read_user_captions
 from .data.masks import MIXES, SD_INPAINT_MASKS, draw_mask
+from .loop import MicroStep, TrainingRun, TrainResult
 
 MaskFn = Callable[[int, int, np.random.Generator], np.ndarray]
 TASK_CHANNELS = {"t2i": T2I_CHANNELS, "inpaint": INPAINT_CHANNELS}
@@ -173,7 +159,7 @@ def image_tensor(image: Image.Image, resolution: int, center_crop: bool, flip: b
     image = image.crop((left, top, left + resolution, top + resolution))
     if flip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return pil_to_tensor(image)[0].permute(2, 0, 1) * 2.0 - 1.0
 
 
 def sd_mask_maker(mix_name: str) -> MaskFn:
@@ -206,8 +192,7 @@ class ImagePromptDataset(EpochDataset):
         path, prompt = self.rows[index]
         if rng.random() < c.caption_dropout:
             prompt = ""
-        with Image.open(path) as image:
-            pixels = image_tensor(image, c.resolution, c.center_crop, c.random_flip, rng)
+        pixels = image_tensor(open_training_image(path), c.resolution, c.center_crop, c.random_flip, rng)
         item = {"pixel_values": pixels, "prompt": prompt}
         if self.make_mask is not None:
             mask = np.asarray(self.make_mask(c.resolution, c.resolution, rng), dtype=np.float32)
@@ -305,32 +290,7 @@ def denoising_loss(parts: SDParts, unet: torch.nn.Module, batch: dict[str, Any],
     return (loss * weights).mean()
 
 
-def write_sd15_folder(base: str | Path, output_dir: str | Path, unet_config: dict[str, Any],
-                      state_dict: dict[str, torch.Tensor]) -> None:
-    """output_dir = the base folder's pipeline parts (model_index.json and every part it names, copied as they
-    are) with `unet/` written from `state_dict` (float32 safetensors)."""
-    base, output_dir = Path(base), Path(output_dir)
-    index = json.loads((base / "model_index.json").read_text())
-    shutil.copy2(base / "model_index.json", output_dir / "model_index.json")
-    for part in index:
-        if not part.startswith("_") and part != "unet" and (base / part).is_dir():
-            shutil.copytree(base / part, output_dir / part, dirs_exist_ok=True)
-    with init_empty_weights(include_buffers=False):
-        unet = UNet2DConditionModel.from_config(unet_config)
-    unet.load_state_dict({key: value.float().cpu() for key, value in state_dict.items()}, assign=True)
-    if (output_dir / "unet").exists():
-        shutil.rmtree(output_dir / "unet")
-    unet.save_pretrained(output_dir / "unet")
-
-
 # --- training ------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]  # per optimizer step of this run, averaged over processes and accumulation
-    global_step: int
-    output_dir: Path
 
 
 def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
@@ -340,15 +300,15 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     unused for t2i.
     """
     rows = read_image_prompt_rows(config.train_data, config.image_root)
-    accelerator = make_accelerator(config, "stage2_sd")
+    run = TrainingRun(config, "stage2_sd")
+    accelerator = run.accelerator
     sharded = accelerator.distributed_type == DistributedType.FSDP or (
         accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3)
     if config.use_ema and sharded:
         raise ConfigError("use_ema needs the whole UNet on every process: use DDP or DeepSpeed ZeRO-2, or set "
                           "use_ema: false for ZeRO-3 / FSDP")
-    seed_everything(config.seed, accelerator)
     parts = load_sd_parts(config.pretrained_model, config.task, accelerator)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
     for frozen in (parts.vae, parts.text_encoder):
         frozen.requires_grad_(False)
         frozen.to(accelerator.device)
@@ -358,8 +318,6 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     unet.train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    if config.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel,
                    model_config=unet.config) if config.use_ema else None
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1,
@@ -377,68 +335,39 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    global_step = resume_checkpoint(accelerator, config.output_dir, config.resume_from_checkpoint)
+    run.resume()
     if ema is not None:
         ema.to(accelerator.device)  # load_state leaves the shadow weights on the CPU
 
-    accumulation = accelerator.gradient_accumulation_steps  # a DeepSpeed config that sets it wins over ours
-    steps_per_epoch = math.ceil(len(dataloader) / accumulation)
-    first_epoch, skip = data_position(global_step, steps_per_epoch, accumulation)
-    bar = progress_bar(accelerator, config.max_train_steps, global_step)
-    losses, step_loss, micro_step, started = [], 0.0, 0, time.perf_counter()
-    for epoch in range(first_epoch, math.ceil(config.max_train_steps / steps_per_epoch)):
-        if global_step >= config.max_train_steps:
-            break
-        batches = epoch_batches(accelerator, dataloader, epoch, skip if epoch == first_epoch else 0,
-                                (sampler, dataset))
-        for batch in batches:
-            with accelerator.accumulate(unet):
-                generator = step_generator(config.seed, accelerator.process_index, global_step, micro_step,
-                                           accelerator.device)
-                micro_step += 1
-                loss = denoising_loss(parts, unet, batch, config, generator)
-                step_loss += accelerator.gather(loss.detach().reshape(1)).mean().item() / accumulation
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(unet.parameters())
-            global_step += 1
-            seconds, started = time.perf_counter() - started, time.perf_counter()
-            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "step_seconds": seconds,
-                             "samples": len(batch["prompt"]) * accelerator.num_processes * accumulation},
-                            step=global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            losses.append(step_loss)
-            step_loss, micro_step = 0.0, 0
-            if global_step % config.checkpointing_steps == 0:
-                save_checkpoint(accelerator, config.output_dir, global_step, config.checkpoints_total_limit)
-                started = time.perf_counter()  # step_seconds times training, not checkpoint writes
-            if global_step >= config.max_train_steps:
-                break
-    bar.close()
-    accelerator.wait_for_everyone()
+    def micro_step(batch: dict[str, Any], generator: torch.Generator, step: int) -> MicroStep:
+        loss = denoising_loss(parts, unet, batch, config, generator)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(unet.parameters(), config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad()
+        return MicroStep({"train_loss": loss.detach()}, lr_scheduler.get_last_lr()[0], len(batch["prompt"]))
+
+    run.train(unet, dataloader, (sampler, dataset), config.max_train_steps, micro_step,
+              None if ema is None else lambda: ema.step(unet.parameters()))
     if ema is not None:
         ema.copy_to(accelerator.unwrap_model(unet).parameters())
     state_dict = accelerator.get_state_dict(unet)
-    if accelerator.is_main_process:
+
+    def write() -> str:
         write_sd15_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
                           state_dict)
-        accelerator.print(f"wrote the trained SD1.5 folder to {config.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return TrainResult(losses=losses, global_step=global_step, output_dir=Path(config.output_dir))
+        return f"wrote the trained SD1.5 folder to {config.output_dir}"
+
+    return run.finish(write)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    run_cli("LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts", Stage2Config, train, argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts", Stage2Config, train, argv,
+                   "lower train_batch_size (raise gradient_accumulation_steps to keep the batch) or set "
+                   "gradient_checkpointing: true")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,38 +1,40 @@
-"""Reading an official LLMGA checkpoint folder: its config, its family and its weights.
+"""The official LLMGA checkpoint folder, read and written here: its config, its family and its weights.
 
 An official folder is what `LlavaXForCausalLM.save_pretrained` wrote: `config.json` (the base LLM's config plus
 the LLaVA `mm_*` keys, `model_type` such as `llava_Qwen2`), one or more safetensors (or `.bin`) shards, and the
-tokenizer files. Weights are keyed as the base `XForCausalLM` (`model.layers.*`, `lm_head.weight`), plus
-`model.mm_projector.{0,2}.*` and, in released files, `model.vision_tower.vision_tower.vision_model.*`.
+tokenizer files. Weights are keyed as the base `XForCausalLM` (`model.layers.*`, `lm_head.weight`, left out when
+tied to the embeddings), plus `model.mm_projector.{0,2}.*` and, in released files, `model.vision_tower.vision_tower.
+vision_model.*`. Projector pretraining writes `config.json` + `mm_projector.bin` (`model.mm_projector.*`) instead.
+
+Reading: `read_checkpoint` (then `loader.load_llmga`). Writing: `llava_config` + `released_state_dict` +
+`write_llmga_folder`, which the stage-1 trainer uses, so a model trained here loads like a released one.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
-# LLaVA model_type / architectures of each family -> the transformers model_type of its base LLM
-# (llava/model/language_model/*.py register these names).
-FAMILY_BY_MODEL_TYPE = {
-    "llava_llama": "llama",
-    "llava_mistral": "mistral",
-    "llava_qwen2": "qwen2",
-    "llava_phi3": "phi3",
-    "llava_gemma": "gemma",
-}
-FAMILY_BY_ARCHITECTURE = {
-    "LlavaLlamaForCausalLM": "llama",
-    "LlavaMistralForCausalLM": "mistral",
-    "LlavaQwen2ForCausalLM": "qwen2",
-    "LlavaPhi3ForCausalLM": "phi3",
-    "LlavaGemmaForCausalLM": "gemma",
-}
+from ..devices import dtype_name
+from ..files import save_safetensors_atomic, save_torch_atomic, write_json_atomic
+
+# The transformers model_type of each base LLM -> the LLaVA model_type and architecture a released checkpoint of it
+# carries (llava/model/language_model/*.py register these names).
+LLAVA_MODEL_TYPE = {"llama": "llava_llama", "mistral": "llava_mistral", "qwen2": "llava_Qwen2", "phi3": "llava_Phi3",
+                    "gemma": "llava_gemma"}
+LLAVA_ARCHITECTURE = {"llama": "LlavaLlamaForCausalLM", "mistral": "LlavaMistralForCausalLM",
+                      "qwen2": "LlavaQwen2ForCausalLM", "phi3": "LlavaPhi3ForCausalLM",
+                      "gemma": "LlavaGemmaForCausalLM"}
+# Read back: a config's model_type (any case) or architecture -> the base LLM's model_type.
+FAMILY_BY_MODEL_TYPE = {name.lower(): family for family, name in LLAVA_MODEL_TYPE.items()}
+FAMILY_BY_ARCHITECTURE = {name: family for family, name in LLAVA_ARCHITECTURE.items()}
 VISION_PREFIX = "model.vision_tower.vision_tower."
 # What LLaVA's projector pretraining saves (train.py safe_save_model_for_hf_trainer with tune_mm_mlp_adapter).
 PROJECTOR_FILE = "mm_projector.bin"
@@ -41,6 +43,22 @@ PROJECTOR_PREFIX = "model.mm_projector."
 LLAVA_CONFIG_KEYS = ("mm_", "image_aspect_ratio", "tokenizer_model_max_length", "tokenizer_padding_side",
                      "use_mm_proj", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower",
                      "image_grid_pinpoints")
+# Keys of a config.json that describe the file, not the model: left out of the base config either way.
+FILE_CONFIG_KEYS = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
+# The values `initialize_vision_modules` / train.py give LLaVA's keys in every released config.json.
+LLAVA_KEYS = {
+    "mm_projector_type": "mlp2x_gelu",
+    "mm_vision_select_layer": -2,
+    "mm_vision_select_feature": "patch",
+    "mm_patch_merge_type": "flat",
+    "image_aspect_ratio": "resizesquare",
+    "mm_use_im_start_end": False,
+    "mm_use_im_patch_token": False,
+    "use_mm_proj": True,
+    "freeze_mm_mlp_adapter": False,
+    "mm_projector_lr": None,
+    "tokenizer_padding_side": "right",
+}
 
 
 class CheckpointError(ValueError):
@@ -71,8 +89,8 @@ class LLMGACheckpoint:
         transformers renames "su" to "longrope" only after it gathered the longrope fields, and then fails, so the
         rename happens here first. The rope itself is the same.
         """
-        drop = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
-        fields = {k: v for k, v in self.config.items() if k not in drop and not k.startswith(LLAVA_CONFIG_KEYS)}
+        fields = {k: v for k, v in self.config.items()
+                  if k not in FILE_CONFIG_KEYS and not k.startswith(LLAVA_CONFIG_KEYS)}
         rope_scaling = fields.get("rope_scaling")
         if isinstance(rope_scaling, dict) and rope_scaling.get("type") == "su":
             fields["rope_scaling"] = {**rope_scaling, "type": "longrope"}
@@ -184,3 +202,100 @@ def read_weight_file(file: Path, prefixes: tuple[str, ...] | None = None) -> Ite
     except (SafetensorError, OSError, RuntimeError, EOFError) as error:
         raise CheckpointError(f"cannot read weight file {file} ({error}): it is damaged or incomplete; "
                               "download it again") from error
+
+
+# --- writing ---------------------------------------------------------------------------------------------------------
+
+
+def released_state_dict(model_state: Mapping[str, torch.Tensor], tie_word_embeddings: bool) -> dict[str, torch.Tensor]:
+    """An `LLMGAModel` state dict (`language_model.*`, `projector.*`, `vision_tower.*`) -> the released keys: the LLM
+    keyed as the base `XForCausalLM` (no `lm_head.weight` when tied), `model.mm_projector.*`, and
+    `model.vision_tower.vision_tower.vision_model.*` (whether or not this transformers' CLIP module has that prefix)."""
+    released = {}
+    for key, value in model_state.items():
+        if key.startswith("language_model."):
+            name = key.removeprefix("language_model.")
+            if not (tie_word_embeddings and name == "lm_head.weight"):
+                released[name] = value
+        elif key.startswith("projector."):
+            released[PROJECTOR_PREFIX + key.removeprefix("projector.")] = value
+        elif key.startswith("vision_tower."):
+            name = key.removeprefix("vision_tower.")
+            released[VISION_PREFIX + ("" if name.startswith("vision_model.") else "vision_model.") + name] = value
+    return released
+
+
+def llava_config(base_config: PretrainedConfig, *, vision_tower: str, vision_hidden_size: int,
+                 projector_type: str = LLAVA_KEYS["mm_projector_type"],
+                 select_layer: int = LLAVA_KEYS["mm_vision_select_layer"], model_max_length: int = 2048,
+                 tune_mm_mlp_adapter: bool = False) -> dict[str, Any]:
+    """config.json of an LLMGA folder as train.py leaves it: the base LLM's config (model_type / architectures made
+    LLaVA's), LLaVA's keys, the vision tower's name and width. `write_llmga_folder` adds `torch_dtype`.
+
+    vision_tower: the name config.json records (`mm_vision_tower`: a hub id or a folder). model_max_length: the
+    training's --model_max_length. tune_mm_mlp_adapter: True for a projector-pretraining folder.
+    """
+    family = base_config.model_type
+    if family not in LLAVA_MODEL_TYPE:
+        raise CheckpointError(f"LLMGA is built on {', '.join(LLAVA_MODEL_TYPE)} base LLMs, not {family!r}")
+    fields = {key: value for key, value in base_config.to_dict().items() if key not in (*FILE_CONFIG_KEYS, "dtype")}
+    return {
+        "architectures": [LLAVA_ARCHITECTURE[family]],
+        "model_type": LLAVA_MODEL_TYPE[family],
+        **fields,
+        **LLAVA_KEYS,
+        "mm_projector_type": projector_type,
+        "mm_vision_select_layer": select_layer,
+        "mm_vision_tower": vision_tower,
+        "mm_hidden_size": vision_hidden_size,
+        "tune_mm_mlp_adapter": tune_mm_mlp_adapter,
+        "tokenizer_model_max_length": model_max_length,
+        "use_cache": True,
+    }
+
+
+def write_llmga_folder(path: str | Path, config: Mapping[str, Any], weights: Mapping[str, torch.Tensor], *,
+                       tokenizer=None, generation_config=None, dtype: torch.dtype = torch.bfloat16,
+                       max_shard_size: str = "5GB", projector_only: bool = False) -> None:
+    """Write an official LLMGA folder into `path`, which `read_checkpoint(path)` / `load_llmga(path)` read back.
+
+    config: from `llava_config` (`torch_dtype` is set to `dtype`). weights: released keys (`released_state_dict`),
+    stored in `dtype` as safetensors shards of at most `max_shard_size` (with model.safetensors.index.json when there
+    are several). tokenizer / generation_config: saved beside them with their own `save_pretrained`.
+    projector_only: write projector pretraining's folder instead, config.json + mm_projector.bin (only the
+    `model.mm_projector.*` weights), which `read_checkpoint(path, projector_only=True)` reads.
+
+    Other files in `path` stay (a trainer's checkpoints and logs). config.json, what makes the folder a checkpoint,
+    is removed first and written last, and every weight file is written atomically, so an interrupted write never
+    leaves a folder that reads as a complete checkpoint.
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").unlink(missing_ok=True)
+    if projector_only:
+        save_torch_atomic({key: value.to(dtype).cpu() for key, value in weights.items()
+                           if key.startswith(PROJECTOR_PREFIX)}, folder / PROJECTOR_FILE)
+    else:
+        _write_shards(folder, {key: value.to(dtype).contiguous().cpu() for key, value in weights.items()},
+                      max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        if generation_config is not None:
+            generation_config.save_pretrained(folder)
+    write_json_atomic(folder / "config.json", {**config, "torch_dtype": dtype_name(dtype)})
+
+
+def _write_shards(folder: Path, weights: dict[str, torch.Tensor], max_shard_size: str) -> None:
+    """model.safetensors, or model-0000i-of-0000n.safetensors + the index, replacing the shards of an earlier write."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    for old in [*folder.glob("model*.safetensors"), *folder.glob("model.safetensors.index.json")]:
+        old.unlink()
+    split = split_torch_state_dict_into_shards(weights, filename_pattern="model{suffix}.safetensors",
+                                               max_shard_size=max_shard_size)
+    for filename, keys in split.filename_to_tensors.items():
+        save_safetensors_atomic({key: weights[key] for key in keys}, folder / filename, metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())},
+                 "weight_map": split.tensor_to_filename}
+        write_json_atomic(folder / "model.safetensors.index.json", index)

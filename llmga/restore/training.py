@@ -159,16 +159,26 @@ def s2_training_prior(s2: DiffRIR, x: Tensor, z_s1: Tensor, generator: torch.Gen
 
 
 @dataclass(frozen=True)
+class StepDecay:
+    """BasicSR's step decay: the learning rate `lr · gamma^⌊iteration / every⌋`."""
+
+    lr: float
+    gamma: float
+    every: int
+
+    def at(self, iteration: int) -> float:
+        return self.lr * self.gamma ** (iteration // self.every)
+
+
+@dataclass(frozen=True)
 class S2Schedule:
-    """The two phases of stage 2 and their learning rates (defaults: train_DiffRIRS2_x1.yml, see the constants)."""
+    """The two phases of stage 2 and their learning rates (defaults: train_DiffRIRS2_x1.yml, see the constants):
+    phase a (iteration < encoder_iters) trains CPEN_S2 + denoiser at `encoder`, phase b all of S2 at `sr`, counted
+    from the start of phase b."""
 
     encoder_iters: int = ENCODER_ITERS
-    lr_encoder: float = LR_ENCODER
-    gamma_encoder: float = GAMMA_ENCODER
-    lr_decay_encoder: int = LR_DECAY_ENCODER
-    lr_sr: float = LR_SR
-    gamma_sr: float = GAMMA_SR
-    lr_decay_sr: int = LR_DECAY_SR
+    encoder: StepDecay = StepDecay(LR_ENCODER, GAMMA_ENCODER, LR_DECAY_ENCODER)
+    sr: StepDecay = StepDecay(LR_SR, GAMMA_SR, LR_DECAY_SR)
 
     def encoder_phase(self, iteration: int) -> bool:
         """True in phase a, where only CPEN_S2 + denoiser train (`s2_encoder_losses`)."""
@@ -182,10 +192,9 @@ def s2_learning_rate(iteration: int, schedule: S2Schedule = S2_SCHEDULE) -> floa
     """The stage-2 learning rate at `iteration` (0-based), set by hand each step: phase a (< encoder_iters, the
     CPEN_S2 + denoiser optimiser) 2e-4·0.1^⌊it/60k⌋; phase b (all of S2) 2e-4·0.5^⌊(it-100k)/600k⌋ (official
     values; `schedule` changes them)."""
-    s = schedule
-    if s.encoder_phase(iteration):
-        return s.lr_encoder * s.gamma_encoder ** (iteration // s.lr_decay_encoder)
-    return s.lr_sr * s.gamma_sr ** ((iteration - s.encoder_iters) // s.lr_decay_sr)
+    if schedule.encoder_phase(iteration):
+        return schedule.encoder.at(iteration)
+    return schedule.sr.at(iteration - schedule.encoder_iters)
 
 
 def s1_loss(output: Tensor, gt: Tensor) -> Tensor:

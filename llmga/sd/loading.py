@@ -1,16 +1,19 @@
-"""Read Stable Diffusion 1.5 weights for loading, with clear errors for anything that is not a complete SD1.5 model.
+"""Stable Diffusion 1.5 weights on disk: read for loading, with clear errors for anything that is not a complete SD1.5
+model, and the diffusers folder written.
 
 `read_sd15_folder` turns a diffusers SD1.5 folder (model_index.json, unet/, vae/, text_encoder/) into the
 single-file SD1.5 state dict (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`), so any
 loader of original checkpoints can take it. `check_sd15_single_file` inspects a single-file checkpoint from its
 safetensors header alone. Both raise `SD15LoadError` for a missing or truncated file, a missing part, or a model
-of another family (SD2, SDXL), naming what is wrong and what to do.
+of another family (SD2, SDXL), naming what is wrong and what to do. `write_sd15_folder` writes a diffusers folder
+with a new UNet (what the stage-2 trainer produces), which these readers and diffusers load.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from ..files import atomic_folder, write_bytes_atomic
 from .convert import StateDict, sd15_single_file_state_dict
 
 SD15_CONTEXT_DIM = 768  # CLIP ViT-L/14 text width: the UNet's cross-attention input
@@ -41,7 +45,7 @@ _FITS = "the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2 an
 _REFETCH = "download the model again (an interrupted download leaves files missing or cut short)"
 
 
-class SD15LoadError(Exception):
+class SD15LoadError(ValueError):
     """A model could not be read as SD1.5; the message says what is wrong and what to do."""
 
 
@@ -208,3 +212,33 @@ def read_sd15_folder(path: str | Path) -> StateDict:
         raise _not_sd15(folder, f"not an SD1.5 model ({error.args[0]})") from error
     _check_sd15_layout(folder, {key: value.shape for key, value in state_dict.items()})
     return state_dict
+
+
+def write_sd15_folder(base: str | Path, path: str | Path, unet_config: Mapping[str, Any],
+                      unet_state: Mapping[str, Tensor]) -> None:
+    """Write a diffusers SD1.5 folder into `path`: the pipeline parts of the `base` folder (model_index.json and every
+    part it names, copied as they are) with `unet/` built from `unet_config` and `unet_state` (diffusers
+    UNet2DConditionModel keys; stored as float32 safetensors). `read_sd15_folder(path)` and diffusers read it back.
+
+    Other files in `path` stay (a trainer's checkpoints and logs). The old unet/ and model_index.json go first, each
+    part is built in a temporary folder and renamed into place (the UNet last but one), and model_index.json comes
+    last, so an interrupted write never leaves a folder that loads as a complete model.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    base, folder = Path(base), Path(path)
+    index = _read_json(base / "model_index.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").unlink(missing_ok=True)
+    shutil.rmtree(folder / "unet", ignore_errors=True)
+    for part in index:
+        if not part.startswith("_") and part != "unet" and (base / part).is_dir():
+            with atomic_folder(folder / part) as temporary:
+                shutil.copytree(base / part, temporary, dirs_exist_ok=True)
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel.from_config(unet_config)
+    unet.load_state_dict({key: value.float().cpu() for key, value in unet_state.items()}, assign=True)
+    with atomic_folder(folder / "unet") as temporary:
+        unet.save_pretrained(temporary)
+    write_bytes_atomic(folder / "model_index.json", (base / "model_index.json").read_bytes())

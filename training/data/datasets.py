@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from llmga.images import ImageInputError, open_image
+
 Turn = tuple[str, str]  # (user message, assistant reply)
 
 # Paths of the released files, relative to the data root (README "Data preparation").
@@ -134,26 +136,26 @@ def read_t2i(path: str | Path, image_root: str | Path | None = None) -> list[T2I
     return records
 
 
-def read_captioned_images(path: str | Path, image_root: str | Path | None = None) -> list[CaptionedImage]:
-    """SG/train.json or inpainting/train.json: `image`, `caption`."""
+def _image_records(path: str | Path, image_root: str | Path | None, record_type: type, fields: tuple[str, ...]):
+    """`record_type(image, *texts, crop=...)` for each record of a released json list: its `image` (under
+    `image_root`, `crop` by `crops_to_square`) and the non-empty text `fields`, checked in that order."""
     path = Path(path)
     records = []
     for index, item in enumerate(read_json_list(path)):
         name = _text_field(path, index, item, "image")
-        records.append(CaptionedImage(_image_path(image_root, name), _text_field(path, index, item, "caption"),
-                                      crops_to_square(name)))
+        texts = [_text_field(path, index, item, field) for field in fields]
+        records.append(record_type(_image_path(image_root, name), *texts, crop=crops_to_square(name)))
     return records
+
+
+def read_captioned_images(path: str | Path, image_root: str | Path | None = None) -> list[CaptionedImage]:
+    """SG/train.json or inpainting/train.json: `image`, `caption`."""
+    return _image_records(path, image_root, CaptionedImage, ("caption",))
 
 
 def read_edit(path: str | Path, image_root: str | Path | None = None) -> list[EditExample]:
     """Edit/train.json: `image`, `instruction`, `new_caption`."""
-    path = Path(path)
-    records = []
-    for index, item in enumerate(read_json_list(path)):
-        name = _text_field(path, index, item, "image")
-        records.append(EditExample(_image_path(image_root, name), _text_field(path, index, item, "instruction"),
-                                   _text_field(path, index, item, "new_caption"), crops_to_square(name)))
-    return records
+    return _image_records(path, image_root, EditExample, ("instruction", "new_caption"))
 
 
 def _turns(path: Path, index: int, messages: object) -> tuple[Turn, ...]:
@@ -250,17 +252,21 @@ def read_user_captions(source: str | Path) -> list[CaptionedImage]:
     return read_image_folder(source) if source.is_dir() else read_caption_jsonl(source)
 
 
+def open_training_image(path: str | Path, what_to_do: str = "check the image folder") -> Image.Image:
+    """The RGB image at `path` (`llmga.images.open_image`); DataError saying `what_to_do` when it cannot be read."""
+    try:
+        return open_image(path)
+    except ImageInputError as error:
+        raise DataError(f"cannot open image: {error}; {what_to_do}") from None
+
+
 def load_training_image(path: str | Path, *, crop: bool = False, size: int = TRAINING_IMAGE_SIZE) -> Image.Image:
     """The RGB image as the official stage-1 datasets prepare it before CLIP preprocessing (a size x size PIL image).
 
     crop (the record's `crop`, from `crops_to_square`): resize so the short side is `size` (long side
     `int(long / short * size)`), then centre-crop with torchvision CenterCrop's rounding; otherwise stretch to
     size x size. LANCZOS (PIL ANTIALIAS) both ways. A user's images are stretched, as the official CLIs stretch."""
-    path = Path(path)
-    try:
-        image = Image.open(path).convert("RGB")
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(f"{path}: cannot open image ({error}); check the image folder") from None
+    image = open_training_image(path)
     if not crop:
         return image.resize((size, size), Image.Resampling.LANCZOS)
     width, height = image.size
