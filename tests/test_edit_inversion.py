@@ -211,7 +211,7 @@ def test_direct_inversion_deactivates_the_controller_when_cancelled() -> None:
 
 def test_direct_inversion_rejects_contexts_of_different_length() -> None:
     data = tensors(torch.float32)
-    with pytest.raises(ValueError, match="target_context has shape"):
+    with pytest.raises(ValueError, match=r"contexts differ in \[T,C\]: .*'target_context': \(3,"):
         direct_inversion_edit(
             data["x0"], data["source"], data["target"][:, :3], data["uncond"], ToyEps(torch.float32), 10, 7.5
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .inversion import NUM_TRAIN_TIMESTEPS, EpsFn, StepCallback, sd15_alphas_cumprod
+from .inversion import NUM_TRAIN_TIMESTEPS, EpsFn, StepCallback, check_edit_inputs, sd15_alphas_cumprod
 
 # cli-sd15-editing.py: --steps 50 --skip 25 --src_cfg_scale 3.5 --tar_cfg_scale 7.5, mask_thresholding_ratio=3.0.
 DEFAULT_STEPS = 50
@@ -148,21 +148,6 @@ class DdpmInversion:
     noise_maps: torch.Tensor
 
 
-def _check_batch(x0: torch.Tensor, **contexts: torch.Tensor) -> None:
-    """x0 must be [1,C,h,w]; contexts [1,T,C] with one T and C, since they share UNet batches."""
-    if x0.ndim != 4 or x0.shape[0] != 1:
-        raise ValueError(f"latent has shape {tuple(x0.shape)}, expected [1,4,h,w]: edit one image at a time")
-    for name, context in contexts.items():
-        if context.ndim != 3 or context.shape[0] != 1:
-            raise ValueError(f"{name} has shape {tuple(context.shape)}, expected [1,T,C]: pass one encoded prompt")
-    shapes = {name: tuple(context.shape[1:]) for name, context in contexts.items()}
-    if len(set(shapes.values())) > 1:
-        raise ValueError(
-            f"contexts differ in [T,C]: {shapes}; they run through the UNet in one batch, so encode them to the same"
-            " length (pad the shorter prompt, e.g. the negative one, with its end token)"
-        )
-
-
 def _randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise in like's dtype, drawn on the generator's device (CPU without one), moved to like's."""
     device = generator.device if generator is not None else torch.device("cpu")
@@ -175,15 +160,8 @@ def _add_noise(x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
     return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
 
 
-def _cfg_eps(
-    eps: EpsFn,
-    latents: torch.Tensor,
-    t: int,
-    uncond: torch.Tensor,
-    cond: torch.Tensor,
-    guidance: float,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _cfg_eps(eps: EpsFn, latents: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor, guidance: float,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
     """ε_u + mask·g·(ε_c − ε_u) from one eps call on [uncond, cond] (no mask: plain CFG). [1,4,h,w] -> [1,4,h,w]."""
     prediction = eps(torch.cat([latents, latents]), t, torch.cat([uncond, cond]))
     noise_uncond, noise_cond = prediction.to(latents.dtype).chunk(2)
@@ -207,19 +185,10 @@ def threshold_difference_map(difference: torch.Tensor, threshold_ratio: float = 
 
 
 @torch.no_grad()
-def diffedit_mask(
-    x0: torch.Tensor,
-    source_context: torch.Tensor,
-    target_context: torch.Tensor,
-    eps: EpsFn,
-    *,
-    num_maps: int = MASK_NUM_MAPS,
-    encode_strength: float = MASK_ENCODE_STRENGTH,
-    guidance: float = MASK_GUIDANCE,
-    threshold_ratio: float = MASK_THRESHOLD_RATIO,
-    steps: int = DEFAULT_STEPS,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def diffedit_mask(x0: torch.Tensor, source_context: torch.Tensor, target_context: torch.Tensor, eps: EpsFn, *,
+                  num_maps: int = MASK_NUM_MAPS, encode_strength: float = MASK_ENCODE_STRENGTH,
+                  guidance: float = MASK_GUIDANCE, threshold_ratio: float = MASK_THRESHOLD_RATIO,
+                  steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None) -> torch.Tensor:
     """Where the target prompt changes the noise prediction: a binary latent mask [1,1,h,w] (0/1 in x0's dtype).
 
     x0: [1,4,h,w] clean latent; contexts: [1,T,C], one T. x0 is noised `num_maps` times (one [num_maps,4,h,w] draw)
@@ -228,7 +197,7 @@ def diffedit_mask(
     cancels in that difference (it is g·|ε_target − ε_source|), so one eps call on [source, target] × num_maps
     suffices where the official code runs 4 × num_maps rows; the official CFG arithmetic gives the same mask.
     """
-    _check_batch(x0, source_context=source_context, target_context=target_context)
+    check_edit_inputs(x0, source_context=source_context, target_context=target_context)
     if num_maps < 1:
         raise ValueError(f"num_maps is {num_maps}, expected a positive number of noise draws")
     t = diffedit_timestep(steps, encode_strength)
@@ -241,18 +210,10 @@ def diffedit_mask(
 
 
 @torch.no_grad()
-def edit_friendly_inversion(
-    x0: torch.Tensor,
-    source_context: torch.Tensor,
-    uncond_context: torch.Tensor,
-    eps: EpsFn,
-    *,
-    steps: int = DEFAULT_STEPS,
-    skip: float = DEFAULT_SKIP,
-    guidance: float = SOURCE_GUIDANCE,
-    generator: torch.Generator | None = None,
-    on_step: StepCallback | None = None,
-) -> DdpmInversion:
+def edit_friendly_inversion(x0: torch.Tensor, source_context: torch.Tensor, uncond_context: torch.Tensor, eps: EpsFn,
+                            *, steps: int = DEFAULT_STEPS, skip: float = DEFAULT_SKIP,
+                            guidance: float = SOURCE_GUIDANCE, generator: torch.Generator | None = None,
+                            on_step: StepCallback | None = None) -> DdpmInversion:
     """Edit-friendly DDPM inversion of a clean latent: the x_t and the noise maps z_t that reproduce them.
 
     x0: [1,4,h,w]; contexts: [1,T,C], one T. Every x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·n_t with its own draw n_t (drawn from
@@ -260,7 +221,7 @@ def edit_friendly_inversion(
     call on [uncond, source] per step) and `SdeDpmSolver2M.solve_noise` give z_t with step(x_t, ε̂, z_t) = x_{t−1};
     the rebuilt x_{t−1} replaces the drawn one. on_step(done, steps) runs after each eps call.
     """
-    _check_batch(x0, source_context=source_context, uncond_context=uncond_context)
+    check_edit_inputs(x0, source_context=source_context, uncond_context=uncond_context)
     timesteps = ddpm_edit_timesteps(steps, skip)
     latents = [x0] + [_add_noise(x0, _randn(x0.shape, x0, generator), t) for t in reversed(timesteps)]
     solver = SdeDpmSolver2M(timesteps)
@@ -276,18 +237,10 @@ def edit_friendly_inversion(
 
 
 @torch.no_grad()
-def ddpm_edit_sample(
-    x_T: torch.Tensor,
-    noise_maps: torch.Tensor,
-    target_context: torch.Tensor,
-    uncond_context: torch.Tensor,
-    eps: EpsFn,
-    *,
-    timesteps: Sequence[int],
-    guidance: float = TARGET_GUIDANCE,
-    mask: torch.Tensor | None = None,
-    on_step: StepCallback | None = None,
-) -> torch.Tensor:
+def ddpm_edit_sample(x_T: torch.Tensor, noise_maps: torch.Tensor, target_context: torch.Tensor,
+                     uncond_context: torch.Tensor, eps: EpsFn, *, timesteps: Sequence[int],
+                     guidance: float = TARGET_GUIDANCE, mask: torch.Tensor | None = None,
+                     on_step: StepCallback | None = None) -> torch.Tensor:
     """Sample from x_T with the target prompt, injecting the stored noise maps: the edited x0 latent [1,4,h,w].
 
     x_T: [1,4,h,w] (`DdpmInversion.latents[-1]`); noise_maps: [steps,1,4,h,w] in sampling order; timesteps: the
@@ -295,7 +248,7 @@ def ddpm_edit_sample(
     ε̂ = ε_u + mask·g·(ε_tar − ε_u), so outside the mask only the unconditional prediction drives the update
     (mask None: plain CFG). mask: [1,1,h,w] in [0, 1] (binary from `diffedit_mask`). on_step(done, steps) after each.
     """
-    _check_batch(x_T, target_context=target_context, uncond_context=uncond_context)
+    check_edit_inputs(x_T, target_context=target_context, uncond_context=uncond_context)
     steps = len(timesteps)
     if tuple(noise_maps.shape) != (steps, *x_T.shape):
         raise ValueError(
@@ -326,22 +279,12 @@ def _shifted(on_step: StepCallback | None, offset: int, total: int) -> Callable[
     return report
 
 
-def ddpm_inversion_edit(
-    x0: torch.Tensor,
-    source_context: torch.Tensor,
-    target_context: torch.Tensor,
-    uncond_context: torch.Tensor,
-    eps: EpsFn,
-    *,
-    steps: int = DEFAULT_STEPS,
-    skip: float = DEFAULT_SKIP,
-    source_guidance: float = SOURCE_GUIDANCE,
-    target_guidance: float = TARGET_GUIDANCE,
-    mask_threshold_ratio: float = MASK_THRESHOLD_RATIO,
-    use_mask: bool = True,
-    generator: torch.Generator | None = None,
-    on_step: StepCallback | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def ddpm_inversion_edit(x0: torch.Tensor, source_context: torch.Tensor, target_context: torch.Tensor,
+                        uncond_context: torch.Tensor, eps: EpsFn, *, steps: int = DEFAULT_STEPS,
+                        skip: float = DEFAULT_SKIP, source_guidance: float = SOURCE_GUIDANCE,
+                        target_guidance: float = TARGET_GUIDANCE, mask_threshold_ratio: float = MASK_THRESHOLD_RATIO,
+                        use_mask: bool = True, generator: torch.Generator | None = None,
+                        on_step: StepCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """LLMGA's editing method end to end: returns (edited x0 [1,4,h,w], mask [1,1,h,w]) in x0's dtype.
 
     x0: [1,4,h,w] clean latent (VAE mode × 0.18215 in the official code); contexts: [1,T,C], all one T (the mask batches
@@ -350,7 +293,7 @@ def ddpm_inversion_edit(
     noise from `generator` in that order. on_step(done, total) runs after every eps call, total = 2·steps (+1 for the
     mask); an exception raised from it stops the edit with nothing changed.
     """
-    _check_batch(x0, source_context=source_context, target_context=target_context, uncond_context=uncond_context)
+    check_edit_inputs(x0, source_context=source_context, target_context=target_context, uncond_context=uncond_context)
     ddpm_edit_timesteps(steps, skip)  # reject bad settings before the first eps call
     offset = 1 if use_mask else 0
     total = offset + 2 * steps

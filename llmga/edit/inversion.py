@@ -82,15 +82,26 @@ def _guided_eps(
     return noise_uncond + guidance * (noise_cond - noise_uncond)
 
 
-def ddim_inversion(
-    x0_latent: torch.Tensor,
-    context: torch.Tensor,
-    eps: EpsFn,
-    steps: int,
-    guidance: float = 1.0,
-    uncond: torch.Tensor | None = None,
-    on_step: StepCallback | None = None,
-) -> list[torch.Tensor]:
+def _ddim_walk(x: torch.Tensor, context: torch.Tensor, eps: EpsFn, steps: int, guidance: float,
+               uncond: torch.Tensor | None, *, upward: bool, on_step: StepCallback | None = None) -> list[torch.Tensor]:
+    """The latents the deterministic DDIM path visits from x, x first: up from x_0 to level T (`upward`, inversion)
+    or down from level T to x_0 (sampling); steps + 1 latents [B,4,h,w]. Each step evaluates eps at the upper of
+    its two levels, t. on_step(done, steps) runs after each step."""
+    alphas = sd15_alphas_cumprod()
+    timesteps = ddim_timesteps(steps)
+    latents = [x]
+    for i, t in enumerate(reversed(timesteps) if upward else timesteps):
+        noise = _guided_eps(eps, latents[-1], t, context, uncond, guidance)
+        lower = previous_timestep(t, steps)
+        levels = (lower, t) if upward else (t, lower)
+        latents.append(ddim_sample_step(latents[-1], *levels, noise, alphas))
+        if on_step is not None:
+            on_step(i + 1, steps)
+    return latents
+
+
+def ddim_inversion(x0_latent: torch.Tensor, context: torch.Tensor, eps: EpsFn, steps: int, guidance: float = 1.0,
+                   uncond: torch.Tensor | None = None, on_step: StepCallback | None = None) -> list[torch.Tensor]:
     """Invert a clean latent along the DDIM path: returns [x_0, x_1, ..., x_T] (steps + 1 latents, [B,4,h,w] each).
 
     Approximation (as PnPInversion and prompt-to-prompt): the step from level t_prev up to level t uses
@@ -99,33 +110,29 @@ def ddim_inversion(
     other values apply CFG with `uncond` ([B,T,C]) during inversion (its ablation variant).
     on_step(done, steps) runs after each step.
     """
-    alphas = sd15_alphas_cumprod()
-    latents = [x0_latent]
-    x = x0_latent
-    for i, t in enumerate(reversed(ddim_timesteps(steps))):
-        noise = _guided_eps(eps, x, t, context, uncond, guidance)
-        x = ddim_sample_step(x, previous_timestep(t, steps), t, noise, alphas)
-        latents.append(x)
-        if on_step is not None:
-            on_step(i + 1, steps)
-    return latents
+    return _ddim_walk(x0_latent, context, eps, steps, guidance, uncond, upward=True, on_step=on_step)
 
 
-def ddim_sample(
-    x_t: torch.Tensor,
-    context: torch.Tensor,
-    eps: EpsFn,
-    steps: int,
-    guidance: float = 1.0,
-    uncond: torch.Tensor | None = None,
-) -> torch.Tensor:
+def ddim_sample(x_t: torch.Tensor, context: torch.Tensor, eps: EpsFn, steps: int, guidance: float = 1.0,
+                uncond: torch.Tensor | None = None) -> torch.Tensor:
     """Plain deterministic DDIM sampling from level T down to x_0: x_t [B,4,h,w] -> [B,4,h,w]."""
-    alphas = sd15_alphas_cumprod()
-    x = x_t
-    for t in ddim_timesteps(steps):
-        noise = _guided_eps(eps, x, t, context, uncond, guidance)
-        x = ddim_sample_step(x, t, previous_timestep(t, steps), noise, alphas)
-    return x
+    return _ddim_walk(x_t, context, eps, steps, guidance, uncond, upward=False)[-1]
+
+
+def check_edit_inputs(x0: torch.Tensor, **contexts: torch.Tensor) -> None:
+    """x0 must be [1,C,h,w]; the contexts (by name) [1,T,C] with one T and C, since they share UNet batches.
+    Raises ValueError naming the input that is off."""
+    if x0.ndim != 4 or x0.shape[0] != 1:
+        raise ValueError(f"latent has shape {tuple(x0.shape)}, expected [1,4,h,w]: edit one image at a time")
+    for name, context in contexts.items():
+        if context.ndim != 3 or context.shape[0] != 1:
+            raise ValueError(f"{name} has shape {tuple(context.shape)}, expected [1,T,C]: pass one encoded prompt")
+    shapes = {name: tuple(context.shape[1:]) for name, context in contexts.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"contexts differ in [T,C]: {shapes}; they run through the UNet in one batch, so encode them to the same"
+            " length (pad the shorter prompt, e.g. the negative one, with its end token)"
+        )
 
 
 def direct_inversion_edit(
@@ -160,17 +167,8 @@ def direct_inversion_edit(
     `step_callback(i, t, latents [2,4,h,w])` (LocalBlend) follows each step's update and offset.
     on_step(done, 2·steps) runs after every UNet call of both passes (progress; raise from it to cancel).
     """
-    expected = (1, *source_context.shape[1:])
-    contexts = {"source_context": source_context, "target_context": target_context, "uncond_context": uncond_context}
-    for name, context in contexts.items():
-        if tuple(context.shape) != expected:
-            raise ValueError(
-                f"{name} has shape {tuple(context.shape)}, expected {expected}:"
-                " encode one prompt per context, all to the same length"
-            )
-    if x0.shape[0] != 1:
-        raise ValueError(f"x0 has batch {x0.shape[0]}, expected 1: edit one image at a time")
-
+    check_edit_inputs(x0, source_context=source_context, target_context=target_context,
+                      uncond_context=uncond_context)
     alphas = sd15_alphas_cumprod()
     total = 2 * steps
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from PIL import Image
 
+from ..images import mask_to_pil, pil_to_tensor, tensor_to_pil
 from ..prompt.clip_binding import TransformersCLIP
 from .attention import AttentionControl
 from .diffusers_attention import attention_control, unet_eps
@@ -66,23 +66,16 @@ def decode_latent(vae, latent: torch.Tensor) -> torch.Tensor:
     return ((pixels.float() + 1.0) / 2.0).clamp(0, 1).movedim(1, -1).cpu()
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[1,H,W,3] or [1,H,W] float in [0,1] -> PIL (RGB or L)."""
-    array = (image[0].float().cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-    return Image.fromarray(array)
-
-
 def edit_image(pipe, image: Image.Image, source_prompt: str, target_prompt: str, settings: EditSettings,
                on_step: StepCallback | None = None) -> tuple[Image.Image, Image.Image, EditResult]:
     """Edit `image` (any size: padded to multiples of 8 and cropped back) -> (edited image, mask image, result)."""
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).unsqueeze(0)
-    padded, size = pad_to_latent_multiple(pixels)
+    padded, size = pad_to_latent_multiple(pil_to_tensor(image))
     device = pipe.unet.device
     x0 = encode_image(pipe.vae, padded).to(device)
     result = edit_latent(x0, source_prompt, target_prompt, text=text_binding(pipe),
                          controlled_eps=controlled_eps_for(pipe.unet), settings=settings, on_step=on_step)
-    mask = to_pil(latent_mask_to_image(result.mask.cpu(), size))
+    mask = mask_to_pil(latent_mask_to_image(result.mask.cpu(), size)[0])
     if result.unchanged:
         return image.convert("RGB"), mask, result
     edited = decode_latent(pipe.vae, result.latent)[:, : size[0], : size[1]]
-    return to_pil(edited), mask, result
+    return tensor_to_pil(edited), mask, result
