@@ -120,6 +120,15 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
         os.fsync(file.fileno())
 
 
+def read_json(path: str | Path, error: type[Exception] = ValueError, what: str = "") -> Any:
+    """The JSON value in the UTF-8 file at `path`; `error("<what> <path> is not valid JSON (<why>)")` when it does
+    not parse (check that the file exists first, with a message that says what to give)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as problem:
+        raise error(f"{what} {path} is not valid JSON ({problem})".lstrip()) from problem
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The rows of a JSONL file (none when it does not exist); lines that do not parse as a JSON object (a torn
     write) are skipped."""

@@ -13,23 +13,23 @@ See docs/evaluation.md for the protocols and where the metric weights go.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from ..eval.editing import CLIP_METRICS, METRICS
+from ..devices import DEVICES
+from ..eval.editing import METRICS
 from ..eval.pairs import SETTINGS
-from .eval_commands import run_eval_command
+from .common import add_assistant_arguments, add_device_arguments, add_models_arguments
+from .eval_runs import run_eval_command
 
 # torch/transformers load only when a command runs.
 
-DEVICES = ("auto", "cuda", "cpu", "mps")
-DTYPES = ("auto", "fp16", "bf16", "fp32")
 EDIT_DESCRIPTION = (
     "Score edited images against their ground truth with MagicBrush's metrics (evaluation/image_eval.py). "
     "SOURCE is a manifest (.jsonl, .json or .csv; columns output, target, caption, input; paths relative to "
     "the manifest) or, with --gt, a folder of MagicBrush sessions (<id>/<id>_1.png, <id>_inde_<k>.png, "
     "<id>_iter_<k>.png). Nothing is downloaded: CLIP and DINO come from local folders.")
+MODELS_KINDS = "DiffRIR names are looked up in its diffrir/, metric weights in its eval/ (never downloaded)"
+DTYPE_HELP = "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU; DiffRIR and metric networks: fp32"
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
@@ -71,18 +71,15 @@ def _add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=Path, help="folder of openai/clip-vit-base-patch32 (Hugging Face layout)")
     parser.add_argument("--dino", type=Path, help="folder of facebook/dino-vits16 (Hugging Face layout), or the "
                         "official dino_deitsmall16_pretrain.pth")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where CLIP and DINO run (in fp32)")
     parser.add_argument("--json", type=Path, help="write the means and per-image scores to this JSON file")
-    parser.set_defaults(run=run_eval_edit)
+    parser.set_defaults(run=run_eval_command, eval_task="edit")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, task: str, metric_flags: tuple[str, ...]) -> None:
-    """What every generating evaluation takes: output, models, metric weights, devices, seeds, batches."""
+    """What every generating evaluation takes: output, metric weights, devices, seeds, batches."""
     parser.add_argument("--out", type=Path, default=Path("outputs") / f"eval-{task}",
                         help=f"run folder (created; a second run resumes in it; default outputs/eval-{task})")
-    parser.add_argument("--models-dir", type=Path, action="append", default=[],
-                        help="models folder (repeatable; default: models): SD in it and its diffusers/, the "
-                             "assistant in its LLM/, DiffRIR in its diffrir/, metric weights in its eval/")
     weights = {"inception": "FID Inception pt_inception-2015-12-05-6726825d.pth (default: looked up in "
                             "$LLMGA_EVAL_MODELS and <models dir>/eval/)",
                "lpips-vgg": "LPIPS VGG16 vgg16-397923af.pth (default: looked up as --inception)",
@@ -94,27 +91,20 @@ def _add_run_arguments(parser: argparse.ArgumentParser, task: str, metric_flags:
                         "between runs to reuse the reference set's features")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling, crops, masks and generation")
     parser.add_argument("--metric-batch-size", type=int, default=16, help="images per metric-network batch")
-    parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto",
-                        help="auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
-    parser.add_argument("--allow-download", action="store_true", help="download missing released LLMGA checkpoints "
-                        "(metric weights are never downloaded)")
+    add_device_arguments(parser, DTYPE_HELP)
     parser.set_defaults(run=run_eval_command, eval_task=task)
 
 
 def _add_generation_arguments(parser: argparse.ArgumentParser, setting_help: str) -> None:
+    """The settings, SD's sampling and the assistant (--mllm, --models-dir, --allow-download, --temperature,
+    --max-new-tokens: greedy by default, reproducible)."""
     parser.add_argument("--setting", action="append", default=[], help=setting_help)
-    parser.add_argument("--mllm", help="assistant checkpoint folder or released name (for refined/assistant prompts)")
+    add_assistant_arguments(parser, required=False, temperature=0.0)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (official: 50)")
     parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance (official: 7.5)")
     parser.add_argument("--negative", default="", help="negative prompt (official: empty)")
     parser.add_argument("--encoding", choices=("llmga", "lpw"), default="llmga", help="long-prompt encoding")
     parser.add_argument("--batch-size", type=int, default=4, help="images per SD call and assistant replies per batch")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="assistant sampling temperature (default 0: greedy, reproducible)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply")
-
-
 def _add_t2i_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("captions", type=Path, help="COCO captions JSON (captions_val2014.json) or a text file, one "
                         "caption a line")
@@ -159,87 +149,5 @@ def _add_restore_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[LABEL=]PATH of DiffRIR weights, repeatable (a file or a name in <models dir>/diffrir/)")
     parser.add_argument("--y-error", type=float, default=0.06,
                         help="D2 contrast error: c1 in [1-y, 1+y] (0.06: the x1 GAN model's training; S2: 0.08)")
+    add_models_arguments(parser, MODELS_KINDS)
     _add_run_arguments(parser, "restore", ("lpips-vgg", "lpips-lin"))
-
-
-def run_eval_edit(args: argparse.Namespace) -> int:
-    from ..eval.editing import check_pairs, parse_metrics
-    from ..eval.pairs import EvalInputError
-    from ..hub import ModelNotFoundError
-
-    try:
-        metrics = parse_metrics(args.metrics)
-        _check_weights_given(args, metrics)
-        settings = _read_pairs(args)
-        for pairs in settings.values():
-            check_pairs(pairs, metrics)
-        results = _score(args, metrics, settings)
-    except (EvalInputError, ModelNotFoundError, OSError, ValueError) as error:
-        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    for name, scores in results.items():
-        means = "  ".join(f"{key} {value:.4f}" for key, value in scores.means.items())
-        print(f"{name} ({scores.count} pairs): {means}")
-    if args.json is not None:
-        report = {"metrics": list(metrics), "source": str(args.source),
-                  "settings": {name: {"count": scores.count, "means": scores.means, "rows": scores.rows}
-                               for name, scores in results.items()}}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"Saved {args.json}")
-    return 0
-
-
-def _check_weights_given(args: argparse.Namespace, metrics: tuple[str, ...]) -> None:
-    from ..eval.pairs import EvalInputError
-
-    needs = [("--clip", "openai/clip-vit-base-patch32", [m for m in metrics if m in CLIP_METRICS], args.clip),
-             ("--dino", "facebook/dino-vits16", [m for m in metrics if m == "dino"], args.dino)]
-    for flag, repo, wanted, given in needs:
-        if wanted and given is None:
-            rest = ",".join(m for m in metrics if m not in wanted) or "l1,l2"
-            raise EvalInputError(f"{' and '.join(wanted)} need {flag}: give {flag} <local folder of {repo}>, or "
-                                 f"leave {' and '.join(wanted)} out (e.g. --metrics {rest})")
-
-
-def _read_pairs(args: argparse.Namespace) -> dict:
-    """{setting name: [EditPair]}: one 'manifest' setting, or the asked MagicBrush settings."""
-    from ..eval.pairs import EvalInputError, read_captions, read_magicbrush, read_manifest
-
-    if args.gt is None:
-        if args.source.is_dir():
-            raise EvalInputError(f"{args.source} is a folder: give --gt <ground-truth folder> to score it as "
-                                 "MagicBrush sessions, or give a manifest file")
-        return {"manifest": read_manifest(args.source)}
-    if args.source.is_file():
-        raise EvalInputError(f"{args.source} is a file but --gt was given: --gt goes with a folder of generated "
-                             "MagicBrush sessions; drop --gt to read a manifest")
-    captions = read_captions(args.captions) if args.captions is not None else None
-    settings = SETTINGS if args.setting == "both" else (args.setting,)
-    return {name: read_magicbrush(args.source, args.gt, name, captions) for name in settings}
-
-
-def _score(args: argparse.Namespace, metrics: tuple[str, ...], settings: dict) -> dict:
-    from ..eval.editing import score_pairs
-    from ..eval.encoders import load_clip, load_dino
-
-    clip = dino = None
-    if any(name in metrics for name in CLIP_METRICS) or "dino" in metrics:
-        from ..devices import pick_device
-
-        device = str(pick_device(args.device))
-        if any(name in metrics for name in CLIP_METRICS):
-            clip = load_clip(args.clip, device, with_text="clip-t" in metrics)
-        if "dino" in metrics:
-            dino = load_dino(args.dino, device)
-    return {name: score_pairs(pairs, metrics, clip=clip, dino=dino, progress=_progress(name))
-            for name, pairs in settings.items()}
-
-
-def _progress(name: str):
-    def report(done: int, total: int) -> None:
-        print(f"\r{name}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-
-    return report

@@ -1,5 +1,6 @@
 """The library's models bound to the evaluation loops' injected functions: the SD1.5 pipeline as `generate_fn` /
-`inpaint_fn`, the assistant as `refine_fn` / `prompt_fn`, DiffRIR as a `Restorer`, CLIP as the text embedder.
+`inpaint_fn`, the assistant as `refine_fn` / `prompt_fn` (loaded on first use: `LazyAssistant`), DiffRIR as a
+`Restorer`, CLIP as the text embedder.
 
 Everything here loads torch, diffusers and transformers only when called, so `llmga.eval` imports light.
 """
@@ -102,43 +103,57 @@ class PipelineInpainter(_PipelineHolder):
                        mode=g.encoding)[0]
 
 
-class AssistantRefiner:
-    """`refine_fn` of run_t2i_eval: the text_to_image task's first phrasing with each caption (deterministic),
-    answered in batches (`mllm.batch.reply_batch`) with `settings` (greedy by default)."""
+class _AssistantReplies:
+    """The assistant answering first turns in batches (`mllm.batch.reply_batch`) with `settings` (greedy by
+    default)."""
 
     def __init__(self, assistant, settings=None) -> None:
         from ..mllm.chat import GenerationSettings
 
         self.assistant = assistant
         self.settings = settings or GenerationSettings(temperature=0.0)
+
+    def replies(self, turns: list) -> list[str]:
+        """The reply texts to `turns` (`Assistant.turn`), in order."""
+        from ..mllm.batch import reply_batch
+
+        return [reply.text for reply in reply_batch(self.assistant, turns, self.settings)]
+
+
+class AssistantRefiner(_AssistantReplies):
+    """`refine_fn` of run_t2i_eval: the text_to_image task's first phrasing with each caption (deterministic)."""
 
     def __call__(self, captions: list[str]) -> list[str]:
-        from ..mllm.batch import BatchRequest, reply_batch
-
         history = self.assistant.new_history()
-        requests = [BatchRequest(self.assistant.user_message("text_to_image", caption, history, False))
-                    for caption in captions]
-        return [reply.text for reply in reply_batch(self.assistant, requests, self.settings)]
+        return self.replies([self.assistant.turn(history, "text_to_image", caption) for caption in captions])
 
 
-class AssistantPrompter:
+class AssistantPrompter(_AssistantReplies):
     """`prompt_fn` of run_inpaint_eval: the inpaint/outpaint task's first instruction with the masked picture (masked
-    pixels black, as the assistant was trained), answered in batches with `settings` (greedy by default)."""
-
-    def __init__(self, assistant, settings=None) -> None:
-        from ..mllm.chat import GenerationSettings
-
-        self.assistant = assistant
-        self.settings = settings or GenerationSettings(temperature=0.0)
+    pixels black, as the assistant was trained)."""
 
     def __call__(self, images: list[Image.Image], masks: list[np.ndarray], tasks: list[str]) -> list[str]:
-        from ..mllm.batch import BatchRequest, reply_batch
-
         history = self.assistant.new_history()
-        requests = [BatchRequest(self.assistant.user_message(task, "", history, True),
-                                 self.assistant.picture(image, mask))
-                    for image, mask, task in zip(images, masks, tasks, strict=True)]
-        return [reply.text for reply in reply_batch(self.assistant, requests, self.settings)]
+        return self.replies([self.assistant.turn(history, task, image=image, mask=mask)
+                             for image, mask, task in zip(images, masks, tasks, strict=True)])
+
+
+class LazyAssistant:
+    """An assistant-backed callable made on first use: `load()` gives the assistant, `wrap(assistant)` the callable
+    (an AssistantRefiner, an AssistantPrompter). `close` drops it and frees its memory, so a resumed run whose
+    replies are all cached never loads the assistant, and SD gets the memory back once the replies are made."""
+
+    def __init__(self, load: Callable[[], object], wrap: Callable[[object], Callable]) -> None:
+        self.load, self.wrap, self.call = load, wrap, None
+
+    def __call__(self, *inputs):
+        if self.call is None:
+            self.call = self.wrap(self.load())
+        return self.call(*inputs)
+
+    def close(self) -> None:
+        self.call = None
+        free_memory()
 
 
 def clip_text_embedder(clip, cache_file: Path | None = None, progress: bool = True) -> TextEmbedFn:
@@ -178,3 +193,18 @@ def diffrir_restorer(name: str, model) -> Restorer:
         return tensor_to_pil(out[0])
 
     return Restorer(name, restore)
+
+
+def load_diffrir_restorer(spec: str, folders: Sequence[Path], device: str = "auto") -> Restorer:
+    """`[LABEL=]PATH` -> the Restorer of those DiffRIR weights (PATH a file, or a file name in `folders`:
+    `weights.find_diffrir_weights`), labelled LABEL or "DiffRIR (<file stem>)", on `device` in DiffRIR's precision
+    (`llmga.devices`: fp32, as the official inference)."""
+    from ..devices import device_and_dtype
+    from ..restore.checkpoint import load_diffrir
+    from .runs import split_label
+    from .weights import find_diffrir_weights
+
+    label, path_text = split_label(spec)
+    path = find_diffrir_weights(path_text, folders)
+    target, dtype = device_and_dtype("diffrir", device)
+    return diffrir_restorer(label or f"DiffRIR ({path.stem})", load_diffrir(path, device=target, dtype=dtype))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .pairs import EditPair, EvalInputError
@@ -42,39 +41,13 @@ class EditScores:
         return len(self.rows)
 
 
-def parse_metrics(text: str) -> tuple[str, ...]:
-    """'l1,clip-i' -> ('l1', 'clip-i'), in METRICS order; unknown or no names are an EvalInputError."""
-    names = {name.strip().lower() for name in text.split(",") if name.strip()}
-    unknown = sorted(names - set(METRICS))
-    if unknown or not names:
-        raise EvalInputError(f"unknown metrics {unknown} in {text!r}: choose from {','.join(METRICS)}")
-    return tuple(name for name in METRICS if name in names)
-
-
-def open_rgb(path: Path) -> Image.Image:
-    """The image at `path` as RGB (what the official script scores)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise EvalInputError(f"{path} could not be read as an image ({error})") from error
-
-
-def rgb_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB image -> [3, H, W] float32 in [0, 1] (torchvision's ToTensor)."""
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-
-
 def pixel_distances(output: Image.Image, target: Image.Image) -> tuple[float, float]:
     """(L1, L2) of `output` against `target`: mean absolute and mean squared error over all pixels and channels of
     RGB in [0, 1], after resizing `output` to the target's size with PIL bicubic (Image.resize's default for RGB,
     which the official script relies on)."""
     from PIL import Image
+
+    from .encoders import rgb_tensor
 
     resized = output.convert("RGB").resize(target.size, Image.Resampling.BICUBIC)
     difference = rgb_tensor(resized) - rgb_tensor(target)
@@ -130,7 +103,9 @@ def score_pairs(pairs: Sequence[EditPair], metrics: Sequence[str], *, clip: Clip
 
 
 def _score_pair(pair: EditPair, metrics: Sequence[str], clip: ClipEncoder | None, dino: DinoEncoder | None) -> dict:
-    output, target = open_rgb(pair.output), open_rgb(pair.target)
+    from ..images import open_image
+
+    output, target = open_image(pair.output), open_image(pair.target)  # RGB, what the official script scores
     row: dict = {"id": pair.id, "turn": pair.turn, "output": str(pair.output), "target": str(pair.target)}
     if "l1" in metrics or "l2" in metrics:
         l1, l2 = pixel_distances(output, target)

@@ -67,13 +67,19 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> [3, H, W] float32 in [0, 1]: torchvision's ToTensor, the layout metric networks take
+    (`llmga.images.pil_to_tensor` gives ComfyUI's [1, H, W, 3])."""
+    from ..images import pil_to_tensor
+
+    return pil_to_tensor(image)[0].permute(2, 0, 1)
+
+
 def normalized_pixels(image: Image.Image, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """RGB image -> [3, H, W] float32, (x / 255 - mean) / std per channel."""
-    import numpy as np
     import torch
 
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return (rgb_tensor(image) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def clip_pixel_values(image: Image.Image, size: int = 224) -> torch.Tensor:
@@ -90,7 +96,7 @@ def dino_pixel_values(image: Image.Image) -> torch.Tensor:
 class ClipEncoder:
     """OpenAI CLIP on transformers: projected image and text embeddings, float32 on the CPU."""
 
-    def __init__(self, model, tokenizer, device: str) -> None:
+    def __init__(self, model, tokenizer, device: str | torch.device) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.image_size = int(model.config.vision_config.image_size)  # 224 for ViT-B/32
 
@@ -122,7 +128,7 @@ class ClipEncoder:
 class DinoEncoder:
     """DINO ViT on transformers: the CLS token of the last hidden state (after the final LayerNorm)."""
 
-    def __init__(self, model, device: str) -> None:
+    def __init__(self, model, device: str | torch.device) -> None:
         self.model, self.device = model, device
 
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -134,9 +140,12 @@ class DinoEncoder:
             return self.model(pixel_values=pixels).last_hidden_state[:, 0].float().cpu()
 
 
-def load_clip(folder: str | Path, device: str = "cpu", with_text: bool = True) -> ClipEncoder:
-    """The CLIP encoder of a local `openai/clip-vit-base-patch32` folder (the tokenizer only when `with_text`)."""
+def load_clip(folder: str | Path, device: str | torch.device = "cpu", with_text: bool = True) -> ClipEncoder:
+    """The CLIP encoder of a local `openai/clip-vit-base-patch32` folder (the tokenizer only when `with_text`), on
+    `device` (auto/cuda/cpu/mps) in the metrics' precision (`llmga.devices`: fp32)."""
     from transformers import CLIPModel, CLIPTokenizer
+
+    from ..devices import device_and_dtype
 
     folder = Path(folder)
     problem = _folder_problem(folder, text=with_text)
@@ -146,16 +155,22 @@ def load_clip(folder: str | Path, device: str = "cpu", with_text: bool = True) -
     model, info = CLIPModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     _check_loaded(folder, info["missing_keys"], CLIP_REPO)
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True) if with_text else None
-    return ClipEncoder(model.float().to(device).eval(), tokenizer, device)
+    target, dtype = device_and_dtype("metrics", device)
+    return ClipEncoder(model.to(target, dtype).eval(), tokenizer, target)
 
 
-def load_dino(path: str | Path, device: str = "cpu") -> DinoEncoder:
-    """The DINO encoder of a `facebook/dino-vits16` folder, or of the official `.pth` (file or folder holding it)."""
+def load_dino(path: str | Path, device: str | torch.device = "cpu") -> DinoEncoder:
+    """The DINO encoder of a `facebook/dino-vits16` folder, or of the official `.pth` (file or folder holding it), on
+    `device` (auto/cuda/cpu/mps) in the metrics' precision (`llmga.devices`: fp32)."""
     from transformers import ViTModel
 
+    from ..devices import device_and_dtype
+
     path = Path(path)
+    target, dtype = device_and_dtype("metrics", device)
     if path.is_file() or ((path / DINO_FILE).is_file() and not (path / "config.json").is_file()):
-        return DinoEncoder(_vit_from_official(path if path.is_file() else path / DINO_FILE).to(device).eval(), device)
+        model = _vit_from_official(path if path.is_file() else path / DINO_FILE)
+        return DinoEncoder(model.to(target, dtype).eval(), target)
     problem = _folder_problem(path, text=False)
     if problem:
         raise ModelNotFoundError(_missing_message("DINO", path, problem, DINO_FILES, DINO_REPO)
@@ -164,7 +179,7 @@ def load_dino(path: str | Path, device: str = "cpu") -> DinoEncoder:
     model, info = ViTModel.from_pretrained(path, local_files_only=True, output_loading_info=True,
                                            add_pooling_layer=False, layer_norm_eps=DINO_LAYER_NORM_EPS)
     _check_loaded(path, info["missing_keys"], DINO_REPO)
-    return DinoEncoder(model.float().to(device).eval(), device)
+    return DinoEncoder(model.to(target, dtype).eval(), target)
 
 
 def dino_to_vit(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -222,7 +237,7 @@ def _vit_from_official(file: Path):
     model, info = ViTModel.from_pretrained(None, config=ViTConfig(**config), state_dict=vit_state,
                                            add_pooling_layer=False, output_loading_info=True)
     _check_loaded(file, info["missing_keys"] | info["unexpected_keys"], DINO_REPO)
-    return model.float()
+    return model
 
 
 def _folder_problem(folder: Path, text: bool) -> str | None:

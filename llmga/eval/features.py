@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 import numpy as np
 
 from ..files import save_npz_atomic
-from .editing import open_rgb, rgb_tensor
-from .encoders import center_crop, resize_shorter_side
+from .encoders import center_crop, resize_shorter_side, rgb_tensor
 from .metrics import FeatureStats, feature_stats
 from .pairs import EvalInputError
 
@@ -208,10 +207,29 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
 
 
+def pick_images(folder: str | Path, num: int | None = None, seed: int = 0) -> list[Path]:
+    """The evaluation images of `folder`: all of them (list_images), or `num` drawn with numpy RandomState(seed),
+    returned in name order. EvalInputError for a missing or imageless folder, or `num` outside 1..count."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EvalInputError(f"{folder} is not a folder: give the folder of evaluation images")
+    paths = list_images(folder)
+    if not paths:
+        raise EvalInputError(f"{folder} holds no images (.png, .jpg, ...): give the folder of evaluation images")
+    if num is None:
+        return paths
+    if not 1 <= num <= len(paths):
+        raise EvalInputError(f"--num {num} but {folder} holds {len(paths)} images: give --num between 1 and "
+                             f"{len(paths)}")
+    return [paths[index] for index in sorted(np.random.RandomState(seed).choice(len(paths), num, replace=False))]
+
+
 def load_image(path: Path, image_size: int | None = None) -> torch.Tensor:
     """The image at `path` as RGB [3, H, W] float32 in [0, 1]; with `image_size`, its shorter side resized to it
     (PIL bicubic) and the centre square cropped: a plain resize for square images."""
-    image = open_rgb(path)
+    from ..images import open_image
+
+    image = open_image(path)
     if image_size is not None:
         image = center_crop(resize_shorter_side(image, image_size), image_size)
     return rgb_tensor(image)

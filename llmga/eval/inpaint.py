@@ -31,16 +31,18 @@ from ..files import save_image_atomic
 from ..masks import EVAL_MASKS, MaskGenerator
 from ..prompt import parse_reply
 from .pairs import EvalInputError
-from .report import ReportFiles, Table, write_report
-from .runs import JsonlCache, check_run_settings, check_unique_names, parse_setting_spec, slug
+from .report import RunResult, Table, write_report
+from .runs import Generation, JsonlCache, Setting, check_run_settings, check_unique_names, parse_setting_spec, slug
+from .scoring import LpipsFn, pair_values
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
     from .features import FeatureCache, FeatureExtractor
 
-PROMPT_SOURCES = ("plain", "assistant")
+# A row's prompt: the fixed --prompt text, or the assistant's prompt for the masked picture (how a label without
+# LABEL= names it).
+PROMPT_SOURCES = {"plain": "plain", "assistant": "assistant prompt"}
 CROP_SIZE = 512  # LaMa configs/data_gen/random_*_512.yaml: out_min_size 512, out_square_crop
 MAX_MASK_AREA = 0.5  # LaMa max_tamper_area
 MAX_MASK_TRIES = 1000
@@ -50,7 +52,6 @@ METRICS = ("FID", "LPIPS", "SSIM")
 InpaintFn = Callable[[str, "Image.Image", np.ndarray, str, int], "Image.Image"]
 PromptFn = Callable[[list["Image.Image"], list[np.ndarray], list[str]], list[str]]
 RestoreFn = Callable[["Image.Image", "Image.Image", np.ndarray, int], "Image.Image"]
-LpipsFn = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,7 @@ class InpaintItem:
         return self.mask.name
 
 
-@dataclass(frozen=True)
-class InpaintSetting:
-    """A generation setting: a label, the SD1.5 inpainting model, and the prompt source ("plain": the fixed text;
-    "assistant": the assistant's prompt for the masked picture)."""
-
-    name: str
-    model: str
-    prompt: str
+InpaintSetting = Setting  # a row of Table 3: an SD1.5 inpainting model; its prompt is one of PROMPT_SOURCES
 
 
 @dataclass(frozen=True)
@@ -87,15 +81,11 @@ class Restorer:
 
 
 @dataclass(frozen=True)
-class InpaintGeneration:
-    """How every result is made; item i of a mask type uses seed + i in every setting."""
+class InpaintGeneration(Generation):
+    """How every result is made: `Generation`, with `plain_prompt` for the "plain" settings (LaMa's protocol has no
+    text: empty by default); item i of a mask type uses seed + i in every setting."""
 
-    steps: int = 50
-    cfg: float = 7.5
     plain_prompt: str = ""
-    negative: str = ""
-    seed: int = 0
-    encoding: str = "llmga"
 
 
 @dataclass
@@ -110,18 +100,9 @@ class InpaintMetrics:
     device: str | None = None
 
 
-@dataclass(frozen=True)
-class InpaintResult:
-    report: dict
-    files: ReportFiles
-
-
 def parse_inpaint_setting(text: str) -> InpaintSetting:
     """`LABEL=MODEL:PROMPT` or `MODEL:PROMPT` (PROMPT: plain or assistant) -> InpaintSetting."""
-    label, model, prompt = parse_setting_spec(text, PROMPT_SOURCES,
-                                              "LLMGA + assistant=binxia/llmga-sd15-inpainting-v2:assistant")
-    return InpaintSetting(label or f"{Path(model).name} + {'assistant prompt' if prompt == 'assistant' else 'plain'}",
-                          model, prompt)
+    return parse_setting_spec(text, PROMPT_SOURCES, "LLMGA + assistant=binxia/llmga-sd15-inpainting-v2:assistant")
 
 
 # --- the evaluation set ------------------------------------------------------------------------------------------
@@ -145,13 +126,15 @@ def eval_mask(mask_type: str, size: int, seed: int, index: int, max_area: float 
     `size` (nearest) when that differs, and redrawn until it is non-empty and covers at most `max_area`."""
     from PIL import Image
 
+    from ..images import mask_to_pil, pil_to_mask
+
     if mask_type not in EVAL_MASKS:
         raise EvalInputError(f"unknown mask type {mask_type!r}: choose from {', '.join(EVAL_MASKS)}")
     generator = MaskGenerator(EVAL_MASKS[mask_type], [seed & 0xFFFFFFFF, list(EVAL_MASKS).index(mask_type), index])
     for _ in range(MAX_MASK_TRIES):
         mask = generator(CROP_SIZE, CROP_SIZE).mask
         if size != CROP_SIZE:
-            mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST), np.float32)
+            mask = pil_to_mask(mask_to_pil(mask).resize((size, size), Image.Resampling.NEAREST))
         if 0 < mask.mean() <= max_area:
             return mask
     raise ValueError(f"no {mask_type} mask of at most {max_area:.0%} of the image in {MAX_MASK_TRIES} draws")
@@ -163,10 +146,9 @@ def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequ
     """Write (or find, when a previous run wrote them) the crop and mask of every image for every mask type under
     `data_dir/<type>/`; returns {mask type: items in image order}. Raises EvalInputError for no images, an
     unreadable image, or two images with one file stem."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from .editing import open_rgb
+    from ..images import mask_to_pil, open_image
 
     if not images:
         raise EvalInputError("no images to evaluate: give a folder with .png/.jpg images")
@@ -185,11 +167,10 @@ def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequ
         items = [InpaintItem(mask_type, f"{stem}_crop000", data_dir / mask_type / f"{stem}_crop000.png",
                              data_dir / mask_type / f"{stem}_crop000_mask000.png") for mask_type in mask_types]
         if not all(item.image.is_file() and item.mask.is_file() for item in items):
-            crop = crop_for_eval(open_rgb(Path(path)), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
+            crop = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
             for item in items:
-                mask = eval_mask(item.mask_type, size, seed, index, max_area)
                 save_image_atomic(crop, item.image)
-                save_image_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
+                save_image_atomic(mask_to_pil(eval_mask(item.mask_type, size, seed, index, max_area)), item.mask)
         for item in items:
             sets[item.mask_type].append(item)
     return sets
@@ -197,10 +178,9 @@ def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequ
 
 def read_mask(path: Path) -> np.ndarray:
     """A saved mask as [H, W] float32 in {0, 1} (binarised at 50%, as DiffRIR's inference reads it)."""
-    from PIL import Image
+    from ..images import open_image, pil_to_mask
 
-    with Image.open(path) as mask:
-        return (np.asarray(mask.convert("L"), np.float32) >= 127.5).astype(np.float32)
+    return (pil_to_mask(open_image(path, "L")) >= 0.5).astype(np.float32)
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
@@ -213,7 +193,7 @@ def assistant_prompts(sets: dict[str, list[InpaintItem]], cache_path: Path, prom
     "inpaint" for the others; a reply without <gen_image> tags gives an empty prompt."""
     from tqdm.auto import tqdm
 
-    from .editing import open_rgb
+    from ..images import open_image
 
     cache = JsonlCache(cache_path)
 
@@ -225,8 +205,8 @@ def assistant_prompts(sets: dict[str, list[InpaintItem]], cache_path: Path, prom
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             tasks = ["outpaint" if item.mask_type == "outpaint" else "inpaint" for item in batch]
-            replies = prompt_fn([open_rgb(item.image) for item in batch], [read_mask(item.mask) for item in batch],
-                                tasks)
+            replies = prompt_fn([open_image(item.image) for item in batch],
+                                [read_mask(item.mask) for item in batch], tasks)
             rows = []
             for item, task, reply in zip(batch, tasks, replies, strict=True):
                 parsed = parse_reply(reply)
@@ -241,10 +221,12 @@ def assistant_prompts(sets: dict[str, list[InpaintItem]], cache_path: Path, prom
 def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[InpaintItem]], out_dir: Path, *,
                      inpaint_fn: InpaintFn, metrics: InpaintMetrics, prompt_fn: PromptFn | None = None,
                      assistant: str = "", restorers: Sequence[Restorer] = (),
-                     generation: InpaintGeneration = InpaintGeneration(), progress: bool = True) -> InpaintResult:
+                     generation: InpaintGeneration = InpaintGeneration(), progress: bool = True) -> RunResult:
     """Inpaint every masked crop of `sets` (from prepare_inpaint_set) for every setting, restore the results with
     every restorer, score each (row, mask type) and write `<out_dir>/report.{json,md,png}` (Table 3: every row;
     Table 4: the restoration variants on the outpaint masks, when there are restorers and outpaint masks)."""
+    from ..images import open_image
+
     if not settings:
         raise EvalInputError("give at least one --setting LABEL=MODEL:PROMPT, e.g. \"SD1.5-inpainting="
                              "models/diffusers/stable-diffusion-inpainting:plain\"")
@@ -262,7 +244,7 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
                   "assistant": assistant if setting.prompt == "assistant" else None}
         _make_results(out_dir / "results" / slug(setting.name), recipe, sets, setting.name, progress,
                       lambda item, index, s=setting: inpaint_fn(
-                          s.model, _open(item.image), read_mask(item.mask),
+                          s.model, open_image(item.image), read_mask(item.mask),
                           prompts[(item.mask_type, item.name)]["prompt"] if s.prompt == "assistant"
                           else generation.plain_prompt, generation.seed + index))
     for setting in settings:
@@ -272,7 +254,8 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
             _make_results(out_dir / "results" / slug(_row_name(setting, restorer)), recipe, sets,
                           _row_name(setting, restorer), progress,
                           lambda item, index, r=restorer, src=source: r.restore(
-                              _open(src / item.mask_type / item.result_name), _open(item.image), read_mask(item.mask),
+                              open_image(src / item.mask_type / item.result_name), open_image(item.image),
+                              read_mask(item.mask),
                               generation.seed + index))
     table3, scores = score_inpainting(names, sets, out_dir, metrics, progress)
     tables = [table3]
@@ -298,17 +281,11 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
     key = metric.lower()
     tables += [area_table(names, scores, mask_type, metric, key) for mask_type in sets]
     # Table 4 is a view of Table 3's outpaint columns: plotting Table 3 shows both.
-    return InpaintResult(report, write_report(out_dir, report, tables, notes=notes, plotted=[table3]))
+    return RunResult(report, write_report(out_dir, report, tables, notes=notes, plotted=[table3]))
 
 
 def _row_name(setting: InpaintSetting, restorer: Restorer | None) -> str:
     return setting.name if restorer is None else f"{setting.name} + {restorer.name}"
-
-
-def _open(path: Path) -> Image.Image:
-    from .editing import open_rgb
-
-    return open_rgb(path)
 
 
 def _make_results(folder: Path, recipe: dict, sets: dict[str, list[InpaintItem]], name: str, progress: bool,
@@ -409,45 +386,3 @@ def area_table(names: Sequence[str], scores: dict[str, dict], mask_type: str, me
             if key in entry:
                 table.set(name, label, metric, entry[key])
     return table
-
-
-def pair_scores(outputs: Sequence[Path], targets: Sequence[Path], **options) -> dict[str, float]:
-    """Means over the pairs of `pair_values`: {"lpips", "ssim", "psnr"}, the metrics asked for."""
-    return {key: float(np.mean(found)) for key, found in pair_values(outputs, targets, **options).items()}
-
-
-def pair_values(outputs: Sequence[Path], targets: Sequence[Path], *, lpips: LpipsFn | None = None,
-                with_ssim: bool = True, with_psnr: bool = False, batch_size: int = 16, device: str | None = None,
-                progress: bool = True, desc: str = "LPIPS/SSIM") -> dict[str, list[float]]:
-    """LPIPS (when `lpips` is given), SSIM and PSNR of each output against its target image (same size), per pair in
-    order: {"lpips": [...], "ssim": [...], "psnr": [...]}, the metrics asked for."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .editing import open_rgb, rgb_tensor
-    from .metrics import psnr, ssim
-
-    values: dict[str, list[float]] = {"lpips": [], "ssim": [], "psnr": []}
-    with tqdm(total=len(outputs), desc=desc, unit="image", disable=not progress) as bar:
-        for start in range(0, len(outputs), batch_size):
-            pairs = []
-            for output, target in zip(outputs[start:start + batch_size], targets[start:start + batch_size],
-                                      strict=True):
-                a, b = rgb_tensor(open_rgb(output)), rgb_tensor(open_rgb(target))
-                if a.shape != b.shape:
-                    raise EvalInputError(f"{output} is {a.shape[2]}x{a.shape[1]} but {target} is {b.shape[2]}x"
-                                         f"{b.shape[1]}: results must keep the image size")
-                pairs.append((a, b))
-            if lpips is not None:
-                a, b = torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
-                if device is not None:
-                    a, b = a.to(device), b.to(device)
-                with torch.inference_mode():
-                    values["lpips"].extend(lpips(a, b).float().cpu().tolist())
-            arrays = [(a.permute(1, 2, 0).numpy(), b.permute(1, 2, 0).numpy()) for a, b in pairs]
-            if with_ssim:
-                values["ssim"].extend(ssim(a, b) for a, b in arrays)
-            if with_psnr:
-                values["psnr"].extend(psnr(a, b) for a, b in arrays)
-            bar.update(len(pairs))
-    return {key: found for key, found in values.items() if found}

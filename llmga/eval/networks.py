@@ -60,21 +60,22 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_inception(path: str | Path, device: str = "cpu") -> torch.nn.Module:
+def load_inception(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The FID Inception (an `InceptionFeatures`, eval mode, no gradients) of `pt_inception-2015-12-05-6726825d.pth`
-    (`path` is the file, or a folder holding it)."""
+    (`path` is the file, or a folder holding it), on `device` (auto/cuda/cpu/mps) in the metrics' precision
+    (`llmga.devices`: fp32)."""
     file = _weights_file(path, INCEPTION_FILE, "FID Inception", INCEPTION_URL)
     model = _inception_class()()
     state = _read_state_dict(file, INCEPTION_FILE, INCEPTION_URL)
     _check_keys(state, model.state_dict(), file, "FID Inception", INCEPTION_FILE, INCEPTION_URL)
     model.load_state_dict(state, strict=False)  # strict already checked; old files lack BatchNorm's step counter
     model.name = INCEPTION_NAME if file.name == INCEPTION_FILE else f"inception-fid-{file.stem}"
-    return model.to(device).eval().requires_grad_(False)
+    return _ready(model, device)
 
 
-def load_lpips(vgg: str | Path, lin: str | Path, device: str = "cpu") -> torch.nn.Module:
+def load_lpips(vgg: str | Path, lin: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """VGG LPIPS v0.1 (an `LPIPS`, eval mode, no gradients) of torchvision's `vgg16-397923af.pth` and lpips'
-    `vgg.pth` (each argument the file, or a folder holding it)."""
+    `vgg.pth` (each argument the file, or a folder holding it), on `device` in the metrics' precision (fp32)."""
     vgg_file = _weights_file(vgg, LPIPS_VGG_FILE, "LPIPS VGG16", LPIPS_VGG_URL)
     lin_file = _weights_file(lin, LPIPS_LIN_FILE, "LPIPS linear heads", LPIPS_LIN_URL)
     model = _lpips_class()()
@@ -86,7 +87,15 @@ def load_lpips(vgg: str | Path, lin: str | Path, device: str = "cpu") -> torch.n
     heads = {key: value for key, value in expected.items() if key.startswith("lin")}
     _check_keys(lin_state, heads, lin_file, "LPIPS v0.1 VGG linear-head", LPIPS_LIN_FILE, LPIPS_LIN_URL)
     model.load_state_dict({**{key: vgg_state[key] for key in features}, **lin_state}, strict=True)
-    return model.to(device).eval().requires_grad_(False)
+    return _ready(model, device)
+
+
+def _ready(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    """`model` on `device` in the precision `llmga.devices` gives metric networks (fp32), in eval mode, frozen."""
+    from ..devices import device_and_dtype
+
+    target, dtype = device_and_dtype("metrics", device)
+    return model.to(target, dtype).eval().requires_grad_(False)
 
 
 @functools.cache

@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import read_json
+
 SETTINGS = ("single-turn", "multi-turn")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv")
 _IMAGE = r"\.(?:png|jpe?g)"
@@ -67,18 +69,15 @@ def read_manifest(path: str | Path) -> list[EditPair]:
 
 
 def _manifest_rows(path: Path, suffix: str) -> list[tuple[str, dict]]:
+    if suffix == ".json":
+        rows = read_json(path, EvalInputError, "manifest")
+        if not isinstance(rows, list):
+            raise EvalInputError(f"manifest {path} holds a {type(rows).__name__}: a .json manifest is a list of rows")
+        return [(f"row {index}", row) for index, row in enumerate(rows, 1)]
     text = path.read_text(encoding="utf-8")
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         return [(f"line {reader.line_num}", row) for row in reader]
-    if suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EvalInputError(f"manifest {path} is not valid JSON ({error})") from error
-        if not isinstance(rows, list):
-            raise EvalInputError(f"manifest {path} holds a {type(rows).__name__}: a .json manifest is a list of rows")
-        return [(f"row {index}", row) for index, row in enumerate(rows, 1)]
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -114,14 +113,30 @@ def read_captions(path: str | Path) -> dict[str, dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"caption file {path} does not exist: give MagicBrush's local_captions.json")
-    try:
-        captions = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EvalInputError(f"caption file {path} is not valid JSON ({error})") from error
+    captions = read_json(path, EvalInputError, "caption file")
     if not isinstance(captions, dict) or not all(isinstance(turns, dict) for turns in captions.values()):
         raise EvalInputError(f"caption file {path} is not {{id: {{'<id>-output<k>.png': caption}}}} "
                              "like MagicBrush's local_captions.json")
     return captions
+
+
+def read_edit_pairs(source: str | Path, ground_truth: str | Path | None = None, setting: str = "both",
+                    captions: str | Path | None = None) -> dict[str, list[EditPair]]:
+    """{setting name: pairs} of an editing evaluation: {"manifest": read_manifest(source)} for a manifest file; with
+    `ground_truth`, `source` is the folder of generated MagicBrush sessions and the MagicBrush `setting` (one of
+    SETTINGS, or "both") is read, captions from `captions` (local_captions.json) when given."""
+    source = Path(source)
+    if ground_truth is None:
+        if source.is_dir():
+            raise EvalInputError(f"{source} is a folder: give --gt <ground-truth folder> to score it as MagicBrush "
+                                 "sessions, or give a manifest file")
+        return {"manifest": read_manifest(source)}
+    if source.is_file():
+        raise EvalInputError(f"{source} is a file but --gt was given: --gt goes with a folder of generated MagicBrush "
+                             "sessions; drop --gt to read a manifest")
+    turns = read_captions(captions) if captions is not None else None
+    names = SETTINGS if setting == "both" else (setting,)
+    return {name: read_magicbrush(source, ground_truth, name, turns) for name in names}
 
 
 def read_magicbrush(generated: str | Path, ground_truth: str | Path, setting: str,

@@ -114,6 +114,14 @@ class ReportFiles:
     plot_note: str | None = None
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What an evaluation run returns: its report (as written to report.json, without the tables) and the files."""
+
+    report: dict
+    files: ReportFiles
+
+
 def write_report(out_dir: Path, report: dict, tables: list[Table], stem: str = "report", notes: Iterable[str] = (),
                  plotted: list[Table] | None = None) -> ReportFiles:
     """`<out_dir>/<stem>.json` (report plus the tables), `<stem>.md` (the tables and the notes, e.g. the protocol)

@@ -24,10 +24,11 @@ import numpy as np
 
 from ..files import save_image_atomic
 from ..masks import DIFFRIR_MASKS, MaskGenerator
-from .inpaint import CROP_SIZE, LpipsFn, Restorer, crop_for_eval, pair_scores, read_mask
+from .inpaint import CROP_SIZE, Restorer, crop_for_eval, read_mask
 from .pairs import EvalInputError
-from .report import ReportFiles, Table, write_report
+from .report import RunResult, Table, write_report
 from .runs import check_run_settings, check_unique_names, slug
+from .scoring import LpipsFn, pair_scores
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,12 +46,6 @@ class RestoreItem:
     clean: Path
     degraded: Path
     mask: Path
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    report: dict
-    files: ReportFiles
 
 
 def _seed(seed: int, index: int, stream: int) -> int:
@@ -86,11 +81,10 @@ def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = C
                         y_error: float = Y_ERROR, progress: bool = True) -> list[RestoreItem]:
     """Write (or find) `<stem>.png` (clean crop), `<stem>_mask000.png` and `degraded/<stem>.png` under `data_dir`
     for every image. Raises EvalInputError for no images, unreadable ones, shared stems or a size under 80."""
-    from PIL import Image
     from tqdm.auto import tqdm
 
+    from ..images import mask_to_pil, open_image
     from ..restore.degradations import MIN_SIZE
-    from .editing import open_rgb
 
     if not images:
         raise EvalInputError("no images to evaluate: give a folder with .png/.jpg images")
@@ -106,10 +100,9 @@ def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = C
         item = RestoreItem(stem, data_dir / f"{stem}.png", data_dir / "degraded" / f"{stem}.png",
                            data_dir / f"{stem}_mask000.png")
         if not (item.clean.is_file() and item.degraded.is_file() and item.mask.is_file()):
-            clean = crop_for_eval(open_rgb(Path(path)), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
-            mask = restore_mask(size, seed, index)
+            clean = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
             save_image_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
-            save_image_atomic(Image.fromarray((mask * 255).astype(np.uint8), mode="L"), item.mask)
+            save_image_atomic(mask_to_pil(restore_mask(size, seed, index)), item.mask)
             save_image_atomic(clean, item.clean)
         items.append(item)
     return items
@@ -125,12 +118,12 @@ def plain_composite(generated: Image.Image, reference: Image.Image, mask: np.nda
 
 def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: Sequence[Restorer],
                      lpips: LpipsFn | None = None, seed: int = 0, batch_size: int = 16, device: str | None = None,
-                     progress: bool = True) -> RestoreResult:
+                     progress: bool = True) -> RunResult:
     """Make `results/<row>/<name>.png` for the plain composite and every restorer (skipping finished files), score
     PSNR, SSIM (and LPIPS when given) against the clean crops and write `<out_dir>/report.{json,md,png}`."""
     from tqdm.auto import tqdm
 
-    from .editing import open_rgb
+    from ..images import open_image
 
     if not items:
         raise EvalInputError("no images to evaluate")
@@ -147,7 +140,7 @@ def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: 
         with tqdm(total=len(items), initial=len(items) - len(todo), desc=row.name, unit="image",
                   disable=not progress) as bar:
             for index, item in todo:
-                restored = row.restore(open_rgb(item.degraded), open_rgb(item.clean), read_mask(item.mask),
+                restored = row.restore(open_image(item.degraded), open_image(item.clean), read_mask(item.mask),
                                        seed + index)
                 save_image_atomic(restored, folder / f"{item.name}.png")
                 bar.update(1)
@@ -162,4 +155,4 @@ def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: 
               "rows": [{"name": row.name, "scores": scores[row.name]} for row in rows]}
     notes = [f"{len(items)} held-out images; PSNR/SSIM (BasicSR definitions, RGB, whole image) and LPIPS (VGG "
              "v0.1) against the clean crop."]
-    return RestoreResult(report, write_report(out_dir, report, [table], notes=notes))
+    return RunResult(report, write_report(out_dir, report, [table], notes=notes))

@@ -1,27 +1,78 @@
-"""What the evaluation runs share: settings given as `LABEL=MODEL:PROMPT`, the record of
-how a folder's images were made, and JSONL caches of assistant replies."""
+"""What the evaluation runs share: settings given as `LABEL=MODEL:PROMPT`, how images are generated, comma-separated
+choices (`--metrics fid,is`), the record of how a folder's images were made, and JSONL caches of assistant replies."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import write_json_atomic
+from ..files import append_jsonl, read_jsonl, write_json_atomic
 from .pairs import EvalInputError
 
 
-def parse_setting_spec(text: str, sources: tuple[str, ...], example: str) -> tuple[str, str, str]:
-    """`LABEL=MODEL:SOURCE` or `MODEL:SOURCE` -> (label, or "" when not given; model; source, one of `sources`).
-    MODEL may hold ':' (a Windows drive): the source is after the last one."""
+@dataclass(frozen=True)
+class Setting:
+    """A row of a table: a label, the SD1.5 model (folder or released name) and where its prompt comes from (one of
+    the task's PROMPT_SOURCES: t2i "caption" / "refined", inpaint "plain" / "assistant")."""
+
+    name: str
+    model: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How every image of a run is made (the official scripts' 50 steps, CFG 7.5, empty negative); item i of the
+    run uses seed + i in every setting."""
+
+    steps: int = 50
+    cfg: float = 7.5
+    negative: str = ""
+    seed: int = 0
+    encoding: str = "llmga"  # the long-prompt encoding (llmga or lpw)
+
+
+def split_label(text: str) -> tuple[str, str]:
+    """`LABEL=REST` -> (LABEL without surrounding spaces, REST); text without '=' -> ("", text)."""
     label, _, rest = text.partition("=") if "=" in text else ("", "", text)
+    return label.strip(), rest
+
+
+def parse_setting_spec(text: str, sources: Mapping[str, str], example: str) -> Setting:
+    """`LABEL=MODEL:SOURCE` or `MODEL:SOURCE` -> Setting, SOURCE one of `sources` ({source: how a default label
+    names it}); without a label, "<model folder name> + <that name>". MODEL may hold ':' (a Windows drive): the
+    source is after the last one."""
+    label, rest = split_label(text)
     model, _, source = rest.rpartition(":")
     source = source.strip().lower()
     if not model.strip() or source not in sources:
         raise EvalInputError(f"--setting {text!r}: expected LABEL=MODEL:PROMPT with PROMPT one of "
                              f"{', '.join(sources)}, e.g. \"{example}\"")
-    return label.strip(), model.strip(), source
+    model = model.strip()
+    return Setting(label or f"{Path(model).name} + {sources[source]}", model, source)
+
+
+def parse_names(text: str, known: Sequence[str], flag: str, what: str) -> tuple[str, ...]:
+    """A comma-separated choice ('narrow, Wide,narrow') -> the names of `known` it gives, lower-cased, in the order
+    given, each once. EvalInputError naming the unknown names (`what`: e.g. "metrics"), or saying none was given."""
+    names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in known]
+    choose = f"choose from {', '.join(known)} (comma-separated)"
+    if unknown:
+        raise EvalInputError(f"unknown {what} {unknown} in {flag} {text!r}: {choose}")
+    if not names:
+        raise EvalInputError(f"{flag} {text!r} names no {what}: {choose}")
+    return names
+
+
+def parse_metrics(text: str, known: Sequence[str]) -> tuple[str, ...]:
+    """`--metrics` of any evaluation ('clip-i,l1') -> the metric names in `known` order (('l1', 'clip-i')), so reports
+    list them the same way however they were typed; unknown or no names are an EvalInputError."""
+    names = parse_names(text, known, "--metrics", "metrics")
+    return tuple(name for name in known if name in names)
 
 
 def check_unique_names(names: list[str]) -> None:
@@ -54,33 +105,16 @@ def check_run_settings(folder: Path, settings: dict) -> None:
 
 
 class JsonlCache:
-    """Rows of a JSONL file keyed by a string, appended as they are made, so a resumed run computes each once.
-    A line that does not parse (an interrupted write) is ignored."""
+    """Rows of a JSONL file keyed by a string, appended as they are made (`llmga.files.append_jsonl`), so a resumed
+    run computes each once. A line that does not parse (an interrupted write) is ignored."""
 
     def __init__(self, path: Path, key_field: str = "key") -> None:
         self.path, self.key_field = path, key_field
-        self.rows: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and key_field in row:
-                    self.rows[str(row[key_field])] = row
+        self.rows = {str(row[key_field]): row for row in read_jsonl(path) if key_field in row}
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
 
     def add(self, rows: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a+b") as file:  # an interrupted write left a partial line: end it first
-            file.seek(0, os.SEEK_END)
-            if file.tell():
-                file.seek(-1, os.SEEK_END)
-                if file.read(1) != b"\n":
-                    file.write(b"\n")
-        with self.path.open("a", encoding="utf-8") as file:
-            for row in rows:
-                self.rows[str(row[self.key_field])] = row
-                file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        append_jsonl(self.path, rows)
+        self.rows.update((str(row[self.key_field]), row) for row in rows)

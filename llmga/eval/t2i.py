@@ -29,21 +29,17 @@ import numpy as np
 from ..files import save_image_atomic
 from ..prompt import parse_reply
 from .pairs import EvalInputError
-from .report import ReportFiles, Table, write_report
-from .runs import (
-    JsonlCache,
-    check_run_settings,
-    check_unique_names,
-    parse_setting_spec,
-    slug,
-)
+from .report import RunResult, Table, write_report
+from .runs import Generation, JsonlCache, Setting, check_run_settings, check_unique_names, parse_setting_spec, slug
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .features import FeatureCache, FeatureExtractor
 
-PROMPT_SOURCES = ("caption", "refined")
+# A row's prompt: the short caption as it is, or the assistant's prompt between <gen_image> tags (how a label
+# without LABEL= names it).
+PROMPT_SOURCES = {"caption": "short caption", "refined": "refined prompt"}
 # The paper's Table 1 rows; `--setting LABEL=MODEL:PROMPT` gives each its model.
 TABLE1_ROWS = (("SD1.5 + short caption", "caption"), ("SD1.5 + refined prompt", "refined"),
                ("LLMGA SD1.5-ft + refined prompt", "refined"))
@@ -63,27 +59,16 @@ class Caption:
     text: str
 
 
-@dataclass(frozen=True)
-class T2ISetting:
-    """A row of Table 1: a label, the SD1.5 model (folder or released name) and the prompt source ("caption": the
-    short caption as it is; "refined": the assistant's prompt between <gen_image> tags)."""
-
-    name: str
-    model: str
-    prompt: str
+T2ISetting = Setting  # a row of Table 1; its prompt is one of PROMPT_SOURCES
 
 
 @dataclass(frozen=True)
-class T2IGeneration:
-    """How every image is made. Image i of the caption list uses seed + i in every setting."""
+class T2IGeneration(Generation):
+    """How every image is made: `Generation` at width x height, batch_size prompts per SD call. Image i of the
+    caption list uses seed + i in every setting."""
 
-    steps: int = 50
-    cfg: float = 7.5
     width: int = 512
     height: int = 512
-    negative: str = ""
-    seed: int = 0
-    encoding: str = "llmga"
     batch_size: int = 4
 
 
@@ -104,12 +89,6 @@ class T2IMetrics:
     is_splits: int = IS_SPLITS
     batch_size: int = 32
     device: str | None = None
-
-
-@dataclass(frozen=True)
-class T2IResult:
-    report: dict
-    files: ReportFiles
 
 
 # --- captions and settings -----------------------------------------------------------------------------------
@@ -169,9 +148,7 @@ def _coco_groups(path: Path, text: str) -> dict[str, list[str]]:
 def parse_setting(text: str) -> T2ISetting:
     """`LABEL=MODEL:PROMPT` or `MODEL:PROMPT` (PROMPT: caption or refined) -> T2ISetting; without a label, one in the
     paper's wording ("<model> + short caption" / "+ refined prompt")."""
-    label, model, prompt = parse_setting_spec(text, PROMPT_SOURCES, "SD1.5 + short caption=models/sd15:caption")
-    return T2ISetting(label or f"{Path(model).name} + {'short caption' if prompt == 'caption' else 'refined prompt'}",
-                      model, prompt)
+    return parse_setting_spec(text, PROMPT_SOURCES, "SD1.5 + short caption=models/sd15:caption")
 
 
 def check_settings(settings: Sequence[T2ISetting]) -> None:
@@ -242,7 +219,7 @@ def generate_images(model: str, items: Sequence[tuple[str, str, int]], folder: P
 def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], out_dir: Path, *,
                  generate_fn: GenerateFn, metrics: T2IMetrics, refine_fn: RefineFn | None = None,
                  assistant: str = "", generation: T2IGeneration = T2IGeneration(),
-                 reference: Path | None = None, progress: bool = True) -> T2IResult:
+                 reference: Path | None = None, progress: bool = True) -> RunResult:
     """Generate every setting's images into `<out_dir>/images/<setting>/<caption id>.png` (resuming), then score
     them: FID against `reference` (a folder of real images or an .npz of statistics; None: no FID), IS, CLIP score.
     Writes `<out_dir>/report.{json,md,png}` and returns the report. `assistant` names the refiner in the cache."""
@@ -276,7 +253,7 @@ def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], ou
         report["refinement"] = {"assistant": assistant,
                                 "without_prompt": sum(not row["has_prompt"] for row in refined.values())}
     files = write_report(out_dir, report, [table], notes=_notes(report))
-    return T2IResult(report, files)
+    return RunResult(report, files)
 
 
 def score_t2i(settings: Sequence[T2ISetting], captions: Sequence[Caption], out_dir: Path, metrics: T2IMetrics,
