@@ -13,8 +13,8 @@ from fixtures.mllm import FAMILIES
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from llmga.mllm.batch import BatchReply, BatchRequest, _RowStopStrings, reply_batch
-from llmga.mllm.chat import Assistant, ChatError, GenerationSettings
+from llmga.mllm.batch import BatchReply, _RowStopStrings, reply_batch
+from llmga.mllm.chat import Assistant, ChatError, GenerationSettings, UserTurn
 from llmga.mllm.loader import load_llmga
 from llmga.mllm.tasks import REGEN_PROMPT
 from llmga.prompt import parse_reply
@@ -74,16 +74,14 @@ def record(model: Path, images: Path, output: Path, *extra: str) -> int:
 # --- batched generation ------------------------------------------------------------------------------------------
 
 
-def mixed_requests(assistant: Assistant) -> list[BatchRequest]:
+def mixed_requests(assistant: Assistant) -> list[UserTurn]:
     """Two pictures of different sizes and two text-only turns of different lengths: rows padded very differently."""
     requests = []
     for index, color in enumerate(("red", "blue")):
-        picture = assistant.picture(Image.new("RGB", (40 + 30 * index, 30), color))
-        requests.append(BatchRequest(assistant.user_message("similar_image", "", assistant.new_history(), True),
-                                     picture))
+        image = Image.new("RGB", (40 + 30 * index, 30), color)
+        requests.append(assistant.turn(assistant.new_history(), "similar_image", image=image))
     for text in ("a cat", "a lighthouse on a cliff at dusk, waves below"):
-        requests.append(BatchRequest(assistant.user_message("text_to_image", text, assistant.new_history(), False,
-                                                            placement="before")))
+        requests.append(assistant.turn(assistant.new_history(), "text_to_image", text, placement="before"))
     return requests
 
 
@@ -124,7 +122,7 @@ def test_rows_end_on_their_own_at_a_stop_string_made_of_several_tokens(assistant
 
 def test_batch_refuses_an_image_placeholder_without_a_picture(assistant):
     with pytest.raises(ChatError, match="request 1.*no picture"):
-        reply_batch(assistant, [BatchRequest("hello"), BatchRequest("<image>\nDescribe the image.")], GREEDY)
+        reply_batch(assistant, [UserTurn("hello"), UserTurn("<image>\nDescribe the image.")], GREEDY)
 
 
 def test_empty_batch_gives_no_replies(assistant):

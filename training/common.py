@@ -31,6 +31,8 @@ from llmga.files import append_jsonl
 
 ConfigT = TypeVar("ConfigT")
 LOG_FILE = "train.jsonl"
+OUT_OF_MEMORY_HINT = ("lower the batch size per process (per_device_train_batch_size or train_batch_size) and raise "
+                      "gradient_accumulation_steps to keep the global batch")
 
 
 class ConfigError(ValueError):
@@ -170,11 +172,12 @@ def load_config(path: str | Path, config_type: type[ConfigT], overrides: Mapping
 
 
 def run_cli(description: str, config_type: type[ConfigT], train: Callable[[ConfigT], Any],
-            argv: Sequence[str] | None, out_of_memory_hint: str) -> int:
-    """A trainer's command line: `--config FILE [--set key=value ...]`. Returns the exit status: 0 trained; 2 a bad
-    config, missing data or another request that cannot be served, reported as one line `error: <what to fix>`
-    (`llmga.errors.run_reporting`, as every command line of the pack); 130 Ctrl-C."""
-    parser = argparse.ArgumentParser(description=description)
+            argv: Sequence[str] | None = None) -> int:
+    """A trainer's command line: `--config FILE [--set key=value ...]`, `description` (the trainer's module docstring)
+    as its help. Returns the exit status: 0 trained; 2 a bad config, missing data or another request that cannot be
+    served, reported as one line `error: <what to fix>` (`llmga.errors.run_reporting`, as every command line of the
+    pack); 130 Ctrl-C."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help=f"YAML or JSON file with {config_type.__name__} keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
@@ -183,7 +186,7 @@ def run_cli(description: str, config_type: type[ConfigT], train: Callable[[Confi
         train(load_config(args.config, config_type, parse_overrides(args.set)))
         return 0
 
-    return run_reporting(body, out_of_memory_hint)
+    return run_reporting(body, OUT_OF_MEMORY_HINT)
 
 
 # --- accelerator, logging, seeding --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""DiffRIR training: the reference-based restoration network that LLMGA runs after inpainting and outpainting.
+r"""DiffRIR training: the reference-based restoration network that LLMGA runs after inpainting and outpainting.
 
     accelerate launch --config_file training/configs/accelerate/multi_gpu.yaml \
         -m training.diffrir --config training/configs/diffrir_s1.yaml
@@ -476,8 +476,7 @@ def train(config: DiffRIRConfig) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("Train DiffRIR (stage s1, then s2) for LLMGA's restoration step", DiffRIRConfig, train, argv,
-                   "lower train_batch_size (and queue_size with it)")
+    return run_cli(__doc__, DiffRIRConfig, train, argv)
 
 
 if __name__ == "__main__":

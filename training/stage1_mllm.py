@@ -1,4 +1,4 @@
-"""Stage 1 of LLMGA: train the MLLM (CLIP ViT-L/14-336 -> mlp2x_gelu projector -> base LLM) to write generation
+r"""Stage 1 of LLMGA: train the MLLM (CLIP ViT-L/14-336 -> mlp2x_gelu projector -> base LLM) to write generation
 prompts, and write the official LLMGA checkpoint folder that `LLMGA Load Assistant` and `load_llmga` read.
 
     accelerate launch --config_file training/configs/accelerate/deepspeed_zero3.yaml \
@@ -538,9 +538,7 @@ def train(config: Stage1Config) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("LLMGA stage 1: projector pretraining or MLLM fine-tuning", Stage1Config, train, argv,
-                   "lower per_device_train_batch_size (raise gradient_accumulation_steps to keep the global batch) "
-                   "or set gradient_checkpointing: true")
+    return run_cli(__doc__, Stage1Config, train, argv)
 
 
 if __name__ == "__main__":

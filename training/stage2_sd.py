@@ -1,4 +1,4 @@
-"""Stage 2 of LLMGA: fine-tune the UNet of an SD1.5 diffusers folder on images and long (MLLM-style) prompts.
+r"""Stage 2 of LLMGA: fine-tune the UNet of an SD1.5 diffusers folder on images and long (MLLM-style) prompts.
 
     accelerate launch --config_file training/configs/accelerate/multi_gpu.yaml \
         -m training.stage2_sd --config training/configs/stage2_t2i.yaml
@@ -364,9 +364,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("LLMGA stage 2: fine-tune an SD1.5 UNet on images + long prompts", Stage2Config, train, argv,
-                   "lower train_batch_size (raise gradient_accumulation_steps to keep the batch) or set "
-                   "gradient_checkpointing: true")
+    return run_cli(__doc__, Stage2Config, train, argv)
 
 
 if __name__ == "__main__":

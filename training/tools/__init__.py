@@ -4,13 +4,40 @@
   of {"image", "caption", ...}, the stage-2 training data the paper makes without rerunning the MLLM (resumable).
 - `refinement_pairs`: build short -> detailed prompt pairs in the released `T2I/train.json` format from any
   captioned set, with a pluggable captioner.
+
+They are an application beside `python -m llmga`: they call the library (the assistant's chat turn, batched replies,
+images, atomic files) and report errors as its command lines do, without importing `llmga.cli`.
 """
 
+from __future__ import annotations
 
-def add_assistant_options(parser, clip_help: str) -> None:
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def add_assistant_options(parser: argparse.ArgumentParser, clip_help: str) -> None:
     """The options that load the LLMGA assistant: --device, --dtype, --clip-vision-dir (repeatable)."""
-    from pathlib import Path
+    from llmga.devices import DEVICES, DTYPES
 
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--dtype", choices=DTYPES, default="auto")
     parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[], help=clip_help)
+
+
+def load_assistant(folder: str | Path, args: argparse.Namespace):
+    """The `llmga.mllm.chat.Assistant` of the LLMGA checkpoint `folder`, loaded with `add_assistant_options`' values."""
+    from llmga.mllm.chat import Assistant
+    from llmga.mllm.loader import load_llmga
+
+    return Assistant(load_llmga(folder, dtype=args.dtype, device=args.device, clip_vision_dirs=args.clip_vision_dir))
+
+
+def run_tool(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int],
+             argv: Sequence[str] | None) -> int:
+    """Parse `argv` and run the tool; its exit status, or 2 with one line `error: ...` for a request that cannot be
+    served (`llmga.errors.run_reporting`, as `python -m llmga`), 130 on Ctrl-C."""
+    from llmga.errors import run_reporting
+
+    args = parser.parse_args(argv)
+    return run_reporting(lambda: run(args), "lower --batch-size")

@@ -33,19 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
-from llmga.errors import run_reporting
+from llmga.files import append_jsonl
+from llmga.images import open_image
 from llmga.mllm.tasks import QUES_PROMPT, REGEN_PROMPT
 
 from ..data.datasets import IMAGE_EXTENSIONS
-from . import add_assistant_options
+from . import add_assistant_options, load_assistant, run_tool
 
 # The tasks that ask about an image and nothing else (SGDataset), and the instruction each uses by default:
 # "Generate a similar image." is an official regen_prompt entry and the official editing CLI's first turn; the
@@ -133,43 +131,30 @@ def _recorded_images(output: Path, complete: bytes, task: str, model: str) -> se
     return done
 
 
-def user_message(assistant, task: str, key: str, instruction: str | None, vary: bool, seed: int) -> str:
-    """The user turn for one image: `instruction`, a training phrasing drawn for this image (vary), or the default."""
+def user_turn(assistant, image, task: str, key: str, instruction: str | None, vary: bool, seed: int):
+    """The first turn about one image (`Assistant.turn`): `instruction`, a training phrasing drawn for this image
+    (vary: seeded by "<seed>:<image key>"), or the task's default instruction."""
     if instruction is None and not vary:
         instruction = DEFAULT_INSTRUCTIONS[task]
-    rng = random.Random(f"{seed}:{key}") if vary and instruction is None else None
-    return assistant.user_message(task, "", assistant.new_history(), True, instruction=instruction, rng=rng)
-
-
-def open_picture(path: Path) -> Image.Image:
-    """The image as RGB; OSError/ValueError (PIL's) when it cannot be read."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _write_lines(file, items: list[dict]) -> None:
-    """Append JSON lines and push them to disk, so an interruption keeps every finished batch."""
-    if items:
-        file.write("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
-        file.flush()
-        os.fsync(file.fileno())
+    phrasing_seed = f"{seed}:{key}" if instruction is None else None
+    return assistant.turn(assistant.new_history(), task, image=image, instruction=instruction,
+                          phrasing_seed=phrasing_seed)
 
 
 def record_batch(assistant, images: Sequence[Path], keys: Sequence[str], args: argparse.Namespace, model: str,
                  counts: RunCounts, warn) -> tuple[list[dict], list[dict]]:
     """Ask about one batch of images; (records to append, error entries)."""
-    from llmga.mllm.batch import BatchRequest, reply_batch
+    from llmga.mllm.batch import reply_batch
     from llmga.mllm.chat import GenerationSettings
 
     errors, requests, asked = [], [], []
     for image, key in zip(images, keys, strict=True):
-        try:
-            picture = assistant.picture(open_picture(image))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        try:  # an unreadable file (ImageInputError) or one the image processor refuses
+            requests.append(user_turn(assistant, open_image(image), args.task, key, args.instruction,
+                                      args.vary_instruction, args.seed))
+        except ValueError as error:
             errors.append({"image": key, "error": f"cannot read the image: {error}"})
             continue
-        message = user_message(assistant, args.task, key, args.instruction, args.vary_instruction, args.seed)
-        requests.append(BatchRequest(message, picture))
         asked.append(key)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
@@ -230,23 +215,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: {counts.already} of {len(images)} images are recorded in {output}")
         return 0
 
-    from llmga.mllm.chat import Assistant
-    from llmga.mllm.loader import load_llmga
-
-    assistant = Assistant(load_llmga(args.model, dtype=args.dtype, device=args.device,
-                                     clip_vision_dirs=args.clip_vision_dir))
-    output.parent.mkdir(parents=True, exist_ok=True)
+    assistant = load_assistant(args.model, args)
     bar = tqdm(total=len(pending), unit="image", desc="recording prompts")
-    with output.open("a", encoding="utf-8", newline="\n") as out:
-        for start in range(0, len(pending), args.batch_size):
-            batch = pending[start:start + args.batch_size]
-            records, errors = record_batch(assistant, [p for p, _ in batch], [k for _, k in batch], args, model,
-                                           counts, lambda text: tqdm.write(text, file=sys.stderr))
-            _write_lines(out, records)
-            if errors:
-                with errors_path.open("a", encoding="utf-8", newline="\n") as sidecar:
-                    _write_lines(sidecar, errors)
-            bar.update(len(batch))
+    for start in range(0, len(pending), args.batch_size):
+        batch = pending[start:start + args.batch_size]
+        records, errors = record_batch(assistant, [p for p, _ in batch], [k for _, k in batch], args, model,
+                                       counts, lambda text: tqdm.write(text, file=sys.stderr))
+        append_jsonl(output, records)  # flushed to disk: an interruption keeps every finished batch
+        if errors:
+            append_jsonl(errors_path, errors)
+        bar.update(len(batch))
     bar.close()
     recorded = counts.tagged + counts.untagged
     failed = f"; {len(counts.failed)} failed (listed in {errors_path}; a rerun retries them)" if counts.failed else ""
@@ -259,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.tools.record_prompts",
         description="Record the LLMGA assistant's generation prompts for a folder of images (stage-2 training "
-                    "data, read by read_caption_jsonl). Resumable: rerun the same command to continue.")
+                    "data, read by read_caption_jsonl). Resumable: rerun the same command to continue.",
+        epilog="exit status: 0 done, 1 some images failed (listed in the errors file), 2 the run could not start, "
+               "130 Ctrl-C")
     parser.add_argument("--model", required=True, help="LLMGA checkpoint folder")
+    add_assistant_options(parser, "folder searched for the CLIP vision tower when the checkpoint lacks it (repeatable)")
     parser.add_argument("--images", required=True, help="folder of images (.png .jpg .jpeg .webp .bmp)")
     parser.add_argument("--output", required=True, help=".jsonl file; appended to, and resumed from when it exists")
     parser.add_argument("--recursive", action="store_true", help="also take images from subfolders")
@@ -281,14 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed and --vary-instruction draws")
     parser.add_argument("--limit", type=int, help="record at most this many new images in this run")
     parser.add_argument("--errors", help="where failed images are listed (default: <output>.errors.jsonl)")
-    add_assistant_options(parser, "folder searched for the CLIP vision tower when the checkpoint lacks it (repeatable)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 done, 1 some images failed (listed in the errors file), 2 the run could not start, 130 Ctrl-C."""
-    args = build_parser().parse_args(argv)
-    return run_reporting(lambda: run(args), "lower --batch-size")
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

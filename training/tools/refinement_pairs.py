@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import re
 import sys
@@ -37,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
-from llmga.errors import run_reporting
-from llmga.files import atomic_path
+from llmga.files import write_json_atomic
+from llmga.images import ImageInputError, open_image
 
 from ..data.datasets import read_caption_jsonl, read_captioned_images, read_image_folder, read_json_list, read_t2i
-from . import add_assistant_options
+from . import add_assistant_options, load_assistant, run_tool
 
 MODES = ("shorten", "expand")
 ASSISTANT_TASKS = ("refine_prompt", "text_to_image", "describe")
@@ -105,21 +104,18 @@ class AssistantCaptioner:
         self.settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
 
     def _request(self, image: Path | None, caption: str):
-        from PIL import Image
-
-        from llmga.mllm.batch import BatchRequest
-
+        """The first turn for one record (`Assistant.turn`): the caption after the task's instruction, or for
+        describe the image alone."""
         history = self.assistant.new_history()
         if self.task != "describe":
-            return BatchRequest(self.assistant.user_message(self.task, caption, history, False, placement="before"))
+            return self.assistant.turn(history, self.task, caption, placement="before")
         if image is None:
             raise RefineError("assistant task describe needs images, but a record has none: use refine_prompt")
         try:
-            with Image.open(image) as opened:
-                picture = self.assistant.picture(opened.convert("RGB"))
-        except (OSError, ValueError) as error:
-            raise RefineError(f"{image}: cannot read the image ({error})") from None
-        return BatchRequest(self.assistant.user_message("describe", "", history, True), picture)
+            picture = open_image(image)
+        except ImageInputError as error:
+            raise RefineError(f"cannot read the image: {error}") from None
+        return self.assistant.turn(history, "describe", image=picture)
 
     def caption_batch(self, items: Sequence[tuple[Path | None, str]]) -> list[str]:
         from llmga.mllm.batch import reply_batch
@@ -169,15 +165,11 @@ def make_captioner(spec: str, args: argparse.Namespace) -> Captioner:
             raise RefineError(f"captioner {spec!r}: truncate:N needs a positive word count N, e.g. truncate:12")
         return FirstWords(int(count))
     if spec.startswith("assistant:"):
-        from llmga.mllm.chat import Assistant
-        from llmga.mllm.loader import load_llmga
-
         folder = spec.removeprefix("assistant:")
         check_direction(spec, AssistantCaptioner.mode, args.mode)  # before loading the model
         if not Path(folder).is_dir():
             raise RefineError(f"captioner {spec!r}: {folder} is not a folder; give an LLMGA checkpoint folder")
-        loaded = load_llmga(folder, dtype=args.dtype, device=args.device, clip_vision_dirs=args.clip_vision_dir)
-        return AssistantCaptioner(Assistant(loaded), args.assistant_task, args.max_new_tokens)
+        return AssistantCaptioner(load_assistant(folder, args), args.assistant_task, args.max_new_tokens)
     return import_callable(spec)
 
 
@@ -217,15 +209,6 @@ def relative_name(image: Path, root: Path) -> str:
         return image.relative_to(root).as_posix()
     except ValueError:
         return Path(os.path.abspath(image)).as_posix()
-
-
-def write_json_atomically(records: list[dict], output: Path) -> None:
-    """Write the list through a temporary file renamed over `output` (never a half file)."""
-    with atomic_path(output) as temporary, temporary.open("w", encoding="utf-8") as file:
-        json.dump(records, file, ensure_ascii=False, indent=1)
-        file.write("\n")
-        file.flush()
-        os.fsync(file.fileno())
 
 
 def build_pairs(items: Sequence[tuple[Path | None, str]], captioner: Captioner, mode: str, root: Path,
@@ -277,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
                           warn=lambda text: print(text, file=sys.stderr))
     if not records:
         raise RefineError(f"no pairs: the captioner returned nothing new for all {len(items)} records")
-    write_json_atomically(records, output)
+    write_json_atomic(output, records, indent=1)
     print(f"wrote {len(records)} pairs to {output} ({len(items) - len(records)} of {len(items)} records skipped); "
           f"image paths are relative to {root}: read it with read_t2i({str(output)!r}, image_root={str(root)!r})")
     return 0
@@ -286,7 +269,8 @@ def run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.tools.refinement_pairs",
-        description="Build short -> detailed prompt pairs (T2I/train.json format) from a captioned set.")
+        description="Build short -> detailed prompt pairs (T2I/train.json format) from a captioned set.",
+        epilog="exit status: 0 written, 2 not (the error says why), 130 Ctrl-C")
     parser.add_argument("--input", required=True, help="folder of images + .txt captions, .jsonl, or .json")
     parser.add_argument("--output", required=True, help="the .json list to write")
     parser.add_argument("--mode", choices=MODES, required=True,
@@ -305,9 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 written, 2 not (the error says why), 130 Ctrl-C."""
-    args = build_parser().parse_args(argv)
-    return run_reporting(lambda: run(args), "lower --batch-size")
+    return run_tool(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
