@@ -49,24 +49,23 @@ KINDS = ("irregular", "box", "outpaint", "full")
 
 @dataclass(frozen=True)
 class StrokeSpec:
-    """LaMa `RandomIrregularMaskGenerator` kwargs (`max_times` as configured; the draw allows one more stroke)."""
+    """LaMa `RandomIrregularMaskGenerator` kwargs; `times` is (min_times, max_times) as configured (the draw allows
+    one more stroke)."""
 
     max_angle: int = 4
     max_len: int = 240
     max_width: int = 100
-    min_times: int = 1
-    max_times: int = 4
+    times: tuple[int, int] = (1, 4)
 
 
 @dataclass(frozen=True)
 class BoxSpec:
-    """LaMa `RandomRectangleMaskGenerator` kwargs (`max_size` as configured; sides reach it inclusively)."""
+    """LaMa `RandomRectangleMaskGenerator` kwargs: `margin`, `sides` (bbox_min_size, bbox_max_size) as configured
+    (sides reach the maximum inclusively) and `times` (min_times, max_times)."""
 
     margin: int = 10
-    min_size: int = 35
-    max_size: int = 160
-    min_times: int = 1
-    max_times: int = 4
+    sides: tuple[int, int] = (35, 160)
+    times: tuple[int, int] = (1, 4)
 
 
 @dataclass(frozen=True)
@@ -108,16 +107,16 @@ MIXES = {mix.name: mix for mix in (MLLM_MASKS, SD_INPAINT_MASKS, DIFFRIR_MASKS)}
 
 # LaMa configs/data_gen/random_thin_512.yaml: strokes only, 4-70 strokes, width <= 20, length <= 100.
 LAMA_THIN = MaskMix("thin", 1.0, 0.0, 0.0,
-                    StrokeSpec(max_angle=4, max_len=100, max_width=20, min_times=4, max_times=70),
+                    StrokeSpec(max_angle=4, max_len=100, max_width=20, times=(4, 70)),
                     BoxSpec(), BandSpec(0.0, 0.0))
 # random_medium_512.yaml: strokes 4-10 (width <= 100, length <= 200), boxes p=0.3 (30-150 px, 1-5 boxes).
 LAMA_MEDIUM = MaskMix("medium", 1.0, 0.3, 0.0,
-                      StrokeSpec(max_angle=4, max_len=200, max_width=100, min_times=4, max_times=10),
-                      BoxSpec(margin=10, min_size=30, max_size=150, min_times=1, max_times=5), BandSpec(0.0, 0.0))
+                      StrokeSpec(max_angle=4, max_len=200, max_width=100, times=(4, 10)),
+                      BoxSpec(margin=10, sides=(30, 150), times=(1, 5)), BandSpec(0.0, 0.0))
 # random_thick_512.yaml: strokes 1-5 (width <= 250, length <= 450), boxes p=0.3 (30-300 px, 1-4 boxes).
 LAMA_THICK = MaskMix("thick", 1.0, 0.3, 0.0,
-                     StrokeSpec(max_angle=4, max_len=450, max_width=250, min_times=1, max_times=5),
-                     BoxSpec(margin=10, min_size=30, max_size=300, min_times=1, max_times=4), BandSpec(0.0, 0.0))
+                     StrokeSpec(max_angle=4, max_len=450, max_width=250, times=(1, 5)),
+                     BoxSpec(margin=10, sides=(30, 300), times=(1, 4)), BandSpec(0.0, 0.0))
 # DiffRIR masks/make_mask.py OutpaintingMaskGenerator as in its ymls: 15-40% bands (LLMGA's are unpublished).
 OUTPAINT_EVAL = MaskMix("outpaint", 0.0, 0.0, 1.0, StrokeSpec(), BoxSpec(), BandSpec(0.15, 0.4))
 # The mask sets of the inpainting evaluation by their table names: LaMa's narrow = thin, wide = thick.
@@ -165,7 +164,8 @@ def _draw_thick_segment(mask: np.ndarray, x0: int, y0: int, x1: int, y1: int, wi
 def irregular_mask(rng: np.random.RandomState, height: int, width: int, spec: StrokeSpec = StrokeSpec()) -> np.ndarray:
     """LaMa brush strokes (`make_random_irregular_mask`, LINE draw method). Returns [H, W] float32 in {0, 1}."""
     mask = np.zeros((height, width), np.float32)
-    times = rng.randint(spec.min_times, spec.max_times + 2)  # generator's max_times + 1, then randint's + 1
+    min_times, max_times = spec.times
+    times = rng.randint(min_times, max_times + 2)  # generator's max_times + 1, then randint's + 1
     for stroke in range(times):
         start_x, start_y = rng.randint(width), rng.randint(height)
         for _ in range(1 + rng.randint(5)):
@@ -185,13 +185,13 @@ def box_mask(rng: np.random.RandomState, height: int, width: int, spec: BoxSpec 
     """LaMa boxes (`make_random_rectangle_mask`). Returns [H, W] float32 in {0, 1}.
 
     Raises ValueError when the image is too small for a box inside the margins."""
-    max_size = min(spec.max_size + 1, height - 2 * spec.margin, width - 2 * spec.margin)
-    min_size = min(spec.min_size, max_size - 1)
+    max_size = min(spec.sides[1] + 1, height - 2 * spec.margin, width - 2 * spec.margin)
+    min_size = min(spec.sides[0], max_size - 1)
     if min_size < 1:
         raise ValueError(f"box masks need an image larger than {2 * spec.margin + 2} pixels a side (margin "
                          f"{spec.margin}); got {width}x{height}: use a larger image or a smaller margin")
     mask = np.zeros((height, width), np.float32)
-    for _ in range(rng.randint(spec.min_times, spec.max_times + 1)):
+    for _ in range(rng.randint(spec.times[0], spec.times[1] + 1)):
         box_width = rng.randint(min_size, max_size)
         box_height = rng.randint(min_size, max_size)
         start_x = rng.randint(spec.margin, width - spec.margin - box_width + 1)

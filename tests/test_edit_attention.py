@@ -64,16 +64,22 @@ def inputs(dtype: torch.dtype, h: int = 16, w: int = 16) -> tuple[torch.Tensor, 
     return latents, context
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_explicit_probabilities_reproduce_stock_attention(dtype: torch.dtype) -> None:
+def stock_and_controlled(control: AttentionControl, t: int,
+                         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The small UNet's eps on `inputs(dtype)` at t: stock, then with its attention routed through `control`."""
     unet = small_unet(dtype)
     latents, context = inputs(dtype)
     eps = unet_eps(unet)
-    stock = eps(latents, 500, context)
-    control = PassThrough()
+    stock = eps(latents, t, context)
     control.begin_edit(1, (16, 16))
     with attention_control(unet, control):
-        controlled = eps(latents, 500, context)
+        return stock, eps(latents, t, context)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_explicit_probabilities_reproduce_stock_attention(dtype: torch.dtype) -> None:
+    control = PassThrough()
+    stock, controlled = stock_and_controlled(control, 500, dtype)
     assert len(control.seen) == 2 * 10  # 10 transformer blocks (3 down, 1 mid, 2 per up level), self + cross each
     assert (controlled - stock).abs().max().item() <= 1e-5
 
@@ -112,14 +118,7 @@ def test_controller_sees_each_layer_with_its_place_factor_and_layout() -> None:
 
 
 def test_a_controller_edit_changes_only_the_target_row() -> None:
-    unet = small_unet()
-    latents, context = inputs(torch.float32)
-    eps = unet_eps(unet)
-    stock = eps(latents, 700, context)
-    control = ZeroTargetCross()
-    control.begin_edit(1, (16, 16))
-    with attention_control(unet, control):
-        edited = eps(latents, 700, context)
+    stock, edited = stock_and_controlled(ZeroTargetCross(), 700)
     assert (edited[:3] - stock[:3]).abs().max().item() <= 1e-5
     assert (edited[3] - stock[3]).abs().max().item() > 1e-4
 
