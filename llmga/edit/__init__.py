@@ -5,5 +5,5 @@
 - `alignment`, `p2p`: Prompt-to-Prompt token alignment and controllers (refine, replace, reweight, LocalBlend);
 - `ddpm`: the official method — edit-friendly DDPM inversion, SDE-DPM-Solver++ 2M, DiffEdit mask;
 - `run`: one edit from a latent and two prompts, for any binding; `diffusers_attention`, `pipeline`: the diffusers
-  binding; `cli`: `python -m llmga edit`.
+  binding (which `python -m llmga edit`, in `llmga.cli.edit`, runs).
 """

@@ -3,7 +3,8 @@
 - `network`: the S2 network (`DiffRIR`: prior diffusion + DIRformer) for scale 1, 2 and 4, seeded `initial_noise`;
 - `dirformer`, `prior`: its two halves, the dynamically modulated transformer and the CPEN + 4-step prior diffusion;
 - `checkpoint`: strict, safe loading of the released S2 weights (`load_diffrir`) and `save_diffrir` to safetensors;
-- `inference`: padding, compositing and tiled inference on whole images; `cli`: `python -m llmga restore`;
+- `inference`: padding, compositing and tiled inference on whole images (`python -m llmga restore`, in
+  `llmga.cli.restore`, runs it);
 - training pieces: `degradations` (D1: Real-ESRGAN second-order degradation; D2: luminance/contrast error) with
   `jpeg` (DiffJPEG in torch), `s1` (the first-stage network that also sees the ground truth) and `training` (crops,
   the training-pair pool, the stage-2 training prior, the losses of S1, S2a and S2b).
