@@ -229,6 +229,20 @@ class ComfyServer:
             time.sleep(0.05)
         raise ComfyError(f"prompt {prompt_id} did not start within {timeout:.0f}s")
 
+    def cancel(self, prompt_id: str, *, after: float, what: str, within: float = 10.0) -> list[str]:
+        """Let `prompt_id` run for `after` seconds once it started, press Cancel (/interrupt) and wait until it ended;
+        raises AssertionError ("<what> did not stop within 10 s of Cancel") when it took longer than `within`.
+        Returns the kinds of its status messages (a stopped prompt has "execution_interrupted")."""
+        self.wait_until_running(prompt_id)
+        time.sleep(after)
+        start = time.monotonic()
+        self.interrupt()
+        while "completed" not in self.get_json(f"/history/{prompt_id}").get(prompt_id, {}).get("status", {}):
+            if time.monotonic() - start >= within:
+                raise AssertionError(f"{what} did not stop within {within:.0f} s of Cancel")
+            time.sleep(0.05)
+        return [kind for kind, _ in self.status(prompt_id)["messages"]]
+
     def status(self, prompt_id: str) -> dict:
         return self.get_json(f"/history/{prompt_id}")[prompt_id]["status"]
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from PIL import Image
 
@@ -83,22 +81,15 @@ def test_mask_without_image_is_a_clear_error(comfy, host_assistant):
              "2": {"class_type": "LoadImageMask", "inputs": {"image": "llmga_mask_only.png", "channel": "red"}},
              "3": chat_node("", "inpaint", mask=["2", 0]), "4": preview(["3", 0])}
     error = comfy.expect_error(graph)
-    assert "mask was connected without an image" in error["exception_message"]
+    assert error["exception_type"] == "RuntimeError"
+    assert error["exception_message"].startswith("LLMGA Chat: a mask was given without an image")
 
 
 def test_cancel_stops_a_long_generation(comfy, host_assistant):
     graph = {"1": load_node(released(host_assistant)),
              "2": chat_node("Write a very long story.", "chat", max_new_tokens=4096, temperature=0.0, seed=99),
              "3": preview(["2", 0])}
-    prompt_id = comfy.queue(graph)
-    comfy.wait_until_running(prompt_id)
-    time.sleep(0.5)
-    start = time.monotonic()
-    comfy.interrupt()
-    while "completed" not in comfy.get_json(f"/history/{prompt_id}").get(prompt_id, {}).get("status", {}):
-        assert time.monotonic() - start < 10, "generation did not stop within 10 s of Cancel"
-        time.sleep(0.05)
-    kinds = [kind for kind, _ in comfy.status(prompt_id)["messages"]]
+    kinds = comfy.cancel(comfy.queue(graph), after=0.5, what="generation")
     assert "execution_interrupted" in kinds
 
 
@@ -111,6 +102,27 @@ def test_assistant_survives_comfyui_unloading_it(comfy, host_assistant):
     graph["2"]["inputs"].update(seed=22, keep_loaded=False)
     outputs = comfy.run(graph)
     assert "text" in outputs["3"]
+
+
+def test_keep_loaded_off_unloads_the_assistant_right_after_the_reply(comfy, host_assistant):
+    """keep_loaded off hands the assistant back through ComfyUI's model management: the next chat must ask ComfyUI to
+    load it again ("Requested to load" in its log), which a kept assistant never needs."""
+    def load_requests() -> int:
+        return comfy.log().count("Requested to load LLMGAModel")
+
+    graph = {"1": load_node(released(host_assistant)),
+             "2": chat_node("a kite", "text_to_image", seed=31, max_new_tokens=4), "3": preview(["2", 0])}
+    comfy.run(graph)
+    loaded = load_requests()
+    graph["2"]["inputs"].update(seed=32)
+    comfy.run(graph)
+    assert load_requests() == loaded  # kept loaded: still among ComfyUI's loaded models
+    graph["2"]["inputs"].update(seed=33, keep_loaded=False)
+    comfy.run(graph)
+    assert load_requests() == loaded  # it was still loaded when this chat began
+    graph["2"]["inputs"].update(seed=34, keep_loaded=True)
+    comfy.run(graph)
+    assert load_requests() == loaded + 1  # the previous chat unloaded it
 
 
 def test_chat_streams_its_reply_into_the_node(comfy, host_assistant):

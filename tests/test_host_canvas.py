@@ -134,4 +134,6 @@ def test_paste_back_reports_a_size_mismatch(comfy):
         "4": save_node(["3", 0], "llmga_mismatch"),
     }
     error = comfy.expect_error(graph)
+    assert error["exception_type"] == "RuntimeError"  # as every pack node reports a library error
+    assert error["exception_message"].startswith("LLMGA Paste Back: ")
     assert "the generated image is 64x64 but the original is 40x24" in error["exception_message"]

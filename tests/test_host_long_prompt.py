@@ -64,16 +64,44 @@ def test_comfy_binding_equals_library_encoding(comfy, sd15_models, library_clip,
 
 
 def test_truncation_is_reported_on_the_node(comfy, sd15_models, library_clip):
-    positive = prompt_of(337, library_clip)
+    positive, negative = prompt_of(337, library_clip), prompt_of(301, library_clip)
     graph = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_models.checkpoint.name}},
         "2": {"class_type": "LLMGALongPromptEncode", "inputs": {
-            "clip": ["1", 1], "prompt": positive, "negative_prompt": "", "mode": "llmga", "max_chunks": 0}},
+            "clip": ["1", 1], "prompt": positive, "negative_prompt": negative, "mode": "llmga", "max_chunks": 0}},
         "3": {"class_type": "LLMGATestSaveConditioning", "inputs": {"conditioning": ["2", 0], "name": "trunc"}},
     }
     outputs = comfy.run(graph)
     assert "dropped 37 tokens past the 300-token limit" in outputs["2"]["text"][0]
     assert "dropped 37 tokens" in comfy.log()
+    assert outputs["2"]["text"][0].splitlines() == [
+        "llmga: 4 chunks, 302 positions",
+        "positive prompt: dropped 37 tokens past the 300-token limit",
+        "negative prompt: dropped 1 token past the 300-token limit",
+    ]
+    assert "LLMGA Long Prompt Encode: negative prompt: dropped 1 token past" in comfy.log()
+
+
+def test_report_names_one_chunk_and_no_truncation(comfy, sd15_models):
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_models.checkpoint.name}},
+        "2": {"class_type": "LLMGALongPromptEncode", "inputs": {
+            "clip": ["1", 1], "prompt": "a red fox", "negative_prompt": "", "mode": "lpw", "max_chunks": 0}},
+        "3": {"class_type": "LLMGATestSaveConditioning", "inputs": {"conditioning": ["2", 0], "name": "short"}},
+    }
+    assert comfy.run(graph)["2"]["text"][0] == "lpw: 1 chunk, 77 positions"
+
+
+def test_pooled_output_is_each_prompts_own(comfy, sd15_models, library_clip):
+    """ComfyUI's CLIP returns one pooled output per call, so each prompt is encoded with its own call: the negative's
+    pooled output is the negative's, not the positive's."""
+    positive, negative = prompt_of(150, library_clip), "blurry, low quality"
+    (pos, neg), _ = encode_in_comfy(comfy, sd15_models, positive, negative, "llmga", "pooled")
+    expected = encode_long_prompts(positive, negative, library_clip.tokenize, library_clip.encode,
+                                   bos=library_clip.bos, eos=library_clip.eos, pad=library_clip.pad)
+    torch.testing.assert_close(neg["pooled"], expected.negative.pooled, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pos["pooled"], expected.positive.pooled, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(neg["pooled"], pos["pooled"])
 
 
 def test_long_prompt_conditioning_drives_ksampler_and_controlnet(comfy, sd15_models):
