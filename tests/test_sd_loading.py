@@ -1,5 +1,6 @@
-"""llmga.sd.loading: diffusers SD1.5 folders read as the single-file state dict, and clear errors for everything
-that is not a complete SD1.5 model (missing parts, truncated files, SD2, SDXL)."""
+"""llmga.sd.loading: diffusers SD1.5 folders read as the single-file state dict, clear errors for everything that is
+not a complete SD1.5 model (missing parts, truncated files, SD2, SDXL), and folders written with a new UNet that read
+back as written."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import torch
 from fixtures.sd15 import SD15Fixtures
 from safetensors.torch import load_file, save_file
 
-from llmga.sd.loading import LEGACY_VAE_ATTENTION, SD15LoadError, check_sd15_single_file, read_sd15_folder
+from llmga.sd.loading import (
+    LEGACY_VAE_ATTENTION,
+    SD15LoadError,
+    check_sd15_single_file,
+    read_sd15_folder,
+    write_sd15_folder,
+)
+from llmga.sd.pipelines import SDPipelineError, unet_channels
 
 SDXL_MESSAGE = "is an SDXL model; the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2"
 
@@ -233,3 +241,67 @@ def test_missing_single_file_is_refused(tmp_path: Path) -> None:
 def test_pickled_single_file_is_left_to_the_loader(tmp_path: Path) -> None:
     (tmp_path / "model.ckpt").write_bytes(b"not inspected")
     check_sd15_single_file(tmp_path / "model.ckpt")
+
+
+# --- writing folders -------------------------------------------------------------------------------------
+
+
+def trained_unet(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state dict) of the folder's UNet with every weight doubled: what a trainer hands the writer."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    return unet.config, {key: value * 2 for key, value in unet.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["t2i", "inpainting"])
+def test_written_folder_reads_back_as_the_base_with_the_new_unet(sd15_models: SD15Fixtures, tmp_path: Path,
+                                                                  kind: str) -> None:
+    base = sd15_models.diffusers if kind == "t2i" else sd15_models.diffusers_inpainting
+    config, state = trained_unet(base)
+    output = tmp_path / "out"
+    write_sd15_folder(base, output, config, state)
+    before, after = read_sd15_folder(base), read_sd15_folder(output)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        expected = value.float() * 2 if key.startswith("model.diffusion_model.") else value  # parts copied as stored
+        assert after[key].dtype == expected.dtype and torch.equal(after[key], expected), key
+    assert unet_channels(output) == unet_channels(base) == (4 if kind == "t2i" else 9)
+    assert (output / "model_index.json").read_bytes() == (base / "model_index.json").read_bytes()
+    assert not list(output.rglob(".*.tmp"))
+
+
+def test_written_folder_loads_in_diffusers_and_keeps_what_else_the_folder_holds(sd15_models: SD15Fixtures,
+                                                                               tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    config, state = trained_unet(sd15_models.diffusers)
+    output = tmp_path / "out"
+    (output / "checkpoint-2").mkdir(parents=True)
+    (output / "unet").mkdir()
+    (output / "unet" / "stale.bin").write_bytes(b"an earlier write")
+    write_sd15_folder(sd15_models.diffusers, output, config, state)
+    unet = UNet2DConditionModel.from_pretrained(output / "unet")
+    assert all(torch.equal(unet.state_dict()[key], value) for key, value in state.items())
+    assert (output / "checkpoint-2").is_dir() and not (output / "unet" / "stale.bin").exists()
+
+
+def test_an_interrupted_write_leaves_no_folder_that_loads(sd15_models: SD15Fixtures, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import UNet2DConditionModel
+
+    config, state = trained_unet(sd15_models.diffusers)
+    output = tmp_path / "out"
+    write_sd15_folder(sd15_models.diffusers, output, config, state)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(UNet2DConditionModel, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_sd15_folder(sd15_models.diffusers, output, config, state)
+    with pytest.raises(SD15LoadError, match="has no unet/ folder"):
+        read_sd15_folder(output)
+    with pytest.raises(SDPipelineError, match="lacks model_index.json, unet"):
+        unet_channels(output)
+    assert not list(output.rglob(".*.tmp"))
