@@ -25,6 +25,7 @@ from llmga.eval import (
     load_clip,
     load_dino,
     pixel_distances,
+    read_captions,
     read_magicbrush,
     read_manifest,
     score_pairs,
@@ -404,6 +405,38 @@ def test_cli_refuses_weight_metrics_without_weights(tmp_path: Path, capsys: pyte
     assert "give --gt" in capsys.readouterr().err
     assert main(["eval-edit", str(manifest), "--metrics", "l1,psnr"]) == 2
     assert "unknown metrics ['psnr']" in capsys.readouterr().err
+
+
+def test_cli_json_report_is_written_whole_or_not_at_all(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch):
+    import llmga.files
+
+    save_solid(tmp_path / "out.png", 4, 4, (255, 255, 255))
+    save_solid(tmp_path / "gt.png", 2, 2, (0, 0, 0))
+    manifest = _manifest(tmp_path, [{"output": "out.png", "target": "gt.png"}])
+    report = tmp_path / "out" / "scores.json"
+    assert main(["eval-edit", str(manifest), "--metrics", "l1", "--json", str(report)]) == 0
+    first = json.loads(report.read_text())
+    assert first["settings"]["manifest"]["means"] == {"l1": 1.0} and report.read_text().endswith("}\n")
+    assert [path.name for path in report.parent.iterdir()] == ["scores.json"]  # no temporary file left beside it
+
+    def interrupted(source, target):  # the run dies between writing the new report and putting it in place
+        raise OSError("disk full")
+
+    monkeypatch.setattr(llmga.files.os, "replace", interrupted)
+    assert main(["eval-edit", str(manifest), "--metrics", "l1,l2", "--json", str(report)]) == 2
+    assert "error: disk full" in capsys.readouterr().err
+    assert json.loads(report.read_text()) == first  # the previous report is whole, not half replaced
+    assert [path.name for path in report.parent.iterdir()] == ["scores.json"]
+
+
+@pytest.mark.parametrize(("name", "content", "reader", "message"), [
+    ("captions.json", '{"139": ', read_captions, r"caption file .*captions\.json is not valid JSON"),
+    ("edits.json", "[{", read_manifest, r"manifest .*edits\.json is not valid JSON"),
+])
+def test_json_that_does_not_parse_is_named(tmp_path: Path, name: str, content: str, reader, message: str):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(EvalInputError, match=message):
+        reader(tmp_path / name)
 
 
 def test_cli_subprocess_pixel_metrics(tmp_path: Path):

@@ -23,6 +23,7 @@ from llmga.eval.features import (
     extract_features,
     inception_extractor,
     list_images,
+    pick_images,
     stats_for,
 )
 from llmga.eval.metrics import (
@@ -48,6 +49,8 @@ from llmga.eval.networks import (
     load_inception,
     load_lpips,
 )
+from llmga.eval.pairs import EvalInputError
+from llmga.eval.weights import EVAL_MODELS_ENV, find_diffrir_weights, find_metric_weights, metric_folders
 from llmga.hub import ModelNotFoundError
 
 # --- FID, IS, CLIP score ----------------------------------------------------------------------------------------
@@ -323,6 +326,50 @@ def test_missing_weights_name_the_file_and_where_to_get_it(tmp_path: Path, lpips
     assert filename in str(error.value) and url in str(error.value)
 
 
+# --- where weights are found (llmga.eval.weights) ------------------------------------------------------------------
+
+
+def test_metric_weights_come_from_the_flag_then_the_env_folder_then_the_eval_folders(tmp_path: Path, monkeypatch):
+    env, first, second = (tmp_path / name for name in ("env", "models-a", "models-b"))
+    for folder in (env, first, second):
+        folder.mkdir()
+    (second / INCEPTION_FILE).write_bytes(b"weights")
+    monkeypatch.delenv(EVAL_MODELS_ENV, raising=False)
+    assert metric_folders([first, second]) == [first, second]
+    assert find_metric_weights("inception", None, [first, second]) == second / INCEPTION_FILE
+    (first / INCEPTION_FILE).write_bytes(b"weights")
+    assert find_metric_weights("inception", None, [first, second]) == first / INCEPTION_FILE
+    monkeypatch.setenv(EVAL_MODELS_ENV, str(env))
+    assert metric_folders([first]) == [env, first]
+    assert find_metric_weights("inception", None, [first, second]) == first / INCEPTION_FILE  # env folder lacks it
+    (env / INCEPTION_FILE).write_bytes(b"weights")
+    assert find_metric_weights("inception", None, [first, second]) == env / INCEPTION_FILE
+    given = tmp_path / "mine.pth"
+    given.write_bytes(b"weights")
+    assert find_metric_weights("inception", given, [first]) == given
+
+
+def test_missing_metric_weights_name_the_file_the_folders_and_the_address(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv(EVAL_MODELS_ENV, str(tmp_path / "env"))
+    with pytest.raises(ModelNotFoundError) as error:
+        find_metric_weights("lpips-lin", None, [tmp_path / "models" / "eval"])
+    message = str(error.value)
+    assert LPIPS_LIN_FILE in message and LPIPS_LIN_URL in message and "--lpips-lin" in message
+    assert str(tmp_path / "env") in message and str(tmp_path / "models" / "eval") in message
+    with pytest.raises(ModelNotFoundError, match=r"--clip .*gone does not exist.*openai/clip-vit-base-patch32"):
+        find_metric_weights("clip", tmp_path / "gone", [tmp_path])
+
+
+def test_diffrir_weights_are_a_path_or_a_name_in_the_folders(tmp_path: Path):
+    folder = tmp_path / "diffrir"
+    folder.mkdir()
+    (folder / "net.pth").write_bytes(b"weights")
+    assert find_diffrir_weights(str(folder / "net.pth"), []) == folder / "net.pth"
+    assert find_diffrir_weights("net.pth", [tmp_path / "other", folder]) == folder / "net.pth"
+    with pytest.raises(ModelNotFoundError, match=r"'other.pth' are neither a file nor in .*diffrir.*Google Drive"):
+        find_diffrir_weights("other.pth", [folder])
+
+
 # --- feature extraction and cache ----------------------------------------------------------------------------------
 
 class MeanColour:
@@ -438,6 +485,21 @@ def test_stats_for_a_folder_a_path_list_and_an_npz(tmp_path: Path, images):
     assert np.allclose(from_folder.mu, from_paths.mu) and from_folder.count == 5
     from_folder.save(tmp_path / "stats.npz")
     assert np.array_equal(stats_for(tmp_path / "stats.npz", extractor).sigma, from_folder.sigma)
+
+
+def test_evaluation_images_are_all_or_a_seeded_draw_in_name_order(tmp_path: Path, images):
+    folder = images[0].parent
+    assert pick_images(folder) == list_images(folder)
+    drawn = pick_images(folder, 3, seed=4)
+    assert drawn == pick_images(folder, 3, seed=4) and drawn == sorted(drawn) and len(set(drawn)) == 3
+    assert {tuple(pick_images(folder, 3, seed=seed)) for seed in range(6)} != {tuple(drawn)}
+    with pytest.raises(EvalInputError, match=r"--num 6 but .* holds 5 images: give --num between 1 and 5"):
+        pick_images(folder, 6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalInputError, match="holds no images"):
+        pick_images(tmp_path / "empty")
+    with pytest.raises(EvalInputError, match="is not a folder"):
+        pick_images(tmp_path / "missing")
 
 
 def test_inception_extractor_gives_pool_and_logits(images, inception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from PIL import Image
 from test_eval_editing import clip_dir  # noqa: F401  (the tiny CLIP folder fixture)
 
 from llmga.cli import main
+from llmga.eval.backends import LazyAssistant
+from llmga.eval.editing import METRICS
 from llmga.eval.inpaint import (
     InpaintGeneration,
     InpaintMetrics,
@@ -29,6 +32,7 @@ from llmga.eval.inpaint import (
 from llmga.eval.networks import INCEPTION_FILE, INCEPTION_URL, LPIPS_LIN_FILE, LPIPS_VGG_FILE
 from llmga.eval.pairs import EvalInputError
 from llmga.eval.report import Table, markdown_table, plot_tables
+from llmga.eval.runs import parse_metrics, parse_names
 from llmga.eval.t2i import (
     Caption,
     T2IGeneration,
@@ -142,6 +146,60 @@ def test_prepared_set_uses_lama_names_crops_mixed_sizes_and_is_reused(tmp_path):
     assert again == sets and sets["narrow"][0].mask.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="other settings"):
         prepare_inpaint_set(images, tmp_path / "data", ("narrow",), size=64, seed=2, progress=False)
+
+
+# --- what every run shares -----------------------------------------------------------------------------------------
+
+
+def test_metric_and_mask_names_parse_one_way_for_every_task():
+    assert parse_metrics("CLIP-I, l1,l1", METRICS) == ("l1", "clip-i")  # the known order, each name once
+    assert parse_names("outpaint, Narrow", tuple(EVAL_MASKS), "--masks", "mask types") == ("outpaint", "narrow")
+    with pytest.raises(EvalInputError, match=r"unknown metrics \['psnr'\] in --metrics 'fid,psnr': choose from fid, "
+                                             r"is, clip \(comma-separated\)"):
+        parse_metrics("fid,psnr", ("fid", "is", "clip"))
+    with pytest.raises(EvalInputError, match=r"--metrics ' , ' names no metrics"):
+        parse_metrics(" , ", ("fid",))
+    with pytest.raises(EvalInputError, match=r"unknown mask types \['thin'\] in --masks"):
+        parse_names("thin", tuple(EVAL_MASKS), "--masks", "mask types")
+
+
+def test_lazy_assistant_loads_on_first_use_and_again_after_close(monkeypatch):
+    from llmga.eval import backends
+
+    loads, freed = [], []
+    monkeypatch.setattr(backends, "free_memory", lambda: freed.append(True))
+    lazy = LazyAssistant(lambda: loads.append("load") or f"assistant {len(loads)}",
+                         lambda assistant: lambda text: f"{assistant}: {text}")
+    assert loads == []
+    assert (lazy("a"), lazy("b")) == ("assistant 1: a", "assistant 1: b") and loads == ["load"]
+    lazy.close()
+    assert freed == [True] and lazy("c") == "assistant 2: c"
+
+
+def test_assistant_backends_send_first_turns_in_one_batch(monkeypatch):
+    from llmga.eval import backends
+    from llmga.mllm import batch
+
+    sent = []
+
+    class FakeAssistant:
+        def new_history(self):
+            return "history"
+
+        def turn(self, history, task, text="", *, image=None, mask=None):
+            return (history, task, text, image, None if mask is None else mask.shape)
+
+    def reply_batch(assistant, turns, settings):
+        sent.append((turns, settings.temperature))
+        return [SimpleNamespace(text=f"reply {index}") for index in range(len(turns))]
+
+    monkeypatch.setattr(batch, "reply_batch", reply_batch)
+    assert backends.AssistantRefiner(FakeAssistant())(["a fox", "a cat"]) == ["reply 0", "reply 1"]
+    assert sent[-1] == ([("history", "text_to_image", "a fox", None, None),
+                         ("history", "text_to_image", "a cat", None, None)], 0.0)  # greedy by default
+    picture = Image.new("RGB", (8, 8))
+    assert backends.AssistantPrompter(FakeAssistant())([picture], [np.ones((8, 8))], ["outpaint"]) == ["reply 0"]
+    assert sent[-1][0] == [("history", "outpaint", "", picture, (8, 8))]
 
 
 # --- captions and the t2i loop -------------------------------------------------------------------------------------
@@ -372,7 +430,8 @@ def test_eval_edit_is_the_magicbrush_evaluation(tmp_path, capsys):
     assert results[0][0] == results[1][0] == 0 and results[0][1] == results[1][1] and "l1" in results[0][1]
 
 
-@pytest.mark.parametrize("case", ["empty captions", "missing inception", "unreadable image", "refined without mllm"])
+@pytest.mark.parametrize("case", ["empty captions", "missing inception", "unreadable image", "refined without mllm",
+                                  "unknown mask type", "negative temperature"])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch, sd15_models, case):
     monkeypatch.delenv("LLMGA_EVAL_MODELS", raising=False)
     captions = tmp_path / "captions.txt"
@@ -386,6 +445,10 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch, 
                 "--metrics", "ssim", "--out", tmp_path / "run", "--device", "cpu"]
     elif case == "refined without mllm":
         argv = [*t2i[:3], "--setting", f"{sd15_models.diffusers}:refined", *t2i[5:]]
+    elif case == "unknown mask type":
+        argv = ["eval", "inpaint", tmp_path, "--setting", "x:plain", "--masks", "narrow,thin"]
+    elif case == "negative temperature":
+        argv = [*t2i, "--temperature", "-1"]
     else:
         argv = t2i
     code, _, stderr = run_main(capsys, *argv)
@@ -393,7 +456,9 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, capsys, monkeypatch, 
     assert code == 2 and "Traceback" not in stderr
     assert error.startswith("error: ") and stderr.count("error: ") == 1
     expected = {"empty captions": "holds no captions", "missing inception": INCEPTION_FILE,
-                "unreadable image": "broken.png could not be read", "refined without mllm": "--mllm"}[case]
+                "unreadable image": "broken.png could not be read", "refined without mllm": "--mllm",
+                "unknown mask type": "unknown mask types ['thin'] in --masks",
+                "negative temperature": "--temperature is -1.0 but must be 0"}[case]
     assert expected in error
     if case == "missing inception":
         assert INCEPTION_URL in error and str(tmp_path / "no-models" / "eval") in error

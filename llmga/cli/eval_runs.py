@@ -169,9 +169,9 @@ def _run_t2i(args: argparse.Namespace) -> int:
                                batch_size=args.batch_size)
     name, refiner = _assistant_first(args, refined, AssistantRefiner, lambda refine, assistant: refine_captions(
         captions, args.out / "refined.jsonl", refine, assistant=assistant, batch_size=args.batch_size))
-    _print_done(run_t2i_eval(settings, captions, args.out, generate_fn=PipelineGenerator(_sd_loader(args, False),
-                                                                                         generation),
-                             metrics=scoring, refine_fn=refiner, assistant=name, generation=generation,
+    generator = PipelineGenerator(_sd_loader(args, inpainting=False), generation)
+    _print_done(run_t2i_eval(settings, captions, args.out, generate_fn=generator, metrics=scoring, refine_fn=refiner,
+                             assistant=name, generation=generation,
                              reference=args.reference if "fid" in metrics else None))
     return 0
 
@@ -215,10 +215,9 @@ def _run_inpaint(args: argparse.Namespace) -> int:
                                    seed=args.seed, encoding=args.encoding)
     name, prompter = _assistant_first(args, with_assistant, AssistantPrompter, lambda prompt, assistant: (
         assistant_prompts(sets, args.out / "prompts.jsonl", prompt, assistant=assistant, batch_size=args.batch_size)))
-    _print_done(run_inpaint_eval(settings, sets, args.out, inpaint_fn=PipelineInpainter(_sd_loader(args, True),
-                                                                                         generation),
-                                 metrics=scoring, prompt_fn=prompter, assistant=name, restorers=restorers,
-                                 generation=generation))
+    inpainter = PipelineInpainter(_sd_loader(args, inpainting=True), generation)
+    _print_done(run_inpaint_eval(settings, sets, args.out, inpaint_fn=inpainter, metrics=scoring, prompt_fn=prompter,
+                                 assistant=name, restorers=restorers, generation=generation))
     return 0
 
 

@@ -80,11 +80,11 @@ class ClipImageExtractor:
         self.name = f"clip-image-{Path(str(getattr(clip.model, 'name_or_path', '') or 'model')).name}"
 
     def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
-        from PIL import Image
+        from ..images import tensor_to_pil
 
         # Back to 8-bit PIL images (exact for images read from 8-bit files) so ClipEncoder preprocesses as it would.
-        pixels = (images.detach().float().cpu().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return {"embed": self.clip.embed_images([Image.fromarray(image) for image in pixels]).numpy()}
+        pictures = [tensor_to_pil(image.permute(1, 2, 0)[None]) for image in images]
+        return {"embed": self.clip.embed_images(pictures).numpy()}
 
 
 def inception_extractor(model: torch.nn.Module) -> FeatureExtractor:
