@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 import torch
+from fixtures.families import FAMILIES, FAMILY_SPECS
 from fixtures.mllm import (
     CLIP_PREPROCESSOR_CONFIG,
-    FAMILIES,
-    FAMILY_SPECS,
     LLAVA_CONFIG_KEYS,
     VISION_PREFIX,
     MLLMFixture,

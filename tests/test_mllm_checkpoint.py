@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.mllm import FAMILIES, FAMILY_SPECS, MLLMFixture
+from fixtures.families import FAMILIES, FAMILY_SPECS
+from fixtures.mllm import MLLMFixture
 
 from llmga.mllm.checkpoint import (
     PROJECTOR_FILE,
@@ -24,6 +25,7 @@ from llmga.mllm.checkpoint import (
     write_llmga_folder,
 )
 from llmga.mllm.loader import LoadedAssistant, load_llmga
+
 
 def as_written(config: dict) -> dict:
     """config.json as it reads back: with `torch_dtype`, and integer keys (id2label) turned into strings by JSON."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.mllm import FAMILIES
+from fixtures.families import FAMILIES
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
