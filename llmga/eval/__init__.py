@@ -22,7 +22,6 @@ from .features import (
     clip_image_extractor,
     extract_features,
     inception_extractor,
-    list_images,
     pick_images,
     stats_for,
 )
@@ -86,7 +85,6 @@ __all__ = [
     "find_metric_weights",
     "inception_extractor",
     "inception_score",
-    "list_images",
     "load_clip",
     "load_diffrir_restorer",
     "load_dino",
