@@ -250,13 +250,14 @@ class Assistant:
 
     def turn(self, history: ChatHistory, task: str, text: str = "", *, image: Image.Image | None = None,
              mask: np.ndarray | torch.Tensor | Image.Image | None = None, instruction: str | None = None,
-             phrasing_seed: int | None = None, placement: str = "auto") -> UserTurn:
+             phrasing_seed: int | str | None = None, placement: str = "auto") -> UserTurn:
         """The user turn for `task` with `text` and, optionally, a picture and its mask (see `picture`).
 
         "<image>" goes into the message only when the picture enters the conversation now (`history` has none yet);
         giving the conversation's own picture again later is fine, another one is refused by `reply`.
         phrasing_seed: draws the training phrasing of the task's instruction (and its side for text_to_image /
-        refine_prompt with placement "auto"); None takes the first phrasing, before the text. instruction: your own
+        refine_prompt with placement "auto"), any seed `random.Random` takes (the data tools seed each image with
+        "<seed>:<image>"); None takes the first phrasing, before the text. instruction: your own
         phrasing instead. Raises ChatError for a mask without a picture, a mask of another size, or a task that needs
         a picture the conversation lacks.
         """
