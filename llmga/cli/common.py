@@ -60,12 +60,17 @@ def add_device_arguments(parser: argparse.ArgumentParser, dtype_help: str) -> No
     parser.add_argument("--dtype", choices=DTYPES, default="auto", help=dtype_help)
 
 
-def add_assistant_arguments(parser: argparse.ArgumentParser, *, required: bool, temperature: float = 0.2) -> None:
-    """--mllm, --models-dir, --allow-download, --temperature and --max-new-tokens."""
+ASSISTANT_AND_SD_FOLDERS = ("the assistant is looked up in it and its LLM/, the CLIP vision tower in its clip_vision/, "
+                            "SD in its diffusers/")
+
+
+def add_assistant_arguments(parser: argparse.ArgumentParser, *, required: bool, temperature: float = 0.2,
+                            other_kinds: str = "") -> None:
+    """--mllm, --models-dir, --allow-download, --temperature and --max-new-tokens. other_kinds: what else the
+    command looks up in the models folders, for --models-dir's help."""
     parser.add_argument("--mllm", required=required, help="assistant checkpoint folder or released name (e.g. "
                         "binxia/llmga-Qwen2-0.5B-full-finetune)" + ("" if required else "; optional"))
-    add_models_arguments(parser, "the assistant is looked up in it and its LLM/, the CLIP vision tower in its "
-                         "clip_vision/, SD in its diffusers/, DiffRIR in its diffrir/")
+    add_models_arguments(parser, ASSISTANT_AND_SD_FOLDERS + (f", {other_kinds}" if other_kinds else ""))
     parser.add_argument("--temperature", type=float, default=temperature,
                         help=f"assistant sampling temperature (0: greedy; default {temperature})")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply (official: 512)")
@@ -95,12 +100,12 @@ def model_folders(models_dirs: list[Path], kind: str) -> list[Path]:
     return [root / kind for root in roots] + roots
 
 
-def resolve_model(name: str, models_dirs: list[Path], kind: str, allow_download: bool) -> Path:
+def model_path(name: str, models_dirs: list[Path], kind: str, allow_download: bool) -> Path:
     """A model folder: `name` as a path, a folder in `model_folders(models_dirs, kind)`, or a released name
     (downloaded into the first models folder's `kind`/ when allowed)."""
-    from ..hub import resolve_model as resolve
+    from ..hub import resolve_model
 
-    return resolve(name, model_folders(models_dirs, kind), allow_download=allow_download)
+    return resolve_model(name, model_folders(models_dirs, kind), allow_download=allow_download)
 
 
 def load_assistant(args: argparse.Namespace, *, template: str | None = None, quantization: str = "none"):
@@ -109,7 +114,7 @@ def load_assistant(args: argparse.Namespace, *, template: str | None = None, qua
     from ..mllm.chat import Assistant
     from ..mllm.loader import load_llmga
 
-    path = resolve_model(args.mllm, args.models_dir, "LLM", args.allow_download)
+    path = model_path(args.mllm, args.models_dir, "LLM", args.allow_download)
     roots = args.models_dir or [DEFAULT_MODELS_DIR]
     vision_dirs = getattr(args, "clip_vision_dir", None) or [root / "clip_vision" for root in roots]
     loaded = load_llmga(path, dtype=args.dtype, device=args.device, quantization=quantization,

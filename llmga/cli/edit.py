@@ -20,9 +20,9 @@ from .common import (
     check_at_least,
     check_png_out,
     load_assistant,
+    model_path,
     output_paths,
     print_streamed,
-    resolve_model,
     run_command,
     save_png,
 )
@@ -140,7 +140,7 @@ def _edit(args: argparse.Namespace) -> int:
 
     image = open_image(args.image, "RGB")
     image = image if args.no_crop else official_crop(image)
-    sd_path = resolve_model(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
     if unet_channels(sd_path) == INPAINT_CHANNELS:
         raise InputError(f"--sd {args.sd} is an inpainting model ({INPAINT_CHANNELS} input channels): editing runs on "
                          f"a text-to-image model such as {DEFAULT_SD}")

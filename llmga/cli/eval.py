@@ -99,7 +99,7 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, setting_help: str
     """The settings, SD's sampling and the assistant (--mllm, --models-dir, --allow-download, --temperature,
     --max-new-tokens: greedy by default, reproducible)."""
     parser.add_argument("--setting", action="append", default=[], help=setting_help)
-    add_assistant_arguments(parser, required=False, temperature=0.0)
+    add_assistant_arguments(parser, required=False, temperature=0.0, other_kinds=MODELS_KINDS)
     parser.add_argument("--steps", type=int, default=50, help="denoising steps (official: 50)")
     parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance (official: 7.5)")
     parser.add_argument("--negative", default="", help="negative prompt (official: empty)")

@@ -17,7 +17,7 @@ from .common import (
     check_at_least,
     load_assistant,
     model_folders,
-    resolve_model,
+    model_path,
     run_command,
 )
 
@@ -77,7 +77,7 @@ def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], ob
     from ..sd.pipelines import load_sd15_pipeline
 
     def load(model: str):
-        path = resolve_model(model, args.models_dir, "diffusers", args.allow_download)
+        path = model_path(model, args.models_dir, "diffusers", args.allow_download)
         return load_sd15_pipeline(path, inpainting=inpainting, device=args.device, dtype=args.dtype)
 
     return load
@@ -86,7 +86,7 @@ def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], ob
 def _check_models_exist(args: argparse.Namespace, models: list[str]) -> None:
     """Resolve every SD model before anything runs, so a typo fails in a second, not after the first setting."""
     for model in dict.fromkeys(models):
-        resolve_model(model, args.models_dir, "diffusers", args.allow_download)
+        model_path(model, args.models_dir, "diffusers", args.allow_download)
 
 
 def _assistant_first(args: argparse.Namespace, used: bool, wrap: type, ask: Callable[[Callable, str], object]):

@@ -22,9 +22,9 @@ from .common import (
     check_at_least,
     check_png_out,
     load_assistant,
+    model_path,
     output_paths,
     print_streamed,
-    resolve_model,
     run_command,
     save_png,
 )
@@ -109,7 +109,7 @@ def run_sd_command(args: argparse.Namespace) -> int:
 def _run_sd(args: argparse.Namespace) -> int:
     _check_numbers(args)
     picture = _read_picture(args)
-    sd_path = resolve_model(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
     print(f"Generation prompt: {prompt}", flush=True)
