@@ -4,7 +4,7 @@ ComfyUI moves the network between its offload device (the CPU) and the GPU: `loa
 it, and `free_memory` when another model (SD) needs the room, or when the node is asked to let go right away.
 `ModelPatcher(model, load_device, offload_device)`, `load_models_gpu(models, force_full_load=)`, `loaded_models()`,
 `LoadedModel(patcher)` and `free_memory(memory_required, device, keep_loaded)` read the same in ComfyUI 0.3.64,
-0.3.75 (the tested host) and the 0.35 main branch.
+0.3.75 (the tested host) and its newer main branch.
 """
 
 from __future__ import annotations
