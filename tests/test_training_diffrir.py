@@ -195,6 +195,31 @@ def test_resume_continues_with_identical_losses_and_weights(image_folder, s1_run
         assert all(torch.equal(value, resumed_weights[key][name]) for name, value in full_weights[key].items())
 
 
+def test_a_run_killed_while_saving_a_checkpoint_leaves_none_to_resume_from(image_folder, tmp_path, monkeypatch):
+    """Every process writes into a temporary folder that becomes checkpoint-<step> only once complete, so "latest"
+    never resumes from half a checkpoint."""
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+
+    def killed_after_the_first_files(self, output_dir=None, **kwargs):
+        save_state(self, output_dir, **kwargs)
+        (Path(output_dir) / "random_states_0.pkl").unlink()  # the process died before writing its last file
+        raise KeyboardInterrupt
+
+    config = make_config(image_folder, tmp_path / "out", max_train_steps=3, checkpointing_steps=2)
+    monkeypatch.setattr(Accelerator, "save_state", killed_after_the_first_files)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    (tmp_path / "out" / ".checkpoint-4.x.tmp").mkdir()  # what a SIGKILL leaves behind
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [".checkpoint-4.x.tmp", "logs"]
+    monkeypatch.undo()
+    reset_accelerate()
+    resumed = train(replace(config, resume_from_checkpoint="latest"))
+    assert resumed.global_step == 3 and len(resumed.losses) == 3  # a fresh start: nothing was taken for step 2
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+
 # Runs the trainer, recording every process's S2 weights after each step.
 RECORDING_LAUNCHER = """
 import sys, torch
