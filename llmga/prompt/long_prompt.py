@@ -354,7 +354,12 @@ def encode_prompt_group(
 ) -> PromptGroup:
     """Encode any number of prompts to conds of one length T (k = the longest prompt's chunk count).
 
-    The arguments are those of `encode_long_prompts`, which is this function on [positive, negative].
+    Inputs: the prompts; `tokenize(text) -> ids` without BOS/EOS and without truncation (in lpw mode it is called
+    once per weighted fragment); `encode(ids [n, 77]) -> (hidden [n, 77, C], pooled [n, C'])`; the mode ("llmga"
+    training encoding, "lpw" official inference encoding); BOS/EOS/pad ids (pad None: EOS, what the SD1.5
+    tokenizer's pad_token_id is); max_chunks (None: 4 for llmga, 3 for lpw as cli-sd15.py; 4 matches the official
+    inpainting and editing pipelines); call_per_prompt (see `encode_chunks`: True for ComfyUI's CLIP, whose pooled
+    output is one per call). Output: PromptGroup with conds [1, T, C] and pooled [1, C'] in the order given.
     """
     max_chunks = resolve_max_chunks(mode, max_chunks)
     tokens = [tokenize_prompt(text, tokenize, mode=mode, max_chunks=max_chunks) for text in texts]
@@ -371,38 +376,19 @@ def encode_prompt_group(
 
 
 def encode_long_prompts(
-    positive: str,
-    negative: str,
-    tokenize: Tokenize,
-    encode: EncodeChunks,
-    *,
-    mode: str = "llmga",
-    bos: int = SD15_BOS,
-    eos: int = SD15_EOS,
-    pad: int | None = None,
-    max_chunks: int | None = None,
-    call_per_prompt: bool = False,
+    positive: str, negative: str, tokenize: Tokenize, encode: EncodeChunks, **options
 ) -> LongPromptResult:
-    """Encode a positive and a negative prompt to conds of the same length T.
-
-    Inputs: the two prompts; `tokenize(text) -> ids` without BOS/EOS and without truncation (in lpw mode it is
-    called once per weighted fragment); `encode(ids [n, 77]) -> (hidden [n, 77, C], pooled [n, C'])`; the mode
-    ("llmga" training encoding, "lpw" official inference encoding); BOS/EOS/pad ids (pad None: EOS, what the
-    SD1.5 tokenizer's pad_token_id is); max_chunks (None: 4 for llmga, 3 for lpw as cli-sd15.py; 4 matches the
-    official inpainting and editing pipelines); call_per_prompt (see `encode_chunks`: True for ComfyUI's CLIP, whose
-    pooled output is one per call). Output: LongPromptResult with conds [1, T, C], pooled [1, C'], the dropped token
-    counts and k.
+    """Encode a positive and a negative prompt to conds of the same length T: `encode_prompt_group` on the pair, its
+    keyword options (mode, bos, eos, pad, max_chunks, call_per_prompt) as it takes them. Output: LongPromptResult
+    with conds [1, T, C], pooled [1, C'], the dropped token counts and k.
     """
-    group = encode_prompt_group(
-        (positive, negative), tokenize, encode, mode=mode, bos=bos, eos=eos, pad=pad, max_chunks=max_chunks,
-        call_per_prompt=call_per_prompt,
-    )
+    group = encode_prompt_group((positive, negative), tokenize, encode, **options)
     return LongPromptResult(
         positive=group.encoded[0],
         negative=group.encoded[1],
         dropped_positive=group.tokens[0].dropped,
         dropped_negative=group.tokens[1].dropped,
         chunks=group.chunks,
-        mode=mode,
+        mode=group.mode,
         token_limit=group.token_limit,
     )
