@@ -28,15 +28,8 @@ from llmga.mllm.loader import load_llmga
 from llmga.mllm.model import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from training.common import ConfigError, load_config
 from training.data.datasets import DataError
-from training.stage1_mllm import (
-    Stage1Config,
-    Stage1Dataset,
-    collate,
-    load_stage1_parts,
-    main,
-    read_stage1_records,
-    train,
-)
+from training.data.stage1 import Stage1Dataset, collate, read_stage1_records
+from training.stage1_mllm import Stage1Config, load_stage1_parts, main, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
