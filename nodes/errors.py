@@ -9,11 +9,11 @@ from ..llmga.errors import USER_ERRORS, one_line
 
 
 @contextmanager
-def reported_as(node: str, *also: type[Exception]) -> Iterator[None]:
-    """Turn a library error (`USER_ERRORS`, and the classes in `also`) raised inside into
+def reported_as(node: str) -> Iterator[None]:
+    """Turn a library error (`USER_ERRORS`) raised inside into
     `RuntimeError("<node>: <one line>")`, the form every pack node reports in (node: its display name, "LLMGA Chat").
     Other exceptions, Cancel included, pass through."""
     try:
         yield
-    except (*USER_ERRORS, *also) as error:
+    except USER_ERRORS as error:
         raise RuntimeError(f"{node}: {one_line(error)}") from error

@@ -95,6 +95,6 @@ class LoadSD15(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: str, allow_download: bool) -> io.NodeOutput:
-        with reported_as("LLMGA Load SD1.5", SD15LoadError):  # SD15LoadError is not yet a ValueError
+        with reported_as("LLMGA Load SD1.5"):
             loaded = load_sd15(model, allow_download)
         return io.NodeOutput(*loaded)
