@@ -148,13 +148,15 @@ class Chat(io.ComfyNode):
 
         settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         with reported_as("LLMGA Chat"):
+            history = history or chat.new_history()
+            # The turn is built (and bad input refused) before the model moves to the GPU; `reply` then generates.
+            turn = chat.turn(history, task, message, image=None if image is None else tensor_to_pil(image[0]),
+                             mask=mask, instruction=instruction or None, phrasing_seed=seed,
+                             placement=placement if task in ("text_to_image", "refine_prompt") else "auto")
             assistant.load()
             try:
-                result = chat.ask(history or chat.new_history(), task, message,
-                                  image=None if image is None else tensor_to_pil(image[0]), mask=mask,
-                                  instruction=instruction or None,
-                                  placement=placement if task in ("text_to_image", "refine_prompt") else "auto",
-                                  settings=settings, on_text=on_text, should_stop=mm.processing_interrupted)
+                result = chat.reply(history, turn.message, image=turn.picture, settings=settings, on_text=on_text,
+                                    should_stop=mm.processing_interrupted)
             finally:
                 if not keep_loaded:
                     assistant.offload()

@@ -392,12 +392,13 @@ def test_cli_checks_sizes_before_loading_the_model(tmp_path, capsys):
     Image.new("L", (45, 60)).save(paths["mask"])
     assert main(cli_args(paths, tmp_path / "absent.pth", tmp_path / "out.png")) == 2
     error = capsys.readouterr().err
-    assert "--mask 45x60 and --image 45x67 differ in size" in error and "absent" not in error
+    assert "the mask is 45x60 but the generated image is 45x67" in error and "absent" not in error
 
 
 @pytest.mark.parametrize(("change", "words"), [
     ("missing image", "does not exist"),
-    ("empty mask", "marks no generated pixel"),
+    ("empty mask", "the mask marks no pixel to restore"),
+    ("reference size", "the reference is 40x67 but the generated image is 45x67"),
     ("missing model", "no DiffRIR weight file"),
     ("bad model", "model.pth"),
     ("bad tile", "--tile is 50"),
@@ -411,6 +412,8 @@ def test_cli_reports_bad_input_with_exit_status_2(tmp_path, capsys, change, word
         paths["image"].unlink()
     if change == "empty mask":
         Image.new("L", (45, 67)).save(paths["mask"])
+    if change == "reference size":
+        Image.new("RGB", (40, 67)).save(paths["reference"])
     if change == "missing model":
         model.unlink()
     assert main(cli_args(paths, model, tmp_path / "out.png", *extra)) == 2

@@ -7,15 +7,8 @@ from pathlib import Path
 
 from ..mllm.tasks import PLACEMENTS, TASKS
 from ..mllm.templates import TEMPLATE_NAMES
-from .common import (
-    InputError,
-    add_assistant_arguments,
-    add_device_arguments,
-    check_assistant_numbers,
-    load_assistant,
-    print_streamed,
-    run_command,
-)
+from . import common
+from .common import InputError
 
 
 def add_chat_command(commands: argparse._SubParsersAction) -> None:
@@ -23,7 +16,7 @@ def add_chat_command(commands: argparse._SubParsersAction) -> None:
         "chat", help="chat with an LLMGA assistant (text, image, masked image)",
         description="Ask an LLMGA assistant; prints its reply and the generation prompt between <gen_image> tags.")
     chat.add_argument("message", nargs="?", default="", help="your message (for text_to_image: a short prompt)")
-    add_assistant_arguments(chat, required=True)
+    common.add_assistant_arguments(chat, required=True)
     chat.add_argument("--clip-vision-dir", type=Path, action="append", default=[],
                       help="folder searched for the CLIP vision tower (default: the models folders' clip_vision/)")
     chat.add_argument("--image", type=Path, help="a picture to talk about, edit, inpaint or outpaint")
@@ -32,7 +25,7 @@ def add_chat_command(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("--task", choices=TASKS, default="text_to_image")
     chat.add_argument("--placement", choices=PLACEMENTS, default="auto", help="text_to_image instruction side")
     chat.add_argument("--template", choices=("auto", *TEMPLATE_NAMES), default="auto")
-    add_device_arguments(chat, "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU")
+    common.add_device_arguments(chat, "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU")
     chat.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none")
     chat.add_argument("--seed", type=int, default=0)
     chat.add_argument("--top-p", type=float, default=1.0)
@@ -42,14 +35,12 @@ def add_chat_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    return run_command(lambda: _chat(args), "use --quantization 4bit, --dtype fp16, or --device cpu")
+    return common.run_command(lambda: _chat(args), "use --quantization 4bit, --dtype fp16, or --device cpu")
 
 
 def _chat(args: argparse.Namespace) -> int:
     from ..images import mask_array, open_image
-    from ..mllm.chat import GenerationSettings
-
-    check_assistant_numbers(args)
+    common.check_assistant_numbers(args)
     if not 0 < args.top_p <= 1:
         raise InputError(f"--top-p is {args.top_p} but must be in (0, 1]")
     if args.mask is not None and args.image is None:
@@ -57,17 +48,15 @@ def _chat(args: argparse.Namespace) -> int:
     # Inputs are read and checked before the model loads, so bad input fails in a second.
     image = open_image(args.image) if args.image is not None else None
     mask = mask_array(open_image(args.mask, "L"), image.size) if args.mask is not None else None
-    assistant = load_assistant(args, template=None if args.template == "auto" else args.template,
-                               quantization=args.quantization)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, seed=args.seed, top_p=args.top_p,
-                                  temperature=0.0 if args.greedy else args.temperature)
+    assistant = common.load_assistant(args, template=None if args.template == "auto" else args.template,
+                                      quantization=args.quantization)
+    settings = common.assistant_settings(args, args.seed, top_p=args.top_p,
+                                         temperature=0.0 if args.greedy else args.temperature)
     history = assistant.new_history()
     message, task, turn = args.message, args.task, 0
     while True:
-        print("LLMGA: ", end="", flush=True)
-        result = assistant.ask(history, task, message, image=image, mask=mask, settings=settings,
-                               phrasing_seed=args.seed + turn, placement=args.placement, on_text=print_streamed)
-        print()
+        result = common.ask_streamed(assistant, history, task, message, image=image, mask=mask, settings=settings,
+                                     phrasing_seed=args.seed + turn, placement=args.placement)
         prompt = result.parsed.prompt(no_tag_fallback="empty")
         print(f"Generation prompt: {prompt}" if result.parsed.has_prompt else "Generation prompt: (none)")
         history = result.history

@@ -122,9 +122,20 @@ def load_assistant(args: argparse.Namespace, *, template: str | None = None, qua
     return Assistant(loaded, template=template)
 
 
-def print_streamed(piece: str) -> None:
-    """on_text of the assistant: its reply on stdout as it grows."""
-    print(piece, end="", flush=True)
+def assistant_settings(args: argparse.Namespace, seed: int | None, **overrides):
+    """The assistant's decoding settings from --max-new-tokens, --temperature and `seed` (`overrides` win)."""
+    from ..mllm.chat import GenerationSettings
+
+    values = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed)
+    return GenerationSettings(**{**values, **overrides})
+
+
+def ask_streamed(assistant, history, task: str, text: str = "", **options):
+    """`assistant.ask(history, task, text, **options)` with the reply streamed to stdout after "LLMGA: "."""
+    print("LLMGA: ", end="", flush=True)
+    result = assistant.ask(history, task, text, on_text=lambda piece: print(piece, end="", flush=True), **options)
+    print()
+    return result
 
 
 # --- output files ------------------------------------------------------------------------------------------------

@@ -12,20 +12,8 @@ import secrets
 import sys
 from pathlib import Path
 
-from .common import (
-    InputError,
-    add_assistant_arguments,
-    add_device_arguments,
-    check_assistant_numbers,
-    check_at_least,
-    check_png_out,
-    load_assistant,
-    model_path,
-    output_paths,
-    print_streamed,
-    run_command,
-    save_png,
-)
+from . import common
+from .common import InputError
 
 DEFAULT_SD = "binxia/llmga-sd15-t2i-v2"  # README: the SD15-T2I model also serves instruction editing
 
@@ -42,7 +30,7 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
         "Writes the edited PNG (prompts and settings in its metadata) and the edit mask beside it.")
     parser.add_argument("instruction", nargs="?", default="", help='the edit, e.g. "make it winter"')
     parser.add_argument("--image", type=Path, required=True, help="the picture to edit")
-    add_assistant_arguments(parser, required=False)
+    common.add_assistant_arguments(parser, required=False)
     parser.add_argument("--sd", default=DEFAULT_SD, help=f"SD1.5 diffusers folder or released name ({DEFAULT_SD})")
     parser.add_argument("--source-prompt", help="what the picture shows (skips the assistant's turn 0)")
     parser.add_argument("--target-prompt", help="what the edited picture shows (skips the assistant's turn 1)")
@@ -64,7 +52,7 @@ def add_edit_command(commands: argparse._SubParsersAction) -> None:
         "512x512"))
     parser.add_argument("--seed", type=int, help="seed (assistant sampling and DDPM noise; default random)")
     parser.add_argument("--out", type=Path, default=Path("outputs"), help="folder or .png file (default outputs)")
-    add_device_arguments(parser, "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
+    common.add_device_arguments(parser, "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
     parser.set_defaults(run=run_edit_command)
 
 
@@ -98,19 +86,16 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
     if args.target_prompt is None and not args.instruction.strip():
         raise InputError('give the instruction, e.g. "make it winter"')
     from ..devices import free_memory
-    from ..mllm.chat import GenerationSettings
     from ..mllm.tasks import EDIT_SOURCE_INSTRUCTION
 
-    assistant = load_assistant(args)
+    assistant = common.load_assistant(args)
     history = assistant.new_history()
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed)
+    settings = common.assistant_settings(args, seed)
     turns = (("similar_image", EDIT_SOURCE_INSTRUCTION, args.source_prompt), ("chat", args.instruction,
                                                                              args.target_prompt))
     prompts, replies = [], []
     for task, text, given in turns:
-        print("LLMGA: ", end="", flush=True)
-        result = assistant.ask(history, task, text, image=image, settings=settings, on_text=print_streamed)
-        print()
+        result = common.ask_streamed(assistant, history, task, text, image=image, settings=settings)
         history = result.history
         replies.append(result.text)
         # The official CLI keeps the whole reply when it has no tags (its str.find parser).
@@ -124,23 +109,23 @@ def _prompts(args: argparse.Namespace, image, seed: int) -> tuple[str, str, list
 
 
 def run_edit_command(args: argparse.Namespace) -> int:
-    return run_command(lambda: _edit(args), "use --dtype fp16, a smaller picture, or --device cpu")
+    return common.run_command(lambda: _edit(args), "use --dtype fp16, a smaller picture, or --device cpu")
 
 
 def _edit(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
-    check_at_least(args.cfg, 0, "--cfg", " (both references: 7.5)")
-    check_at_least(args.source_cfg, 0, "--source-cfg", " (official: 3.5)")
+    common.check_at_least(args.cfg, 0, "--cfg", " (both references: 7.5)")
+    common.check_at_least(args.source_cfg, 0, "--source-cfg", " (official: 3.5)")
     settings = _settings(args, seed)
-    check_assistant_numbers(args)
-    check_png_out(args.out)
+    common.check_assistant_numbers(args)
+    common.check_png_out(args.out)
     from ..edit.pipeline import edit_image, official_crop
     from ..images import open_image
     from ..sd.pipelines import INPAINT_CHANNELS, unet_channels
 
     image = open_image(args.image, "RGB")
     image = image if args.no_crop else official_crop(image)
-    sd_path = model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = common.model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
     if unet_channels(sd_path) == INPAINT_CHANNELS:
         raise InputError(f"--sd {args.sd} is an inpainting model ({INPAINT_CHANNELS} input channels): editing runs on "
                          f"a text-to-image model such as {DEFAULT_SD}")
@@ -157,11 +142,11 @@ def _edit(args: argparse.Namespace) -> int:
     edited, mask, result = edit_image(pipe, image, source, target, settings, on_step=on_step)
     if result.unchanged:
         print("note: the target prompt equals the source prompt; the picture is unchanged", file=sys.stderr)
-    (path,) = output_paths(args.out, [f"edit-{seed}"])
+    (path,) = common.output_paths(args.out, [f"edit-{seed}"])
     mask_path = path.with_name(path.stem + "-mask.png")
-    save_png(edited, path, _settings_record(args, sd_path, replies, seed), llmga_source_prompt=source,
-             llmga_prompt=target)
-    save_png(mask, mask_path)
+    common.save_png(edited, path, _settings_record(args, sd_path, replies, seed), llmga_source_prompt=source,
+                    llmga_prompt=target)
+    common.save_png(mask, mask_path)
     print(f"Saved {path} and {mask_path.name}")
     return 0
 

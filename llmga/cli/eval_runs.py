@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .common import (
     InputError,
+    assistant_settings,
     check_assistant_numbers,
     check_at_least,
     load_assistant,
@@ -93,9 +94,8 @@ def _assistant_first(args: argparse.Namespace, used: bool, wrap: type, ask: Call
     """(the assistant's name, "" when no setting uses it; its lazily loaded `wrap` callable). When used, `ask(it,
     name)` makes (and caches) every reply first, then the assistant is freed before SD loads."""
     from ..eval.backends import LazyAssistant
-    from ..mllm.chat import GenerationSettings
 
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    settings = assistant_settings(args, args.seed)
     assistant = LazyAssistant(lambda: load_assistant(args), lambda loaded: wrap(loaded, settings))
     name = Path(args.mllm).name if used else ""
     if used:

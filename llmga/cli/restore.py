@@ -63,18 +63,17 @@ def _read_inputs(args: argparse.Namespace):
     a non-empty mask."""
     import torch
 
-    from ..images import ImageInputError, check_mask_size, mask_array, open_image, pil_to_tensor
+    from ..images import mask_array, open_image, pil_to_tensor
     from ..restore.inference import MASK_THRESHOLD
 
     generated = open_image(args.image, "RGB")
     reference = open_image(args.reference, "RGB")
-    try:
-        check_mask_size((reference.height, reference.width), generated.size, image_name="generated picture")
-    except ImageInputError as error:  # the one message is about masks: say which flag is off
-        raise InputError(f"--reference is {reference.width}x{reference.height} but --image is {generated.width}x"
-                         f"{generated.height}: give the original at the size of the generated picture") from error
+    if reference.size != generated.size:
+        raise InputError(f"the reference is {reference.width}x{reference.height} but the generated image is "
+                         f"{generated.width}x{generated.height}: give the original (--reference) at the size of the "
+                         "generated picture (--image)")
     mask = mask_array(open_image(args.mask, "L"), generated.size, threshold=MASK_THRESHOLD, action="restore",
-                      image_name="generated picture")
+                      image_name="generated image")
     return pil_to_tensor(generated), pil_to_tensor(reference), torch.from_numpy(mask)[None]
 
 

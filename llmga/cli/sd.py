@@ -14,20 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import (
-    InputError,
-    add_assistant_arguments,
-    add_device_arguments,
-    check_assistant_numbers,
-    check_at_least,
-    check_png_out,
-    load_assistant,
-    model_path,
-    output_paths,
-    print_streamed,
-    run_command,
-    save_png,
-)
+from . import common
+from .common import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,7 +49,7 @@ def add_sd_commands(commands: argparse._SubParsersAction) -> None:
 def _add_common_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("message", nargs="?", default="",
                         help="your request (for generate: a short prompt); the SD prompt itself without --mllm")
-    add_assistant_arguments(parser, required=False)
+    common.add_assistant_arguments(parser, required=False)
     parser.add_argument("--sd", default=DEFAULT_SD[command],
                         help=f"SD1.5 diffusers folder or released name (default {DEFAULT_SD[command]})")
     if command != "generate":
@@ -90,7 +78,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, command: str) -> None
         "scripts' (per-chunk BOS/EOS, (word:1.2) weights)"))
     parser.add_argument("--out", type=Path, default=Path("outputs"),
                         help="folder (created if needed) or .png file to write (default: outputs)")
-    add_device_arguments(parser, "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
+    common.add_device_arguments(parser, "auto: SD in fp16 and the assistant in bf16 on GPUs, fp32 on the CPU")
 
 
 @dataclass(frozen=True)
@@ -102,19 +90,19 @@ class Picture:
 
 
 def run_sd_command(args: argparse.Namespace) -> int:
-    return run_command(lambda: _run_sd(args),
-                       "use a smaller --width/--height or --count, --dtype fp16, or --device cpu")
+    return common.run_command(lambda: _run_sd(args),
+                              "use a smaller --width/--height or --count, --dtype fp16, or --device cpu")
 
 
 def _run_sd(args: argparse.Namespace) -> int:
     _check_numbers(args)
     picture = _read_picture(args)
-    sd_path = model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
+    sd_path = common.model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
     print(f"Generation prompt: {prompt}", flush=True)
     images = _render(args, sd_path, picture, prompt, seed)
-    paths = output_paths(args.out, [f"{args.sd_command}-{seed + index}" for index in range(len(images))])
+    paths = common.output_paths(args.out, [f"{args.sd_command}-{seed + index}" for index in range(len(images))])
     for index, (image, path) in enumerate(zip(images, paths, strict=True)):
         _save(args, sd_path, prompt, reply, seed + index, image, path)
         print(f"Saved {path} (seed {seed + index})")
@@ -124,14 +112,14 @@ def _run_sd(args: argparse.Namespace) -> int:
 def _check_numbers(args: argparse.Namespace) -> None:
     from ..sd.pipelines import check_size
 
-    check_at_least(args.steps, 1, "--steps", f" (official: {OFFICIAL_STEPS})")
-    check_at_least(args.count, 1, "--count")
-    check_at_least(args.cfg, 0, "--cfg", f" (official: {OFFICIAL_CFG})")
-    check_assistant_numbers(args)
+    common.check_at_least(args.steps, 1, "--steps", f" (official: {OFFICIAL_STEPS})")
+    common.check_at_least(args.count, 1, "--count")
+    common.check_at_least(args.cfg, 0, "--cfg", f" (official: {OFFICIAL_CFG})")
+    common.check_assistant_numbers(args)
     check_size(args.width, args.height)
     if args.sd_command == "generate" and not args.message.strip():
         raise InputError("give a message: the short prompt to generate from (e.g. \"a red fox in the snow\")")
-    check_png_out(args.out)
+    common.check_png_out(args.out)
 
 
 def _read_picture(args: argparse.Namespace) -> Picture | None:
@@ -142,7 +130,7 @@ def _read_picture(args: argparse.Namespace) -> Picture | None:
     if args.sd_command == "generate":
         return None
     image = open_image(args.image, "RGB")
-    check_at_least(args.feathering, 0, "--feathering", " pixels")
+    common.check_at_least(args.feathering, 0, "--feathering", " pixels")
     if args.sd_command == "inpaint":
         return Picture(image, mask_array(open_image(args.mask, "L"), image.size, threshold=MASK_THRESHOLD,
                                          action="paint"))
@@ -154,15 +142,12 @@ def _ask_assistant(args: argparse.Namespace, picture: Picture | None, seed: int)
     """One assistant turn for the command's task, streamed to stdout; returns (reply, generation prompt). The
     assistant is freed afterwards so SD gets its memory."""
     from ..devices import free_memory
-    from ..mllm.chat import GenerationSettings
 
-    assistant = load_assistant(args)
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed)
-    print("LLMGA: ", end="", flush=True)
-    result = assistant.ask(assistant.new_history(), ASSISTANT_TASK[args.sd_command], args.message,
-                           image=None if picture is None else picture.image,
-                           mask=None if picture is None else picture.mask, settings=settings, on_text=print_streamed)
-    print()
+    assistant = common.load_assistant(args)
+    result = common.ask_streamed(assistant, assistant.new_history(), ASSISTANT_TASK[args.sd_command], args.message,
+                                 image=None if picture is None else picture.image,
+                                 mask=None if picture is None else picture.mask,
+                                 settings=common.assistant_settings(args, seed))
     del assistant
     free_memory()
     if result.parsed.has_prompt:
@@ -208,4 +193,4 @@ def _save(args: argparse.Namespace, sd_path: Path, prompt: str, reply: str | Non
     settings = {"command": args.sd_command, "seed": seed, "steps": args.steps, "cfg": args.cfg,
                 "width": size[0], "height": size[1], "encoding": args.encoding, "sd_model": sd_name,
                 "mllm": mllm_name, "message": args.message, "reply": reply}
-    save_png(image, path, settings, parameters=parameters, llmga_prompt=prompt, llmga_negative=args.negative)
+    common.save_png(image, path, settings, parameters=parameters, llmga_prompt=prompt, llmga_negative=args.negative)
