@@ -20,8 +20,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from training_support import torch_threads
 
-from llmga.restore.checkpoint import DiffRIRLoadError, hyper_from_state_dict, load_diffrir, save_diffrir
+from llmga.restore.checkpoint import (
+    DiffRIRLoadError,
+    hyper_from_state_dict,
+    load_diffrir,
+    save_basicsr_weights,
+    save_diffrir,
+)
 from llmga.restore.dirformer import ChannelLayerNorm
 from llmga.restore.network import DiffRIR, initial_noise
 
@@ -68,13 +75,7 @@ def tiny_model(scale: int = 1, seed: int = 0) -> DiffRIR:
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These forwards are tiny: one thread avoids oversubscription stalls on busy CI machines (10 s -> 0.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = torch_threads(1)  # tiny forwards: one thread avoids oversubscription stalls on busy machines
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,22 @@ def test_safetensors_round_trip(tmp_path: Path) -> None:
     x = torch.rand(1, 15, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x, initial_noise(1, 0)), original(x, initial_noise(1, 0)))
+
+
+def test_basicsr_layout_round_trip(tmp_path: Path) -> None:
+    """What the trainer writes ({"params", "params_ema"}) is what the released files hold and load_diffrir reads."""
+    network, ema = tiny_model(), tiny_model()
+    with torch.no_grad():
+        for parameter in ema.parameters():
+            parameter.add_(1.0)
+    path = tmp_path / "net_g_latest.pth"
+    save_basicsr_weights({"params": network.state_dict(), "params_ema": ema.state_dict()}, path)
+    stored = torch.load(path, weights_only=True)
+    assert sorted(stored) == ["params", "params_ema"]
+    assert_same_weights(load_diffrir(path, **TINY), ema.state_dict())  # inference reads params_ema
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net_g_latest.pth"]  # no temporary left
+    with pytest.raises(ValueError, match="keyed params_ema / params"):
+        save_basicsr_weights({"model": network.state_dict()}, tmp_path / "other.pth")
 
 
 def test_load_converts_dtype(tmp_path: Path) -> None:

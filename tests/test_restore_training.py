@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from training_support import torch_threads
 
 from llmga.restore import degradations as d
 from llmga.restore.jpeg import jpeg_compress, quality_to_factor
@@ -60,13 +61,7 @@ def high_frequency_energy(image: torch.Tensor) -> float:
     return float(vertical + horizontal)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription stalls on busy machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_thread = torch_threads(1)  # tiny forwards: one thread avoids oversubscription stalls on busy machines
 
 
 # ----------------------------------------------------------------------------------------------- D2 (luminance)

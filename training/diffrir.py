@@ -48,9 +48,8 @@ from accelerate import Accelerator, DistributedType
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from llmga.files import save_torch_atomic
 from llmga.images import pil_to_tensor
-from llmga.restore.checkpoint import DiffRIRLoadError, read_state_dict
+from llmga.restore.checkpoint import DiffRIRLoadError, read_state_dict, save_basicsr_weights
 from llmga.restore.degradations import MIN_SIZE, Y_BIAS, Y_ERROR_S1, Y_ERROR_S2, DegradationParams
 from llmga.restore.network import SCALES, TRANSFORMER_MULTIPLE, DiffRIR
 from llmga.restore.s1 import DiffRIRS1, init_s2_from_s1
@@ -468,7 +467,7 @@ def train(config: DiffRIRConfig) -> TrainResult:
     path = Path(config.output_dir) / f"{config.model_name}.pth"
 
     def write() -> str:
-        save_torch_atomic(stage.weights(), path)
+        save_basicsr_weights(stage.weights(), path)
         return f"wrote the DiffRIR {config.stage.upper()} weights to {path}"
 
     result = run.finish(write)

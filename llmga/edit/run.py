@@ -115,12 +115,6 @@ def encode_edit_prompts(source_prompt: str, target_prompt: str, text: TextBindin
                                max_chunks=settings.max_chunks)
 
 
-def truncation_warnings(group: PromptGroup) -> list[str]:
-    """One message per prompt that lost tokens past the limit."""
-    return [f"{name} prompt: dropped {tokens.dropped} tokens past the {group.token_limit}-token limit"
-            for name, tokens in zip(("source", "target"), group.tokens, strict=False) if tokens.dropped]
-
-
 def build_controller(group: PromptGroup, prompts: tuple[str, str], text: TextBinding,
                      settings: EditSettings) -> AttentionControl:
     """The Prompt-to-Prompt controller the settings ask for (refine/replace, reweight, LocalBlend)."""
@@ -153,7 +147,7 @@ def edit_latent(
         return EditResult(latent=x0, mask=torch.zeros_like(full), unchanged=True)
     group = encode_edit_prompts(source_prompt, target_prompt, text, settings)
     source, target, uncond = (e.cond.to(x0.device, x0.dtype) for e in group.encoded)
-    warnings = truncation_warnings(group)
+    warnings = group.truncation_warnings(("source", "target"))
 
     if settings.method == "direct_inversion_p2p":
         control = build_controller(group, (source_prompt, target_prompt), text, settings)

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from ..files import save_safetensors_atomic, save_torch_atomic
 from .dirformer import EMBED_CHANNELS
 from .network import DiffRIR
 
@@ -109,7 +110,18 @@ def save_diffrir(model: DiffRIR, path: str | Path) -> None:
     if path.suffix != ".safetensors":
         raise ValueError(f"save_diffrir writes safetensors: name the file *.safetensors, not {path.name}")
     tensors = {key: value.detach().to("cpu", copy=True).contiguous() for key, value in model.state_dict().items()}
-    save_file(tensors, str(path), metadata={"format": "pt"})
+    save_safetensors_atomic(tensors, path, metadata={"format": "pt"})
+
+
+def save_basicsr_weights(weights: Mapping[str, Mapping[str, Tensor]], path: str | Path) -> None:
+    """Write weights in the released BasicSR layout, a `.pth` of {"params": state dict, "params_ema": state dict}
+    (S1 checkpoints hold "params" only), that `torch.load(weights_only=True)` and `load_diffrir` read. Written
+    atomically: a killed run leaves the previous file or none, never half of one."""
+    unknown = sorted(set(weights) - set(WEIGHT_KEYS))
+    if unknown or not weights:
+        raise ValueError(f"BasicSR weights are keyed {' / '.join(WEIGHT_KEYS)}, got {sorted(weights)}")
+    save_torch_atomic({name: {key: value.detach().cpu().contiguous() for key, value in state.items()}
+                       for name, state in weights.items()}, path)
 
 
 def read_state_dict(path: Path) -> StateDict:
