@@ -33,16 +33,26 @@ def run_command(body: Callable[[], int], out_of_memory_hint: str) -> int:
     return run_reporting(body, out_of_memory_hint)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever `sys.stderr` is when a record comes, so a redirected stderr gets it."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def show_library_warnings() -> None:
-    """Print the library's warnings (prompt truncation) as one line each on stderr (once per process)."""
+    """Print the library's warnings (prompt truncation) as one line each on stderr; set up once per process."""
     library = logging.getLogger("llmga")
-    if any(getattr(handler, "llmga_cli", False) for handler in library.handlers):
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("warning: %(message)s"))
-    handler.llmga_cli = True
-    library.addHandler(handler)
-    library.setLevel(logging.WARNING)
+    if not any(isinstance(handler, _StderrHandler) for handler in library.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.WARNING)
 
 
 # --- options every model-running command shares ------------------------------------------------------------------
