@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from llmga.cli import main
-from llmga.restore import inference
+from llmga.restore import dirformer, inference
 from llmga.restore.checkpoint import save_diffrir
 from llmga.restore.inference import (
     grow_mask,
@@ -43,11 +43,11 @@ class LocalStandIn(nn.Module):
         self.prior_inputs: list[torch.Tensor] = []
         self.restore_calls: list[tuple[tuple[int, ...], torch.Tensor]] = []
 
-    def prior(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def prior(self, x: torch.Tensor, noise: torch.Tensor, check=None) -> torch.Tensor:
         self.prior_inputs.append(x)
         return noise * 0.1 + x.mean(dim=(1, 2, 3))[:, None]
 
-    def restore(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def restore(self, x: torch.Tensor, z: torch.Tensor, check=None) -> torch.Tensor:
         assert x.shape[-2] % self.pad_multiple == 0 and x.shape[-1] % self.pad_multiple == 0
         self.restore_calls.append((tuple(x.shape), z))
         channels = 3 * self.scale ** 2
@@ -304,10 +304,10 @@ def test_automatic_mode_tiles_when_memory_is_short(monkeypatch):
 
 def test_out_of_memory_in_one_pass_retries_in_tiles():
     class RunsOutOnWholePictures(LocalStandIn):
-        def restore(self, x, z):
+        def restore(self, x, z, check=None):
             if x.shape[-2] * x.shape[-1] > 128 * 128:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-            return super().restore(x, z)
+            return super().restore(x, z, check)
 
     model = RunsOutOnWholePictures()
     generated, reference, mask = pictures(250, 200)
@@ -346,6 +346,97 @@ def test_bf16_model_runs_in_its_dtype_and_composites_in_float32(tiny):
     restored = restore_image(model, generated, reference, mask)
     assert restored.dtype == torch.float32 and torch.equal(restored[mask < 0.5], reference[mask < 0.5])
     assert (restored - restore_image(tiny[1], generated, reference, mask)).abs().max() < 0.1
+
+
+# --- cancel: short steps that call check() ----------------------------------------------------------------------
+
+
+class Stop(Exception):
+    """What a test's check raises to cancel."""
+
+
+def counting_check(stop_at: int | None = None):
+    """A check that counts its calls (`.calls`) and raises Stop on call number `stop_at`."""
+    def check() -> None:
+        check.calls += 1
+        if check.calls == stop_at:
+            raise Stop
+
+    check.calls = 0
+    return check
+
+
+def test_the_prior_polls_check_between_short_steps(tiny, monkeypatch):
+    """The CPEN sees the whole picture, so its convolutions run in strips of rows, each step followed by a poll:
+    a check that raises stops the prior part-way, and the stepped prior equals the plain one up to float rounding."""
+    monkeypatch.setattr(dirformer, "STEP_MACS", 1 << 22)  # strips of a few rows on this 128² input
+    x, noise = torch.rand(1, 6, 128, 128), initial_noise(1, 0)
+    check = counting_check()
+    with torch.no_grad():
+        stepped, plain = tiny[1].prior(x, noise, check), tiny[1].prior(x, noise)
+    layers = len(list(tiny[1].condition.E.modules()))
+    assert check.calls > 2 * layers  # the big layers ran in several strips each
+    torch.testing.assert_close(stepped, plain, rtol=1e-4, atol=1e-5)
+    stop = counting_check(stop_at=check.calls // 2)
+    with pytest.raises(Stop), torch.no_grad():
+        tiny[1].prior(x, noise, stop)
+    assert stop.calls == check.calls // 2
+
+
+def test_a_small_picture_runs_in_one_step_per_layer_exactly(tiny):
+    x, noise = torch.rand(1, 6, 64, 96), initial_noise(1, 3)
+    with torch.no_grad():
+        z = tiny[1].prior(x, noise)
+        assert torch.equal(tiny[1].prior(x, noise, counting_check()), z)
+        assert torch.equal(tiny[1].restore(x, z, counting_check()), tiny[1].restore(x, z))
+
+
+def test_the_network_pass_polls_check_and_its_tail_runs_in_strips(tiny, monkeypatch):
+    x, z = torch.rand(1, 6, 128, 96), torch.rand(1, 256)
+    whole, strips = counting_check(), counting_check()
+    with torch.no_grad():
+        plain = tiny[1].restore(x, z)
+        tiny[1].restore(x, z, whole)
+        monkeypatch.setattr(dirformer, "STEP_MACS", 1 << 20)
+        stepped = tiny[1].restore(x, z, strips)
+    blocks = sum(isinstance(module, dirformer.TransformerBlock) for module in tiny[1].G.modules())
+    assert whole.calls >= 2 * blocks  # before every block and between its attention and its feed-forward
+    assert strips.calls > whole.calls + 10  # the tail's convolutions in strips of rows
+    torch.testing.assert_close(stepped, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_cancel_before_the_first_tile_stops_in_the_prior():
+    """restore_image polls before and inside the prior: a check that raises on its first calls stops the run before
+    any tile, so a picture whose prior is slow (4096²: seconds on a CPU) stops within a poll."""
+    model = LocalStandIn()
+    tiles = []
+    with pytest.raises(Stop):
+        restore_image(model, *pictures(200, 150), tile=96, on_tile=lambda done, total: tiles.append(done),
+                      check=counting_check(stop_at=1))
+    assert tiles == [] and model.prior_inputs == []
+
+
+def test_mask_growing_polls_check_per_pass():
+    mask = torch.zeros(1, 30, 30)
+    mask[:, 15, 15] = 1
+    check = counting_check()
+    grow_mask(mask, dilate=9, feather=2, check=check)
+    assert check.calls == 3 * 2 + 2  # dilation by 9 in passes of 4, 4, 1 (a column and a row each), 2 erosions
+    with pytest.raises(Stop):
+        grow_mask(mask, dilate=9, check=counting_check(stop_at=2))
+
+
+def test_mask_notes_say_what_an_empty_or_full_mask_does():
+    masks = torch.zeros(3, 8, 8)
+    masks[1] = 1
+    masks[2, 2:4, 2:4] = 1
+    assert inference.mask_notes(masks[2]) == []
+    assert inference.mask_notes(masks[:1]) == ["the mask marks no pixel to restore: the output is the reference "
+                                               "unchanged (paint the generated region white)"]
+    full, = inference.mask_notes(masks[1:2] * 0.6)
+    assert full.startswith("the mask covers the whole picture: no pixel of the reference is kept")
+    empty, full = inference.mask_notes(masks)
+    assert empty.startswith("mask 1 of 3 marks no pixel") and full.startswith("mask 2 of 3 covers the whole picture")
 
 
 # --- command line -------------------------------------------------------------------------------------------------

@@ -7,11 +7,14 @@ Attention is "transposed": a C×C map per head over L2-normalised spatial vector
 Attribute names and module order follow the official `DiffRIR/archs/S2_arch.py` (DIRformer, Attention,
 FeedForward, TransformerBlock, Upsample/Downsample) and `common.py` (Upsampler), so `state_dict()` keys are the
 official ones.
+
+Inference that must answer Cancel passes `check` (a callable that raises to stop): it is called between blocks, and
+the big convolutions run in strips of rows (`run_stepped`), so no single step takes long even on a large picture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,55 @@ LAYER_NORM_EPS = 1e-5  # S2_arch.py BiasFree_LayerNorm
 UNSHUFFLE = {1: 4, 2: 2, 4: 1}
 EMBED_CHANNELS = {1: 96, 2: 60, 4: 51}
 TAIL_ROUNDS = 2  # S2_arch.py: common.Upsampler(default_conv, 4, ...) is two rounds of conv + PixelShuffle(2)
+# Multiply-adds of one step of stepped inference: about 0.1-0.2 s on two CPU cores, so Cancel is answered within 1 s.
+STEP_MACS = 1 << 33
+
+Check = Callable[[], None]  # called between steps of work; raises (e.g. ComfyUI's interrupt) to cancel
+
+
+def _is_same_size_3x3(layer: nn.Module) -> bool:
+    """Whether `layer` is a plain 3×3 convolution that keeps the size (stride 1, padding 1): each output row reads
+    only its input row and the rows above and below it."""
+    return (isinstance(layer, nn.Conv2d) and layer.kernel_size == (3, 3) and layer.stride == (1, 1)
+            and layer.padding == (1, 1) and layer.dilation == (1, 1) and layer.padding_mode == "zeros")
+
+
+def conv_in_strips(conv: nn.Conv2d, x: Tensor, check: Check) -> Tensor:
+    """`conv(x)` for a same-size 3×3 convolution, computed in strips of rows of at most STEP_MACS multiply-adds
+    each (every strip reads one more input row on each side), with `check()` before each. x: [B,C,H,W] -> [B,C',H,W]
+    in the layout conv(x) has, equal to conv(x) up to float rounding (a strip's shape may get another convolution
+    algorithm); one strip (a small picture) is conv(x) itself."""
+    batch, _, height, width = x.shape
+    row_macs = batch * width * conv.in_channels // conv.groups * conv.out_channels * 9
+    rows = max(1, STEP_MACS // max(row_macs, 1))
+    if rows >= height:
+        check()
+        return conv(x)
+    out = None
+    for top in range(0, height, rows):
+        check()
+        bottom, first = min(top + rows, height), max(top - 1, 0)
+        part = conv(x[:, :, first:min(bottom + 1, height)])[:, :, top - first:bottom - first]
+        if out is None:
+            layout = (torch.channels_last if part.is_contiguous(memory_format=torch.channels_last)
+                      and not part.is_contiguous() else torch.contiguous_format)
+            out = torch.empty((*part.shape[:2], height, width), dtype=part.dtype, device=part.device,
+                              memory_format=layout)
+        out[:, :, top:bottom] = part
+    return out
+
+
+def run_stepped(layers: nn.Module, x: Tensor, check: Check) -> Tensor:
+    """`layers(x)` for a layer or a (nested) nn.Sequential of layers, in short steps: same-size 3×3 convolutions in
+    strips of rows (`conv_in_strips`), other layers whole, `check()` before each step."""
+    if isinstance(layers, nn.Sequential):
+        for layer in layers:
+            x = run_stepped(layer, x, check)
+        return x
+    if _is_same_size_3x3(layers):
+        return conv_in_strips(layers, x, check)
+    check()
+    return layers(x)
 
 
 def input_channels(scale: int) -> int:
@@ -113,8 +165,10 @@ class TransformerBlock(nn.Module):
         self.norm2 = ChannelLayerNorm(dim)
         self.ffn = ModulatedFeedForward(dim, expansion, bias)
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
         x = x + self.attn(self.norm1(x), z)
+        if check is not None:
+            check()
         return x + self.ffn(self.norm2(x), z)
 
 
@@ -124,9 +178,11 @@ class TransformerStage(nn.Sequential):
     def __init__(self, count: int, dim: int, num_heads: int, expansion: float, bias: bool) -> None:
         super().__init__(*(TransformerBlock(dim, num_heads, expansion, bias) for _ in range(count)))
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
         for block in self:
-            x = block(x, z)
+            if check is not None:
+                check()
+            x = block(x, z, check)
         return x
 
 
@@ -177,7 +233,8 @@ class DIRformer(nn.Module):
     C_in is `input_channels(scale)` (6, 15 or 51); H*scale and W*scale must be multiples of 32 (the transformer runs
     at H*scale/4 and halves that three times). The output is a residual on `x[:, :3]` upsampled (nearest).
     The sizes default to the released ones (inference_diffrir.py, every DiffRIR yml), shared by S1 and S2; the layer
-    norm is always the bias-free one that every DiffRIR config uses.
+    norm is always the bias-free one that every DiffRIR config uses. With `check` (see the module docstring) it runs
+    in short steps, equal up to float rounding.
     """
 
     def __init__(self, scale: int = 1, *, dim: int = 64, num_blocks: Sequence[int] = (13, 1, 1, 1),
@@ -214,14 +271,16 @@ class DIRformer(nn.Module):
         self.refinement = stage(0, num_refinement_blocks, widths[1])
         self.tail = _tail(widths[1], out_channels)
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
         features = self.pixel_unshuffle(x) if UNSHUFFLE[self.scale] > 1 else x
-        level1 = self.encoder_level1(self.patch_embed(features), z)
-        level2 = self.encoder_level2(self.down1_2(level1), z)
-        level3 = self.encoder_level3(self.down2_3(level2), z)
-        latent = self.latent(self.down3_4(level3), z)
-        decoded = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), level3], 1)), z)
-        decoded = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(decoded), level2], 1)), z)
-        decoded = self.decoder_level1(torch.cat([self.up2_1(decoded), level1], 1), z)
-        decoded = self.refinement(decoded, z)
-        return self.tail(decoded) + F.interpolate(x[:, :3], scale_factor=self.scale, mode="nearest")
+        level1 = self.encoder_level1(self.patch_embed(features), z, check)
+        level2 = self.encoder_level2(self.down1_2(level1), z, check)
+        level3 = self.encoder_level3(self.down2_3(level2), z, check)
+        latent = self.latent(self.down3_4(level3), z, check)
+        decoded = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), level3], 1)), z, check)
+        decoded = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(decoded), level2], 1)), z, check)
+        decoded = self.decoder_level1(torch.cat([self.up2_1(decoded), level1], 1), z, check)
+        decoded = self.refinement(decoded, z, check)
+        # The ×4 tail's convolutions work at up to the full size, the longest single layers: stepped when asked.
+        tail = self.tail(decoded) if check is None else run_stepped(self.tail, decoded, check)
+        return tail + F.interpolate(x[:, :3], scale_factor=self.scale, mode="nearest")

@@ -13,6 +13,10 @@ Large images run in tiles of `tile` image pixels (a multiple of 32 = `pad_multip
 overlap and blend with a sin² window; every tile of an image uses the same prior z, computed once from the whole
 image (downscaled to at most `PRIOR_MAX_PIXELS`). Preparation, the padded input and the blend happen on the inputs'
 device in float32; only the prior input and one tile at a time go to the model's device, in the model's dtype.
+
+Cancel: every long step (mask growing, the prior's CPEN on the whole picture, each tile's network pass) runs in short
+steps that call `check()` in between (`llmga.restore.dirformer.run_stepped`), so raising from it stops a 4096² run
+within a second on a CPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from kornia.morphology import dilation, erosion
 from torch import Tensor, nn
 
 from ..images import check_mask_size
+from .dirformer import Check
 from .network import initial_noise
 
 MASK_THRESHOLD = 0.5  # inference_diffrir.py: mask < 0.5 -> 0, mask >= 0.5 -> 1
@@ -38,6 +43,7 @@ BYTES_PER_PIXEL_FP32 = 2000
 MIN_TILE = 128  # below this the channel attention sees too little of the picture to be useful
 MAX_AUTO_TILE = 2048
 CPU_FALLBACK_BUDGET = 8 << 30  # bytes assumed free when the platform cannot tell
+DILATE_STEP = 4  # px grown per dilation pass, so one pass over a 4096² mask stays well under a second
 
 TileCallback = Callable[[int, int], None]
 
@@ -92,15 +98,51 @@ def prepare_inputs(generated: Tensor, reference: Tensor, mask: Tensor) -> Restor
     return RestoreInputs(generated, reference.expand(batch, -1, -1, -1), mask.expand(batch, -1, -1))
 
 
-def _dilate(mask: Tensor, radius: int) -> Tensor:
-    """[B,1,H,W] {0,1} grown by `radius` px (a square, as a column then a row; outside the image counts as empty)."""
-    if radius <= 0:
-        return mask
-    size = 2 * radius + 1
-    return dilation(dilation(mask, mask.new_ones(size, 1)), mask.new_ones(1, size))
+def _never_stop() -> None:
+    """The check of a run that nobody cancels."""
 
 
-def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0) -> tuple[Tensor, Tensor]:
+def _which_masks(indices: list[int], count: int, verb: str) -> str:
+    """"the mask <verb>s" for a batch of one, else "masks 1, 3 of 4 <verb>" (1-based)."""
+    if count == 1:
+        return f"the mask {verb}s"
+    if len(indices) == 1:
+        return f"mask {indices[0] + 1} of {count} {verb}s"
+    return f"masks {', '.join(str(index + 1) for index in indices)} of {count} {verb}"
+
+
+def mask_notes(mask: Tensor) -> list[str]:
+    """What restoring with `mask` ([H,W] or [B,H,W], >= 0.5 where generated) does in vain, one line per case: a mask
+    that marks no pixel (the output is the reference unchanged) or every pixel (no pixel of the reference is kept, so
+    DiffRIR has nothing to match the generated picture to). Empty when every mask marks part of its picture."""
+    marked = (mask[None] if mask.ndim == 2 else mask) >= MASK_THRESHOLD
+    count = marked.shape[0]
+    empty = [index for index in range(count) if not marked[index].any()]
+    full = [index for index in range(count) if marked[index].all()]
+    notes = []
+    if empty:
+        notes.append(f"{_which_masks(empty, count, 'mark')} no pixel to restore: the output is the reference unchanged "
+                     "(paint the generated region white)")
+    if full:
+        notes.append(f"{_which_masks(full, count, 'cover')} the whole picture: no pixel of the reference is kept, so "
+                     "DiffRIR has nothing to match the generated picture to (mask only the generated region)")
+    return notes
+
+
+def _dilate(mask: Tensor, radius: int, check: Check) -> Tensor:
+    """[B,1,H,W] {0,1} grown by `radius` px (a square, as a column then a row; outside the image counts as empty), in
+    passes of at most DILATE_STEP px (square dilations add up exactly), `check()` before each."""
+    while radius > 0:
+        size = 2 * min(radius, DILATE_STEP) + 1
+        for kernel in (mask.new_ones(size, 1), mask.new_ones(1, size)):
+            check()
+            mask = dilation(mask, kernel)
+        radius -= DILATE_STEP
+    return mask
+
+
+def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0,
+              check: Check = _never_stop) -> tuple[Tensor, Tensor]:
     """mask [B,H,W] in {0,1} -> (region, blend), both [B,H,W].
 
     region {0,1}: the mask grown by `dilate` px (square), the area the network regenerates (the reference is hidden
@@ -108,12 +150,14 @@ def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0) -> tuple[Tensor, 
     linearly over its outermost `feather` px to 1/(feather+1) at its edge, 0 outside it (image borders do not count as
     edges, so outpainted bands stay fully restored). Outside the region the result is the reference exactly. With
     dilate >= feather the original mask keeps weight 1. dilate = feather = 0 gives the official mask for both.
+    check: called before each pass over the mask; raise from it to cancel.
     """
     if dilate < 0 or feather < 0:
         raise ValueError(f"dilate is {dilate} and feather is {feather}; both are pixel counts, 0 or more")
-    region = _dilate(mask[:, None].float(), dilate)
+    region = _dilate(mask[:, None].float(), dilate, check)
     blend, inside = region, region
     for _ in range(feather):
+        check()
         inside = erosion(inside, inside.new_ones(3, 3))  # one more pixel off the edge (outside the image: ignored)
         blend = blend + inside
     return region[:, 0], (blend / (feather + 1))[:, 0]
@@ -293,7 +337,7 @@ def _plan(region: Tensor, padded: tuple[int, int], tile: int | None, overlap: in
 
 
 def _run_tiles(model: nn.Module, source: TileSource, priors: dict[int, Tensor], tiles: list[_Tile], scale: int,
-               overlap: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
+               overlap: int, on_tile: TileCallback | None, check: Check) -> dict[int, Tensor]:
     """Run the passes, reading each tile's input from `source`; returns {picture: [3,Hp,Wp] float32}, each tile's
     output weighted by its window and normalised by the summed windows."""
     device, dtype = _model_placement(model)
@@ -302,11 +346,12 @@ def _run_tiles(model: nn.Module, source: TileSource, priors: dict[int, Tensor], 
     sums: dict[int, Tensor] = {}
     weights: dict[int, Tensor] = {}
     for done, part in enumerate(tiles, start=1):
+        check()
         if part.image not in sums:
             sums[part.image] = torch.zeros((3, *padded), device=home)
             weights[part.image] = torch.zeros((1, *padded), device=home)
         x = source.tile(part.image, part.top, part.left, part.height, part.width)
-        out = model.restore(x.to(device, dtype), priors[part.image])
+        out = model.restore(x.to(device, dtype), priors[part.image], check)
         window = (_ramp(part.height, part.top, padded[0], overlap)[:, None]
                   * _ramp(part.width, part.left, padded[1], overlap)[None, :]).to(home)
         box = (slice(None), slice(part.top, part.top + part.height), slice(part.left, part.left + part.width))
@@ -334,7 +379,7 @@ def _smaller_tile(tile: int | None, padded: tuple[int, int], dtype: torch.dtype,
 
 
 def _run_passes(model: nn.Module, source: TileSource, priors: dict[int, Tensor], region: Tensor, tile: int | None,
-                overlap: int | None, grid: int, on_tile: TileCallback | None) -> dict[int, Tensor]:
+                overlap: int | None, grid: int, on_tile: TileCallback | None, check: Check) -> dict[int, Tensor]:
     """`_run_tiles` with the tile size asked for, or chosen: the whole picture when its estimated memory fits the
     device, else the largest tile that fits; on CUDA out-of-memory, again with tiles half as large."""
     device, dtype = _model_placement(model)
@@ -346,7 +391,8 @@ def _run_passes(model: nn.Module, source: TileSource, priors: dict[int, Tensor],
     while True:
         step = _overlap(plan_tile, overlap, grid)
         try:
-            return _run_tiles(model, source, priors, _plan(region, padded, plan_tile, step), scale, step, on_tile)
+            return _run_tiles(model, source, priors, _plan(region, padded, plan_tile, step), scale, step, on_tile,
+                              check)
         except torch.cuda.OutOfMemoryError:
             if tile is not None or (max(padded) if plan_tile is None else plan_tile) <= MIN_TILE:
                 raise
@@ -356,7 +402,7 @@ def _run_passes(model: nn.Module, source: TileSource, priors: dict[int, Tensor],
 
 def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: Tensor, *, seed: int = 0,
                   tile: int | None = None, overlap: int | None = None, dilate: int = 0, feather: int = 0,
-                  on_tile: TileCallback | None = None) -> Tensor:
+                  on_tile: TileCallback | None = None, check: Check = _never_stop) -> Tensor:
     """Restore the generated region of each picture with DiffRIR; returns [B,H,W,3] float32 in [0,1].
 
     generated, reference, mask: as `prepare_inputs` takes them. model: a DiffRIR (`scale`, `pad_multiple`,
@@ -364,11 +410,13 @@ def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: 
     `initial_noise(B, seed)`, row i for picture i. tile: None = automatic (the whole picture when its estimated memory
     fits the device, else tiles; on CUDA out-of-memory, tiles of half the size are tried), or a tile side in image px,
     a multiple of 32. overlap: between tiles, a multiple of 32 (default a quarter of the tile). dilate, feather: see
-    `grow_mask`. on_tile(done, total): called after every network pass; an exception raised from it cancels.
-    Pixels outside the (grown) mask are the reference exactly; pictures whose mask is empty are the reference.
+    `grow_mask`. on_tile(done, total): called after every network pass (progress). check(): called between short
+    steps of every long part of the work (at most ~0.2 s of two CPU cores apart); an exception raised from either
+    cancels. Pixels outside the (grown) mask are the reference exactly; pictures whose mask is empty are the reference.
+    The model's `prior` and `restore` take `check` as a third argument (`DiffRIR`'s run in short steps with it).
     """
     inputs = prepare_inputs(generated, reference, mask)
-    region, blend = grow_mask(inputs.mask, dilate, feather)
+    region, blend = grow_mask(inputs.mask, dilate, feather, check)
     scale = int(model.scale)
     grid = int(model.pad_multiple) * scale  # 32 image px for x1, x2 and x4
     if tile is not None:
@@ -378,15 +426,20 @@ def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: 
     device, dtype = _model_placement(model)
     source = TileSource(inputs.generated, inputs.reference, region, grid, scale)
     noise = initial_noise(region.shape[0], seed)
-    todo = [image for image in range(region.shape[0]) if region[image].any()]
+    priors = {}
     with torch.no_grad():
-        priors = {image: model.prior(channels_last(prior_input(*source.parts(image, 0, 0, *source.padded), scale,
-                                                               grid)).to(device, dtype),
-                                     noise[image:image + 1].to(device, dtype)) for image in todo}
-        restored = _run_passes(model, source, priors, region, tile, overlap, grid, on_tile)
+        for image in (image for image in range(region.shape[0]) if region[image].any()):
+            check()
+            whole = source.parts(image, 0, 0, *source.padded)
+            check()
+            x = channels_last(prior_input(*whole, scale, grid)).to(device, dtype)
+            del whole
+            priors[image] = model.prior(x, noise[image:image + 1].to(device, dtype), check)
+        restored = _run_passes(model, source, priors, region, tile, overlap, grid, on_tile, check)
     result = inputs.reference.clone()
     height, width = region.shape[1:]
     for image, out in restored.items():
+        check()
         out = out[:, :height, :width].clamp(0, 1).permute(1, 2, 0)
         weight = blend[image][..., None]
         result[image] = torch.where(weight > 0, weight * out + (1 - weight) * inputs.reference[image], result[image])

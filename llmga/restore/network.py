@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .dirformer import PRIOR_DIM, SCALES, DIRformer, input_channels
+from .dirformer import PRIOR_DIM, SCALES, Check, DIRformer, input_channels
 from .prior import CPEN, Denoiser, PriorDiffusion
 
 __all__ = ["SCALES", "TRANSFORMER_MULTIPLE", "DiffRIR", "initial_noise"]
@@ -67,13 +67,14 @@ class DiffRIR(nn.Module):
         """H and W of x must be multiples of this: 32 (x1), 16 (x2), 8 (x4), as inference_diffrir.py pads."""
         return TRANSFORMER_MULTIPLE // self.scale
 
-    def prior(self, x: Tensor, noise: Tensor) -> Tensor:
-        """The image prior z [B,256]: CPEN_S2(x) conditions 4 deterministic reverse steps from `noise` [B,256]."""
-        return self.diffusion(x, noise)
+    def prior(self, x: Tensor, noise: Tensor, check: Check | None = None) -> Tensor:
+        """The image prior z [B,256]: CPEN_S2(x) conditions 4 deterministic reverse steps from `noise` [B,256].
+        check: called between short steps of the work; raise from it to cancel (equal up to float rounding)."""
+        return self.diffusion(x, noise, check)
 
-    def restore(self, x: Tensor, z: Tensor) -> Tensor:
-        """The DIRformer given the prior: x [B,C_in,H,W], z [B,256] -> [B,3,H*scale,W*scale]."""
-        return self.G(x, z)
+    def restore(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
+        """The DIRformer given the prior: x [B,C_in,H,W], z [B,256] -> [B,3,H*scale,W*scale]. check: as `prior`."""
+        return self.G(x, z, check)
 
     def forward(self, x: Tensor, noise: Tensor) -> Tensor:
         """`restore(x, prior(x, noise))`, the official S2 inference forward (see the module docstring for noise)."""

@@ -3,6 +3,9 @@ the 256-d prior, started from Gaussian noise and conditioned on c, gives z [B,25
 
 Attribute names, module order and the 12 schedule buffers follow the official `DiffRIR/archs/S2_arch.py` (CPEN,
 ResMLP, denoise) and `ldm/ddpm.py` (DDPM), so `state_dict()` keys are the official ones.
+
+The CPEN sees the whole picture (up to 2048² px, official width 64-256 channels): with `check` (inference that must
+answer Cancel) it runs layer by layer, its convolutions in strips of rows, calling `check()` between the steps.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .dirformer import PRIOR_DIM, UNSHUFFLE, input_channels
+from .dirformer import PRIOR_DIM, UNSHUFFLE, Check, input_channels, run_stepped
 
 CPEN_FEATURES = 64  # S2_arch.py: CPEN(n_feats=64, ...) and denoise(n_feats=64, ...) are hard-coded in DiffRIRS2
 NEGATIVE_SLOPE = 0.1  # S2_arch.py / common.py: every activation is LeakyReLU(0.1)
@@ -42,12 +45,17 @@ class ResBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x) + x
 
+    def stepped(self, x: Tensor, check: Check) -> Tensor:
+        """forward(x) in short steps (`run_stepped`)."""
+        return run_stepped(self.body, x, check) + x
+
 
 class CPEN(nn.Module):
     """Compact prior extraction network, S2 variant (input only, no GT): x [B,C_in,H,W] -> c [B,256].
 
     The input is pixel-unshuffled to the transformer's grid as in DIRformer (96, 60 or 51 channels), then a conv
-    stack with `n_encoder_res` residual blocks, global average pooling and a 2-layer MLP.
+    stack with `n_encoder_res` residual blocks, global average pooling and a 2-layer MLP. With `check`, the stack
+    runs in short steps (equal up to float rounding).
     """
 
     def __init__(self, scale: int, n_encoder_res: int) -> None:
@@ -68,9 +76,14 @@ class CPEN(nn.Module):
             nn.Linear(width * 4, width * 4), _lrelu(),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, check: Check | None = None) -> Tensor:
         features = nn.functional.pixel_unshuffle(x, UNSHUFFLE[self.scale]) if UNSHUFFLE[self.scale] > 1 else x
-        return self.mlp(self.E(features).flatten(1))
+        if check is None:
+            return self.mlp(self.E(features).flatten(1))
+        for layer in self.E:
+            features = layer.stepped(features, check) if isinstance(layer, ResBlock) else run_stepped(layer, features,
+                                                                                                      check)
+        return self.mlp(features.flatten(1))
 
 
 class ResMLP(nn.Module):
@@ -130,6 +143,7 @@ class PriorDiffusion(nn.Module):
     Holds the same `condition` and `denoise` modules as the parent network (registered here as `condition` and
     `model`, so the state dict repeats them under `diffusion.*`), plus the schedule buffers. Each reverse step
     returns the posterior mean q(z_{t-1} | z_t, ẑ_0) without added noise, so the chain is deterministic given z_T.
+    `check`: called between the steps of the CPEN and before each reverse step (see the module docstring).
     """
 
     def __init__(self, denoise: Denoiser, condition: CPEN, timesteps: int, linear_start: float,
@@ -141,10 +155,12 @@ class PriorDiffusion(nn.Module):
         for name, value in diffusion_schedule(timesteps, linear_start, linear_end).items():
             self.register_buffer(name, value)
 
-    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
-        c = self.condition(x)
+    def forward(self, x: Tensor, noise: Tensor, check: Check | None = None) -> Tensor:
+        c = self.condition(x, check)
         z = noise.to(device=c.device, dtype=c.dtype)
         for step in reversed(range(self.num_timesteps)):
+            if check is not None:
+                check()
             t = torch.full((z.shape[0],), step, device=z.device, dtype=torch.long)
             z_0 = self.model(z, t, c)
             z = self.posterior_mean_coef1[step] * z_0 + self.posterior_mean_coef2[step] * z
