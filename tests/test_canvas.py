@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llmga.images import as_mask_batch
-from llmga.sd.canvas import outpaint_canvas, paste_back
+from llmga.sd.canvas import outpaint_canvas, paste_back, paste_back_notes
 
 
 def random_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -148,6 +148,24 @@ def test_paste_back_takes_one_mask_per_image():
 def test_paste_back_refuses_unmatched_batches():
     with pytest.raises(ValueError, match="batch sizes differ .*original 2, generated 3"):
         paste_back(torch.zeros(2, 8, 8, 3), torch.zeros(3, 8, 8, 3), torch.zeros(8, 8))
+
+
+def test_paste_back_notes_say_when_the_mask_changes_nothing_or_keeps_nothing():
+    """An all-0 mask returns the original and an all-1 mask the generated image: both are said; a partial or
+    fractional mask is not."""
+    original, generated = random_image(1, 8, 8, seed=1), random_image(1, 8, 8, seed=2)
+    empty, full, partial = torch.zeros(8, 8), torch.ones(8, 8), torch.zeros(8, 8)
+    partial[2:4, 2:4] = 1
+    assert torch.equal(paste_back(original, generated, empty, feathering=2), original)
+    assert torch.equal(paste_back(original, generated, full, feathering=2), generated)
+    assert paste_back_notes(empty) == ["the mask is all 0: the output is the original, the generated image is not "
+                                       "used"]
+    assert paste_back_notes(full) == ["the mask is all 1: the output is the generated image, nothing of the "
+                                      "original is kept"]
+    assert paste_back_notes(partial) == [] and paste_back_notes(torch.full((8, 8), 0.5)) == []
+    assert paste_back_notes(torch.stack([partial, empty, empty, full])) == [
+        "masks 2, 3 of 4 are all 0: the output is the original, the generated image is not used",
+        "mask 4 of 4 is all 1: the output is the generated image, nothing of the original is kept"]
 
 
 def test_outpaint_canvas_then_paste_back_restores_the_original_region():

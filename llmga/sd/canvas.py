@@ -130,6 +130,26 @@ def _dilate_3x3(reached: torch.Tensor) -> torch.Tensor:
     return grown
 
 
+def paste_back_notes(mask: torch.Tensor) -> list[str]:
+    """What pasting with `mask` ([H, W] or [B, H, W] in [0, 1]) does in vain, one line per case: a mask of all 0
+    keeps the original everywhere (the generated image is not used), a mask of all 1 takes the generated image
+    everywhere (nothing of the original is kept). Empty when every mask marks part of its image."""
+    masks = as_mask_batch(mask)
+    count = masks.shape[0]
+    cases = (((masks == 0), "all 0: the output is the original, the generated image is not used"),
+             ((masks >= 1), "all 1: the output is the generated image, nothing of the original is kept"))
+    notes = []
+    for where, meaning in cases:
+        which = [index for index in range(count) if bool(where[index].all())]
+        if count == 1 and which:
+            notes.append(f"the mask is {meaning}")
+        elif which:
+            listed = ", ".join(str(index + 1) for index in which)
+            notes.append(f"mask{'s' * (len(which) > 1)} {listed} of {count} {'are' if len(which) > 1 else 'is'} "
+                         f"{meaning}")
+    return notes
+
+
 def paste_back(original: torch.Tensor, generated: torch.Tensor, mask: torch.Tensor,
                feathering: int = 0) -> torch.Tensor:
     """The generated image composited onto the original: unmasked pixels exactly the original's.
