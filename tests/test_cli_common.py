@@ -1,17 +1,21 @@
-"""What every `python -m llmga` command shares: where models are looked up, number checks, the output-naming rule,
-atomic PNG writes with their text chunks, and the library's warnings on stderr."""
+"""What every `python -m llmga` command shares: where models are looked up, number checks, outputs checked before
+anything runs, the output-naming rule, atomic PNG writes with their text chunks, the library's warnings on stderr,
+and SIGTERM ending a command as Ctrl-C does."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from llmga.cli import common
+from llmga.cli import common, main
 
 
 def test_models_are_looked_up_in_each_models_folders_kind_then_in_the_folder_itself(tmp_path):
@@ -51,6 +55,86 @@ def test_out_must_be_a_folder_or_a_png(tmp_path):
     common.check_png_out(tmp_path / "picture.PNG")
     with pytest.raises(common.InputError, match="neither a folder nor a .png file"):
         common.check_png_out(tmp_path / "picture.jpg")
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder that takes no new file: read-only for a normal user; /proc for root, whom permissions do not stop."""
+    if os.geteuid() == 0:
+        return Path("/proc")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "under a file", "folder named .png", "file named as a folder"])
+def test_an_out_that_cannot_be_written_is_refused_with_what_to_do(tmp_path, case):
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "picture.png").mkdir()
+    (tmp_path / "outputs").write_text("a file")
+    out, message = {
+        "read-only folder": (unwritable_folder(tmp_path) / "new" / "x.png", "does not take new files"),
+        "under a file": (tmp_path / "notes.txt" / "x.png", f"{tmp_path / 'notes.txt'} is a file, not a folder"),
+        "folder named .png": (tmp_path / "picture.png", "is a folder but its name ends in .png"),
+        "file named as a folder": (tmp_path / "outputs", "is a file, not a folder: give a folder"),
+    }[case]
+    with pytest.raises(common.InputError, match=message) as error:
+        common.check_png_out(out)
+    assert str(error.value).startswith(f"--out {out} ")
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_files_and_folders_to_be_created_pass(tmp_path):
+    common.check_png_out(tmp_path / "new" / "deeper" / "x.png")
+    common.check_writable(tmp_path / "runs" / "t2i", "--out", folder=True)
+    common.check_writable(tmp_path / "scores.json", "--json", folder=False)
+    with pytest.raises(common.InputError, match=f"--json {tmp_path} is a folder: give a file name"):
+        common.check_writable(tmp_path, "--json", folder=False)
+    assert list(tmp_path.iterdir()) == []  # nothing is created by the check
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--sd", "absent-model", "a fox"],
+    ["inpaint", "--sd", "absent-model", "--image", "absent.png", "--mask", "absent.png"],
+    ["outpaint", "--sd", "absent-model", "--image", "absent.png", "--left", "8"],
+    ["edit", "--sd", "absent-model", "--image", "absent.png", "--source-prompt", "a", "--target-prompt", "b"],
+    ["restore", "--model", "absent.pth", "--image", "absent.png", "--reference", "absent.png", "--mask", "absent.png"],
+    ["eval", "restore", "absent-folder", "--diffrir", "absent.pth"],
+    ["eval", "t2i", "absent.json", "--setting", "A=absent-model:caption"],
+], ids=["generate", "inpaint", "outpaint", "edit", "restore", "eval restore", "eval t2i"])
+def test_every_command_checks_its_out_before_reading_inputs_or_models(tmp_path, capsys, command):
+    (tmp_path / "notes.txt").write_text("a file")
+    out = tmp_path / "notes.txt" / ("x.png" if command[0] != "eval" else "run")
+    assert main([*command, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: --out {out} cannot be written: {tmp_path / 'notes.txt'} is a file, not a folder; " \
+                    "choose another --out\n"
+
+
+def test_eval_edit_checks_its_json_before_scoring(tmp_path, capsys):
+    assert main(["eval-edit", str(tmp_path / "absent.jsonl"), "--metrics", "l1", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --json {tmp_path} is a folder: give a file name\n"
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(capsys):
+    """SIGTERM raises in the main thread (files being written are removed on the way out) and exits 143 without a
+    message; Ctrl-C exits 130; the previous SIGTERM handler is back afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated() -> int:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+        return 0
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    start = time.monotonic()
+    assert common.run_command(terminated, "hint") == 143
+    assert time.monotonic() - start < 10
+    assert common.run_command(interrupted, "hint") == 130
+    assert capsys.readouterr().err == ""
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_the_output_naming_rule(tmp_path):

@@ -1,5 +1,6 @@
-"""What the commands of `python -m llmga` share: bad-input errors, the library's warnings on stderr, where models are
-looked up, the assistant loaded from the options, and how output files are named and written.
+"""What the commands of `python -m llmga` share: bad-input errors, the library's warnings on stderr, SIGTERM ending a
+command as Ctrl-C does, where models are looked up, the assistant loaded from the options, and how output files are
+checked (before anything runs), named and written (atomically).
 
 Light on imports (torch only when a command runs), so `python -m llmga --help` stays fast.
 """
@@ -7,10 +8,14 @@ Light on imports (torch only when a command runs), so `python -m llmga --help` s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import signal
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,16 +26,44 @@ if TYPE_CHECKING:
     from PIL import Image
 
 DEFAULT_MODELS_DIR = Path("models")
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the status a shell reports for a command ended by SIGTERM
 
 
 class InputError(ValueError):
     """Bad command-line input; the message says what to change."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt: the files being written are removed on
+    the way out (`llmga.files`), and the command exits with EXIT_TERMINATED."""
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated in the main thread (elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(body: Callable[[], int], out_of_memory_hint: str) -> int:
-    """Run a command's body with the library's warnings shown and every error reported as one line (exit 2)."""
+    """Run a command's body with the library's warnings shown and every error reported as one line (exit 2).
+    Ctrl-C (SIGINT) returns 130 and SIGTERM 143, both without a message; files are complete or absent either way."""
     show_library_warnings()
-    return run_reporting(body, out_of_memory_hint)
+    try:
+        with _sigterm_raises():
+            return run_reporting(body, out_of_memory_hint)
+    except Terminated:
+        return EXIT_TERMINATED
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -151,10 +184,43 @@ def ask_streamed(assistant, history, task: str, text: str = "", **options):
 # --- output files ------------------------------------------------------------------------------------------------
 
 
+def _why_not_writable(folder: Path) -> str | None:
+    """Why files cannot be written in `folder` (created when missing), or None when they can: the nearest folder
+    that exists must be a folder and take a new file (tried with a temporary one, so permissions, read-only mounts and
+    ACLs all count)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"{existing} does not take new files ({error.strerror or error})"
+    return None
+
+
+def check_writable(path: Path, flag: str, *, folder: bool) -> None:
+    """InputError unless `path`, given as `flag`, can be written: a folder (created if needed) when `folder`, else a
+    file (its folder created if needed). Commands check their outputs before any model loads."""
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a folder: give a folder (it is created if needed)")
+    if not folder and path.is_dir():
+        raise InputError(f"{flag} {path} is a folder: give a file name")
+    problem = _why_not_writable(path if folder else path.parent)
+    if problem is not None:
+        raise InputError(f"{flag} {path} cannot be written: {problem}; choose another {flag}")
+
+
 def check_png_out(out: Path) -> None:
-    """InputError unless --out names a folder (existing or to be created) or a .png file."""
+    """InputError unless --out names a folder (existing or to be created) or a .png file, and can be written."""
+    if out.suffix.lower() == ".png" and out.is_dir():
+        raise InputError(f"--out {out} is a folder but its name ends in .png: give a .png file name, or the folder "
+                         "under a name without .png")
     if out.suffix.lower() not in ("", ".png") and not out.is_dir():
         raise InputError(f"--out {out} is neither a folder nor a .png file: images are written as PNG")
+    check_writable(out, "--out", folder=not is_png_file(out))
 
 
 def is_png_file(out: Path) -> bool:

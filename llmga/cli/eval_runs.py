@@ -16,6 +16,7 @@ from .common import (
     assistant_settings,
     check_assistant_numbers,
     check_at_least,
+    check_writable,
     load_assistant,
     model_folders,
     model_path,
@@ -30,7 +31,24 @@ OUT_OF_MEMORY_HINTS = {"t2i": "use a smaller --batch-size, --dtype fp16, or --de
 
 def run_eval_command(args: argparse.Namespace) -> int:
     body = {"t2i": _run_t2i, "inpaint": _run_inpaint, "restore": _run_restore, "edit": _run_edit}[args.eval_task]
-    return run_command(lambda: body(args), OUT_OF_MEMORY_HINTS[args.eval_task])
+
+    def run() -> int:
+        _check_outputs(args)
+        return body(args)
+
+    return run_command(run, OUT_OF_MEMORY_HINTS[args.eval_task])
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """The files a run writes can be written, checked before anything loads: --json (eval edit), else the run
+    folder --out and the feature cache --cache."""
+    if args.eval_task == "edit":
+        if args.json is not None:
+            check_writable(args.json, "--json", folder=False)
+        return
+    check_writable(args.out, "--out", folder=True)
+    if args.cache is not None:
+        check_writable(args.cache, "--cache", folder=True)
 
 
 # --- models and metric networks ------------------------------------------------------------------------------------

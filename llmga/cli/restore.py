@@ -60,11 +60,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def _read_inputs(args: argparse.Namespace):
     """(generated, reference) as [1,H,W,3] and the mask as [1,H,W], float32 in [0,1], checked to have one size and
-    a non-empty mask."""
+    a non-empty mask; a mask that covers the whole picture gets a note."""
     import torch
 
     from ..images import mask_array, open_image, pil_to_tensor
-    from ..restore.inference import MASK_THRESHOLD
+    from ..restore.inference import MASK_THRESHOLD, mask_notes
 
     generated = open_image(args.image, "RGB")
     reference = open_image(args.reference, "RGB")
@@ -74,7 +74,10 @@ def _read_inputs(args: argparse.Namespace):
                          "generated picture (--image)")
     mask = mask_array(open_image(args.mask, "L"), generated.size, threshold=MASK_THRESHOLD, action="restore",
                       image_name="generated image")
-    return pil_to_tensor(generated), pil_to_tensor(reference), torch.from_numpy(mask)[None]
+    mask = torch.from_numpy(mask)[None]
+    for note in mask_notes(mask):
+        print(f"note: {note}", file=sys.stderr)
+    return pil_to_tensor(generated), pil_to_tensor(reference), mask
 
 
 def run_restore_command(args: argparse.Namespace) -> int:

@@ -132,8 +132,11 @@ def _read_picture(args: argparse.Namespace) -> Picture | None:
     image = open_image(args.image, "RGB")
     common.check_at_least(args.feathering, 0, "--feathering", " pixels")
     if args.sd_command == "inpaint":
-        return Picture(image, mask_array(open_image(args.mask, "L"), image.size, threshold=MASK_THRESHOLD,
-                                         action="paint"))
+        mask = mask_array(open_image(args.mask, "L"), image.size, threshold=MASK_THRESHOLD, action="paint")
+        if (mask >= MASK_THRESHOLD).all():
+            print("note: the mask covers the whole picture, so none of it is kept: inpainting paints a new picture "
+                  "of its size (as generate does)", file=sys.stderr)
+        return Picture(image, mask)
     canvas, mask = outpaint_inputs(image, args.left, args.top, args.right, args.bottom, args.feathering)
     return Picture(canvas, mask)
 
