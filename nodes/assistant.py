@@ -67,11 +67,14 @@ class LoadAssistant(io.ComfyNode):
         with reported_as("LLMGA Load Assistant"):
             load_device, precision = device_and_dtype("assistant", device, dtype,
                                                       default_device=mm.get_torch_device())
-            path = resolve_model(model, model_folders("LLM"), allow_download=allow_download)
+            # Any client may send any string: only names inside the LLM folders, or released names, are taken, and
+            # the checkpoint's config.json may name no vision tower outside the clip_vision folders.
+            path = resolve_model(model, model_folders("LLM"), allow_download=allow_download, allow_paths=False)
             # Unquantised weights load on the CPU; ComfyUI moves them to load_device when a Chat needs them.
             loaded = load_llmga(path, dtype=precision, device="cpu" if quantization == "none" else load_device.type,
                                 attention=attention, quantization=quantization,
-                                clip_vision_dirs=model_folders("clip_vision"), allow_download=allow_download)
+                                clip_vision_dirs=model_folders("clip_vision"), allow_download=allow_download,
+                                allow_paths=False)
             assistant = Assistant(loaded, template=None if template == "auto" else template)
         # Quantised weights were placed by bitsandbytes and cannot move: no ModelPatcher for them.
         network = loaded.model if quantization == "none" else None

@@ -9,7 +9,7 @@ import comfy.sd
 import folder_paths
 from comfy_api.latest import io
 
-from ..llmga.hub import HUB_OWNER, RELEASED_SD, released_name, resolve_model
+from ..llmga.hub import HUB_OWNER, RELEASED_SD, model_entry, released_name, resolve_model
 from ..llmga.sd.loading import SD15LoadError, check_sd15_single_file, read_sd15_folder
 from .errors import reported_as
 from .model_folders import model_folders
@@ -39,18 +39,19 @@ def sd15_model_choices() -> list[str]:
 
 
 def _model_folder(name: str, allow_download: bool) -> Path | None:
-    """The diffusers folder `name` stands for (a released model is downloaded when missing and allowed), or None
-    when `name` is not a folder."""
-    for root in model_folders("diffusers"):
-        if (root / name / "model_index.json").is_file():
-            return root / name
+    """The diffusers folder `name` stands for: a folder of the diffusers model folders (`model_entry`: no name leaves
+    them) or a released model (downloaded when missing and allowed); None when `name` is neither."""
+    entry = model_entry(name, model_folders("diffusers"), holding="model_index.json")
+    if entry is not None:
+        return entry
     if released_name(name) in RELEASED_SD:
-        return resolve_model(name, model_folders("diffusers"), allow_download=allow_download)
+        return resolve_model(name, model_folders("diffusers"), allow_download=allow_download, allow_paths=False)
     return None
 
 
 def load_sd15(name: str, allow_download: bool) -> tuple:
-    """(MODEL, CLIP, VAE) of the model `name` from sd15_model_choices()."""
+    """(MODEL, CLIP, VAE) of the model `name` from sd15_model_choices(); any other name (from any client) is refused
+    with the same error, whether or not such a path exists."""
     embeddings = folder_paths.get_folder_paths("embeddings")
     folder = _model_folder(name, allow_download)
     if folder is not None:
@@ -61,7 +62,9 @@ def load_sd15(name: str, allow_download: bool) -> tuple:
             raise SD15LoadError(f"ComfyUI did not recognise the SD1.5 model in {folder}: check that it loads with "
                                 "diffusers' StableDiffusionPipeline")
         return loaded[:3]
-    path = folder_paths.get_full_path("checkpoints", name)
+    # Only a file ComfyUI lists in its checkpoints folders (symlinks followed), never a path made from `name`.
+    listed = name in folder_paths.get_filename_list("checkpoints")
+    path = folder_paths.get_full_path("checkpoints", name) if listed else None
     if path is None:
         searched = [str(p) for p in model_folders("diffusers") + model_folders("checkpoints")]
         raise SD15LoadError(f"{name!r} is neither a diffusers folder nor a checkpoint file in {searched}: refresh the "

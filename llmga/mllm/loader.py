@@ -3,22 +3,35 @@
 The base LLM loads through transformers' own `from_pretrained` (memory-efficient, sharded, quantisable) with the
 base config rebuilt from LLaVA's config; the projector and vision tower are read from the same shards. When the
 checkpoint carries no vision weights, they come from a local CLIP ViT-L/14-336 folder (the `clip_vision` model
-folders) or, when allowed, from the Hugging Face hub.
+folders) or, when allowed, from the Hugging Face hub at a pinned revision.
+
+What a checkpoint's files say is checked, never trusted: the language-model weights must be exactly those of the
+LLM config.json names (a Qwen2 checkpoint labelled llava_llama is refused, not loaded without its biases), and
+`mm_vision_tower` may only name CLIP ViT-L/14-336, which is looked up in fixed places, not at the path given.
+Whatever transformers raises on damaged files becomes one CheckpointError that says what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
+try:
+    from huggingface_hub.errors import StrictDataclassError  # config fields of the wrong type (transformers 5)
+except ImportError:  # huggingface_hub before strict dataclasses: no such check
+    StrictDataclassError = ValueError
+
 from ..devices import device_and_dtype
+from ..errors import one_line
+from ..hub import CLIP_VISION_REPO, download_vision_tower
 from .checkpoint import (
     PROJECTOR_PREFIX,
     VISION_PREFIX,
@@ -32,10 +45,19 @@ from .model import LLMGAModel, build_projector
 from .preprocess import ImageProcessing
 
 # openai/clip-vit-large-patch14-336 (config.json): the vision tower of every released LLMGA checkpoint.
-CLIP_L_336 = "openai/clip-vit-large-patch14-336"
+CLIP_L_336 = CLIP_VISION_REPO
 CLIP_L_336_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                          image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu",
                          layer_norm_eps=1e-5)
+# Where a clip_vision model folder holds it: these names only, never a path taken from config.json.
+CLIP_L_336_FOLDERS = (CLIP_L_336, "clip-vit-large-patch14-336", "openai--clip-vit-large-patch14-336",
+                      "openai_clip-vit-large-patch14-336")
+CLIP_L_336_FILES = "config.json, model.safetensors, preprocessor_config.json"
+# Shard keys the base LLM does not have, by design: LLaVA's projector and vision tower.
+LLAVA_WEIGHT_PREFIXES = (PROJECTOR_PREFIX, VISION_PREFIX)
+# What transformers and torch raise when files or config fields do not make a model.
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, ImportError, RuntimeError,
+               ZeroDivisionError, StrictDataclassError)
 
 
 @dataclass
@@ -50,7 +72,8 @@ class LoadedAssistant:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """transformers reports the projector and vision keys as 'unexpected' for the base LLM; that is by design."""
+    """transformers reports the projector and vision keys as 'unexpected' for the base LLM; that is by design, and
+    `check_language_weights` reports every other unexpected or missing key itself."""
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
@@ -59,28 +82,76 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def find_vision_tower(name: str, search_dirs: Iterable[Path]) -> Path | None:
-    """A local folder for `mm_vision_tower`: the path itself, or inside one of `search_dirs` a folder named like it
-    (`openai/clip-vit-large-patch14-336`, `clip-vit-large-patch14-336`, `openai--clip-vit-large-patch14-336`)."""
-    if Path(name).is_dir():
+@contextlib.contextmanager
+def failing_as(what: str, remedy: str, errors: tuple[type[Exception], ...] = LOAD_ERRORS) -> Iterator[None]:
+    """Raise what transformers or torch raise inside (`errors`) as one CheckpointError
+    "<what> (<their message, cut to 300 characters>): <remedy>". CUDA out of memory passes through."""
+    try:
+        yield
+    except (CheckpointError, torch.cuda.OutOfMemoryError):
+        raise
+    except errors as error:
+        message = one_line(error)
+        message = message if len(message) <= 300 else message[:300] + "…"
+        raise CheckpointError(f"{what} ({message}): {remedy}") from error
+
+
+# --- the vision tower ------------------------------------------------------------------------------------------------
+
+
+def is_clip_l_336(name: str) -> bool:
+    """Whether `mm_vision_tower` names CLIP ViT-L/14-336: its hub id, or a folder of it as a training run records it
+    (a path ending in clip-vit-large-patch14-336, or a hub-cache snapshot of openai/clip-vit-large-patch14-336)."""
+    parts = [part.lower() for part in re.split(r"[\\/]+", name.strip()) if part]
+    return bool(parts) and (parts[-1].endswith("clip-vit-large-patch14-336")
+                            or "models--openai--clip-vit-large-patch14-336" in parts)
+
+
+def find_vision_tower(name: str, search_dirs: Iterable[Path], *, allow_paths: bool = False) -> Path | None:
+    """A local folder of the vision tower config.json names (`name`, its `mm_vision_tower`), or None.
+
+    Only CLIP ViT-L/14-336 is accepted (CheckpointError for any other name); it is looked up as one of
+    CLIP_L_336_FOLDERS inside `search_dirs` (the clip_vision model folders). allow_paths: a local user's own
+    checkpoint may name the tower's folder itself (the stage-1 trainer records the folder it was given); it is used
+    when it exists and is named like the tower.
+    """
+    search_dirs = [Path(folder) for folder in search_dirs]
+    if not is_clip_l_336(name):
+        raise CheckpointError(
+            f"config.json names the vision tower {name!r} (mm_vision_tower), but LLMGA checkpoints use {CLIP_L_336} "
+            f"only, read from a clip_vision model folder ({[str(d) for d in search_dirs]}) or downloaded from the "
+            f"hub: set mm_vision_tower to {CLIP_L_336}")
+    if allow_paths and Path(name).is_dir():
         return Path(name)
-    candidates = (name, name.rsplit("/", 1)[-1], name.replace("/", "--"), name.replace("/", "_"))
     for folder in search_dirs:
-        for candidate in candidates:
-            path = Path(folder) / candidate
+        for candidate in CLIP_L_336_FOLDERS:
+            path = folder / candidate
             if (path / "config.json").is_file():
                 return path
     return None
 
 
 def vision_config(name: str, local: Path | None) -> CLIPVisionConfig:
-    if local is not None:
-        config = json.loads((local / "config.json").read_text())
-        fields = config.get("vision_config", config)  # a full CLIPModel folder nests it
+    """The vision tower's config: `local/config.json` (a CLIPVisionModel's, or the vision part of a CLIPModel's) when
+    given, else CLIP ViT-L/14-336's when `name` names it; CheckpointError for anything that is not a CLIP vision
+    config."""
+    if local is None:
+        if is_clip_l_336(name):
+            return CLIPVisionConfig(**CLIP_L_336_CONFIG)
+        raise CheckpointError(f"the vision tower {name!r} is unknown and no local folder for it was found")
+    file = Path(local) / "config.json"
+    restore = f"put the files of {CLIP_L_336} ({CLIP_L_336_FILES}) in {local} again"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{file} cannot be read ({one_line(error)}): {restore}") from error
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    fields = config.get("vision_config") if kind == "clip" else config if kind == "clip_vision_model" else None
+    if not isinstance(fields, dict):
+        raise CheckpointError(f"{file} is not a CLIP vision config (model_type {kind!r}, expected clip_vision_model "
+                              f"or clip): {restore}")
+    with failing_as(f"{file} is not a valid CLIP vision config", restore):
         return CLIPVisionConfig(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
-    if name.rstrip("/").endswith("clip-vit-large-patch14-336"):
-        return CLIPVisionConfig(**CLIP_L_336_CONFIG)
-    raise CheckpointError(f"the vision tower {name!r} is unknown and no local folder for it was found")
 
 
 def split_weights(checkpoint: LLMGACheckpoint) -> tuple[dict, dict]:
@@ -105,18 +176,14 @@ def vision_weights_from_folder(folder: Path) -> dict:
     return state
 
 
-def _download_vision_tower(name: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
-
-
 def load_strict(module: torch.nn.Module, state: dict, what: str, source: str) -> None:
     """Load `state` into `module`, or raise CheckpointError naming what does not fit. Keys may carry the
     `vision_model.` prefix of released CLIP files whether or not this transformers version's module uses it."""
     own_prefix = "vision_model." if any(k.startswith("vision_model.") for k in module.state_dict()) else ""
     state = {own_prefix + k.removeprefix("vision_model."): v for k, v in state.items()}
-    result = module.load_state_dict(state, strict=False)
+    with failing_as(f"the {what} weights in {source} do not fit the model",
+                    "the checkpoint is damaged or of another model"):
+        result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
     unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -124,17 +191,121 @@ def load_strict(module: torch.nn.Module, state: dict, what: str, source: str) ->
                               f"unexpected {unexpected[:5]}; the checkpoint is damaged or of another model")
 
 
+def load_vision_tower(checkpoint: LLMGACheckpoint, vision_state: dict, clip_vision_dirs: Iterable[Path], *,
+                      allow_download: bool, allow_paths: bool) -> tuple[CLIPVisionModel, ImageProcessing]:
+    """The checkpoint's CLIP ViT-L/14-336 (float32, weights from the shards when they hold them, else from a
+    clip_vision folder or the hub) and its image preprocessing."""
+    clip_vision_dirs = [Path(folder) for folder in clip_vision_dirs]
+    config = checkpoint.config
+    tower_name = config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_L_336
+    local = find_vision_tower(str(tower_name), clip_vision_dirs, allow_paths=allow_paths)
+    source = str(checkpoint.path)
+    if not vision_state:
+        if local is None and allow_download:
+            local = download_vision_tower()
+        if local is None:
+            raise CheckpointError(
+                f"{checkpoint.path} holds no vision-tower weights and {tower_name!r} was not found locally (searched "
+                f"{[str(d) for d in clip_vision_dirs]}): put {CLIP_L_336} ({CLIP_L_336_FILES}) in a clip_vision model "
+                "folder, or allow downloads")
+        vision_state, source = vision_weights_from_folder(local), str(local)
+    tower_config = vision_config(str(tower_name), local)
+    if tower_config.hidden_size != config["mm_hidden_size"]:
+        raise CheckpointError(f"the vision tower from {local or source} has hidden size {tower_config.hidden_size}, "
+                              f"but config.json of {checkpoint.path} says mm_hidden_size {config['mm_hidden_size']}: "
+                              f"use the {CLIP_L_336} the checkpoint was trained with")
+    with failing_as(f"the vision tower config from {local or source} does not build a CLIP vision model",
+                    f"use the files of {CLIP_L_336}"):
+        tower = CLIPVisionModel(tower_config)
+    load_strict(tower, vision_state, "vision tower", source)
+    if local is None:
+        return tower, ImageProcessing()
+    with failing_as(f"{local / 'preprocessor_config.json'} cannot be read",
+                    f"put the file of {CLIP_L_336} there again"):
+        return tower, ImageProcessing.from_folder(local)
+
+
+# --- the language model ----------------------------------------------------------------------------------------------
+
+
+def looks_like(keys: Iterable[str]) -> str:
+    """Which base LLM a checkpoint's tensor names look like: Phi-3 fuses qkv_proj, Qwen2 has attention biases, Llama,
+    Mistral and Gemma share their names."""
+    names = set(keys)
+    if any(key.endswith("self_attn.qkv_proj.weight") for key in names):
+        return "phi3 checkpoint (fused qkv_proj)"
+    if any(key.endswith("self_attn.q_proj.bias") for key in names):
+        return "qwen2 checkpoint (attention biases)"
+    return "llama, mistral or gemma checkpoint (no attention biases)"
+
+
+def tensor_kinds(keys: list[str], shown: int = 3) -> str:
+    """'self_attn.k_proj.bias, self_attn.q_proj.bias, …': the distinct tensor names of `keys`, layer numbers dropped."""
+    kinds = sorted({re.sub(r"^model\.layers\.\d+\.", "", key) for key in keys})
+    return ", ".join(kinds[:shown]) + (", …" if len(kinds) > shown else "")
+
+
+def check_language_weights(info: dict, model_keys: Iterable[str], checkpoint: LLMGACheckpoint, llm_folder: Path,
+                           tie_word_embeddings: bool) -> None:
+    """CheckpointError unless the shards hold exactly the weights of the LLM config.json names: nothing missing but
+    a tied lm_head, nothing unexpected but LLaVA's projector and vision tower. info: from_pretrained's loading info."""
+    missing = sorted(set(info["missing_keys"]) - ({"lm_head.weight"} if tie_word_embeddings else set()))
+    unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(LLAVA_WEIGHT_PREFIXES))
+    if not missing and not unexpected:
+        return
+    family = checkpoint.family
+    found = []
+    if unexpected:
+        found.append(f"hold {len(unexpected)} tensors a {family} model does not have ({tensor_kinds(unexpected)})")
+    if missing:
+        found.append(f"lack {len(missing)} tensors a {family} model needs ({tensor_kinds(missing)})")
+    in_files = (set(model_keys) - set(missing)) | set(unexpected)
+    raise CheckpointError(
+        f"{llm_folder} holds the weights of another model: they {' and '.join(found)}; config.json says "
+        f"{checkpoint.model_type or family}, but the files look like a {looks_like(in_files)}. Use the config.json "
+        "that came with these weights, or download the checkpoint again")
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer of `folder`, or CheckpointError when its files do not make one (the tokenizers library raises
+    plain Exception for a file it cannot parse)."""
+    with (failing_as(f"the tokenizer in {folder} does not load", "download its tokenizer files again "
+                     "(tokenizer_config.json with tokenizer.json or tokenizer.model)", (Exception,)),
+          quiet_transformers()):  # it reads config.json and warns that llava_* is not a transformers model type
+        return AutoTokenizer.from_pretrained(folder)
+
+
+def load_language_model(llm_folder: Path, checkpoint: LLMGACheckpoint, base_config: PretrainedConfig, *,
+                        dtype: torch.dtype, attention: str, quantization: str, target: torch.device):
+    """The base `XForCausalLM` from `llm_folder`'s shards, checked by `check_language_weights`, in eval mode on
+    `target` (quantised weights are placed by bitsandbytes)."""
+    load_kwargs = dict(config=base_config, dtype=dtype, attn_implementation=attention, output_loading_info=True)
+    if quantization != "none":
+        load_kwargs.update(quantization_config=_bitsandbytes_config(quantization), device_map={"": target.index or 0})
+    with (failing_as(f"the language model in {llm_folder} does not load", "download the checkpoint again"),
+          quiet_transformers()):
+        language_model, info = AutoModelForCausalLM.from_pretrained(llm_folder, **load_kwargs)
+    check_language_weights(info, language_model.state_dict().keys(), checkpoint, llm_folder,
+                           base_config.tie_word_embeddings)
+    if quantization == "none":
+        language_model.to(target)
+    return language_model.eval()
+
+
 def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                attention: str = "sdpa", quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
-               allow_download: bool = False, base: str | Path | None = None) -> LoadedAssistant:
+               allow_download: bool = False, base: str | Path | None = None,
+               allow_paths: bool = True) -> LoadedAssistant:
     """Load an official LLMGA checkpoint folder.
 
     base: a plain base-LLM folder (the official `--model-base`); `path` is then a projector-pretraining output
     (config.json + mm_projector.bin), and the language model and tokenizer come from `base`.
     dtype: auto/bf16/fp16/fp32. device: auto/cuda/cpu/mps. attention: sdpa/eager (transformers attn_implementation).
     quantization: none/8bit/4bit (bitsandbytes, CUDA only; NF4 with double quantisation and fp16 compute, as the
-    official `--load-4bit`). clip_vision_dirs: folders searched for the vision tower when the checkpoint lacks its
-    weights. allow_download: fetch a missing vision tower from the hub.
+    official `--load-4bit`). clip_vision_dirs: the clip_vision model folders, where the vision tower is looked up.
+    allow_download: fetch a missing vision tower from the hub (pinned revision). allow_paths: `mm_vision_tower` may
+    name the tower's own folder (a local user's checkpoint); the nodes pass False, so only clip_vision_dirs are read.
+    Every problem of the files is a CheckpointError (a ValueError) that says what to do.
     """
     checkpoint = read_checkpoint(path, projector_only=base is not None)
     llm_folder = Path(base) if base is not None else checkpoint.path
@@ -142,55 +313,28 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
         raise CheckpointError(f"base LLM folder {llm_folder} has no config.json: give the folder of the base model "
                               "the projector was pretrained on (e.g. vicuna-7b-v1.5)")
     target, torch_dtype = device_and_dtype("assistant", device, dtype)
-    base_config = checkpoint.base_config()
-    load_kwargs = dict(config=base_config, dtype=torch_dtype, attn_implementation=attention,
-                       output_loading_info=True)
-    if quantization != "none":
-        load_kwargs.update(quantization_config=_bitsandbytes_config(quantization), device_map={"": target.index or 0})
-    with quiet_transformers():
-        language_model, info = AutoModelForCausalLM.from_pretrained(llm_folder, **load_kwargs)
-    tied = {"lm_head.weight"} if base_config.tie_word_embeddings else set()
-    missing = sorted(set(info["missing_keys"]) - tied)
-    if missing:
-        raise CheckpointError(f"{llm_folder} lacks weights of its language model ({missing[:5]}…): the "
-                              "download is incomplete or the files belong to another model")
-    if quantization == "none":
-        language_model.to(target)
-    language_model.eval()
-
-    projector_state, vision_state = split_weights(checkpoint)
     config = checkpoint.config
-    projector = build_projector(config.get("mm_projector_type", "linear"), config["mm_hidden_size"],
-                                base_config.hidden_size)
+    with failing_as(f"config.json of {checkpoint.path} does not describe a {checkpoint.family} model",
+                    "correct the field it names, or download the checkpoint again"):
+        base_config = checkpoint.base_config()
+        projector = build_projector(config.get("mm_projector_type", "linear"), config["mm_hidden_size"],
+                                    base_config.hidden_size)
+    # The tokenizer and the vision tower are checked before the large language model is read.
+    tokenizer = load_tokenizer(llm_folder)
+    projector_state, vision_state = split_weights(checkpoint)
+    vision_tower, processing = load_vision_tower(checkpoint, vision_state, clip_vision_dirs,
+                                                 allow_download=allow_download, allow_paths=allow_paths)
+    language_model = load_language_model(llm_folder, checkpoint, base_config, dtype=torch_dtype, attention=attention,
+                                         quantization=quantization, target=target)
     load_strict(projector, projector_state, "projector", str(checkpoint.path))
-
-    tower_name = config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_L_336
-    local = find_vision_tower(tower_name, clip_vision_dirs)
-    vision_source = str(checkpoint.path)
-    if not vision_state:
-        if local is None and allow_download:
-            local = _download_vision_tower(tower_name)
-        if local is None:
-            searched = [str(Path(d)) for d in clip_vision_dirs]
-            raise CheckpointError(
-                f"{checkpoint.path} holds no vision-tower weights and {tower_name!r} was not found locally (searched "
-                f"{searched}): put {CLIP_L_336} (config.json, model.safetensors, preprocessor_config.json) in a "
-                "clip_vision model folder, or allow downloads")
-        vision_state, vision_source = vision_weights_from_folder(local), str(local)
-    vision_tower = CLIPVisionModel(vision_config(tower_name, local))
-    load_strict(vision_tower, vision_state, "vision tower", vision_source)
-
     model = LLMGAModel(language_model, vision_tower.to(target, torch_dtype).eval(),
                        projector.to(target, torch_dtype).eval(),
                        select_layer=config.get("mm_vision_select_layer", -2),
                        select_feature=config.get("mm_vision_select_feature", "patch"))
-    with quiet_transformers():  # it reads config.json and warns that llava_* is not a transformers model type
-        tokenizer = AutoTokenizer.from_pretrained(llm_folder)
     if quantization == "none" and language_model.get_input_embeddings().num_embeddings > len(tokenizer):
         # As the official builder: embeddings padded past the tokenizer (Qwen2, Phi-3) shrink to len(tokenizer),
         # so those ids can never be generated.
         language_model.resize_token_embeddings(len(tokenizer))
-    processing = ImageProcessing.from_folder(local) if local is not None else ImageProcessing()
     return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint)
 
 
