@@ -144,7 +144,7 @@ def test_truncated_pickle(sd15_copy: Path, tmp_path: Path) -> None:
     torch.save(load_file(text_encoder / "model.safetensors"), tmp_path / "whole.bin")
     (text_encoder / "model.safetensors").unlink()
     (text_encoder / "pytorch_model.bin").write_bytes((tmp_path / "whole.bin").read_bytes()[:100_000])
-    with pytest.raises(SD15LoadError, match="pytorch_model.bin could not be read"):
+    with pytest.raises(SD15LoadError, match=r"pytorch_model.bin is truncated or corrupt .*download the model again"):
         read_sd15_folder(sd15_copy)
 
 
@@ -238,9 +238,17 @@ def test_missing_single_file_is_refused(tmp_path: Path) -> None:
         check_sd15_single_file(tmp_path / "gone.safetensors")
 
 
-def test_pickled_single_file_is_left_to_the_loader(tmp_path: Path) -> None:
-    (tmp_path / "model.ckpt").write_bytes(b"not inspected")
+def test_pickled_single_file_is_read_with_weights_only(sd15_models: SD15Fixtures, tmp_path: Path) -> None:
+    """A .ckpt is inspected too (mapped, weights only), in the layouts ComfyUI reads: under "state_dict" or bare."""
+    state_dict = load_file(sd15_models.checkpoint)
+    torch.save({"state_dict": state_dict, "global_step": 470000}, tmp_path / "model.ckpt")
     check_sd15_single_file(tmp_path / "model.ckpt")
+    torch.save({key: value for key, value in state_dict.items() if key.startswith("model.")}, tmp_path / "unet.pt")
+    with pytest.raises(SD15LoadError, match=r"unet.pt holds no VAE \(first_stage_model.\*\)"):
+        check_sd15_single_file(tmp_path / "unet.pt")
+    (tmp_path / "model.ckpt").write_bytes(b"not inspected")
+    with pytest.raises(SD15LoadError, match="model.ckpt is not a readable weight file"):
+        check_sd15_single_file(tmp_path / "model.ckpt")
 
 
 # --- writing folders -------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..hub import ModelNotFoundError
 
@@ -152,9 +152,11 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu", with_text:
     if problem:
         raise ModelNotFoundError(_missing_message("CLIP", folder, problem, CLIP_FILES, CLIP_REPO))
     _check_model_type(folder, "clip", CLIP_REPO)
-    model, info = CLIPModel.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    model, info = _loaded(lambda: CLIPModel.from_pretrained(folder, local_files_only=True, output_loading_info=True),
+                          folder, CLIP_REPO)
     _check_loaded(folder, info["missing_keys"], CLIP_REPO)
-    tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True) if with_text else None
+    tokenizer = _loaded(lambda: CLIPTokenizer.from_pretrained(folder, local_files_only=True), folder,
+                        CLIP_REPO) if with_text else None
     target, dtype = device_and_dtype("metrics", device)
     return ClipEncoder(model.to(target, dtype).eval(), tokenizer, target)
 
@@ -176,8 +178,9 @@ def load_dino(path: str | Path, device: str | torch.device = "cpu") -> DinoEncod
         raise ModelNotFoundError(_missing_message("DINO", path, problem, DINO_FILES, DINO_REPO)
                                  + f", or the official file from {DINO_URL}")
     _check_model_type(path, "vit", DINO_REPO)
-    model, info = ViTModel.from_pretrained(path, local_files_only=True, output_loading_info=True,
-                                           add_pooling_layer=False, layer_norm_eps=DINO_LAYER_NORM_EPS)
+    model, info = _loaded(lambda: ViTModel.from_pretrained(path, local_files_only=True, output_loading_info=True,
+                                                           add_pooling_layer=False,
+                                                           layer_norm_eps=DINO_LAYER_NORM_EPS), path, DINO_REPO)
     _check_loaded(path, info["missing_keys"], DINO_REPO)
     return DinoEncoder(model.to(target, dtype).eval(), target)
 
@@ -221,32 +224,42 @@ def dino_to_vit(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.T
 
 
 def _vit_from_official(file: Path):
-    import torch
     from transformers import ViTConfig, ViTModel
 
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    from ..weight_files import load_torch_file
+
+    state = load_torch_file(file, ModelNotFoundError, f"give {DINO_FILE} from {DINO_URL}")
     needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight", "norm.weight")
     if not isinstance(state, dict) or any(key not in state for key in needed):
         raise ModelNotFoundError(f"{file} is not a DINO backbone state dict (keys {', '.join(needed)}, ...): give "
                                  f"{DINO_FILE} from {DINO_URL} or a {DINO_REPO} folder")
     try:
         config, vit_state = dino_to_vit(state)
-    except ValueError as error:
+    except (ValueError, KeyError, IndexError, AttributeError) as error:  # tensors of shapes a ViT does not have
         raise ModelNotFoundError(f"{file} is not a DINO ViT backbone: {error}. Give {DINO_FILE} (the backbone, not a "
                                  "training checkpoint)") from error
-    model, info = ViTModel.from_pretrained(None, config=ViTConfig(**config), state_dict=vit_state,
-                                           add_pooling_layer=False, output_loading_info=True)
+    model, info = _loaded(lambda: ViTModel.from_pretrained(None, config=ViTConfig(**config), state_dict=vit_state,
+                                                           add_pooling_layer=False, output_loading_info=True),
+                          file, DINO_REPO)
     _check_loaded(file, info["missing_keys"] | info["unexpected_keys"], DINO_REPO)
     return model
 
 
 def _folder_problem(folder: Path, text: bool) -> str | None:
-    """What is wrong with a weight folder ("does not exist", "lacks ..."), or None when it looks complete."""
+    """What is wrong with a weight folder ("does not exist", "lacks ..."), or None when it looks complete; its weight
+    file is checked whole (safetensors header and data, or a pickle of tensors only)."""
+    from ..weight_files import tensor_shapes
+
+    if folder.is_file():
+        return "is a file, not a folder"
     if not folder.is_dir():
         return "does not exist"
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).exists()), None)
+    if weights is None:
         missing.append(" or ".join(WEIGHT_FILES))
+    else:
+        tensor_shapes(weights, ModelNotFoundError, "download the model's files again")
     has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
     if text and not has_bpe and not (folder / "tokenizer.json").is_file():
         missing.append("vocab.json + merges.txt (or tokenizer.json)")
@@ -261,10 +274,21 @@ def _missing_message(what: str, folder: Path, problem: str, expected: str, repo:
 def _check_model_type(folder: Path, expected: str, repo: str) -> None:
     try:
         model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, AttributeError) as error:
+    except (OSError, ValueError, AttributeError) as error:
         raise ModelNotFoundError(f"{folder / 'config.json'} is not a model config ({error}): use {repo}'s") from error
     if model_type != expected:
         raise ModelNotFoundError(f"{folder} holds a {model_type!r} model, not {expected!r}: give a folder of {repo}")
+
+
+def _loaded(load: Callable[[], Any], where: Path, repo: str) -> Any:
+    """`load()` (a transformers from_pretrained), its failures as one ModelNotFoundError naming `where`."""
+    from ..errors import one_line
+
+    try:
+        return load()
+    except Exception as error:  # any type for a damaged file: TypeError (a config), tokenizers' bare Exception
+        raise ModelNotFoundError(f"{where} could not be loaded ({type(error).__name__}: {one_line(error)}): give the "
+                                 f"files of {repo}") from error
 
 
 def _check_loaded(where: Path, bad_keys: set[str], repo: str) -> None:

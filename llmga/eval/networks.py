@@ -16,8 +16,6 @@ The classes are built on first use, so importing this module (for its constants 
 from __future__ import annotations
 
 import functools
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -269,22 +267,11 @@ def _weights_file(path: str | Path, filename: str, what: str, url: str) -> Path:
 
 
 def _read_state_dict(file: Path, filename: str, url: str) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors file or of a pickled state dict (torch.load with weights_only=True)."""
-    import torch
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The tensors of a .safetensors file or of a pickled state dict (torch.load with weights_only=True, either torch
+    format: the published files predate torch's zip format)."""
+    from ..weight_files import read_tensors
 
-    try:
-        if file.suffix == ".safetensors":
-            state = load_file(file)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)  # the lpips heads were saved on CUDA
-    except (SafetensorError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as error:
-        raise ModelNotFoundError(f"{file} is not a readable weight file ({error}): give {filename} from "
-                                 f"{url}") from error
-    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
-        raise ModelNotFoundError(f"{file} does not hold a state dict of tensors: give {filename} from {url}")
-    return dict(state)
+    return read_tensors(file, ModelNotFoundError, f"give {filename} from {url}")
 
 
 def _check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], file: Path, what: str,

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from transformers import CONFIG_MAPPING, PretrainedConfig
 
 from ..devices import dtype_name
+from ..errors import one_line
 from ..files import save_safetensors_atomic, save_torch_atomic, write_json_atomic
+from ..weight_files import iter_tensors, tensor_shapes
 
 # The transformers model_type of each base LLM -> the LLaVA model_type and architecture a released checkpoint of it
 # carries (llava/model/language_model/*.py register these names).
@@ -59,6 +60,9 @@ LLAVA_KEYS = {
     "mm_projector_lr": None,
     "tokenizer_padding_side": "right",
 }
+
+
+REFETCH = "download it again (an interrupted download leaves files missing or cut short)"
 
 
 class CheckpointError(ValueError):
@@ -99,7 +103,11 @@ class LLMGACheckpoint:
     def base_config(self) -> PretrainedConfig:
         """The base LLM's transformers config (from_dict, so legacy fields such as Phi-3's `rope_scaling` +
         `original_max_position_embeddings` are converted as for a config.json read from disk)."""
-        return CONFIG_MAPPING[self.family].from_dict(self.base_config_fields())
+        try:
+            return CONFIG_MAPPING[self.family].from_dict(self.base_config_fields())
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise CheckpointError(f"{self.path / 'config.json'} does not describe a {self.family} model "
+                                  f"({one_line(error)}): {REFETCH}") from error
 
     def tensors(self, prefixes: tuple[str, ...] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(key, tensor) of every shard whose key starts with one of `prefixes` (all keys when None); safetensors
@@ -113,8 +121,9 @@ def family_of(config: dict) -> str | None:
     family = FAMILY_BY_MODEL_TYPE.get(str(config.get("model_type", "")).lower())
     if family:
         return family
-    for architecture in config.get("architectures") or ():
-        if architecture in FAMILY_BY_ARCHITECTURE:
+    architectures = config.get("architectures")
+    for architecture in architectures if isinstance(architectures, list) else ():
+        if isinstance(architecture, str) and architecture in FAMILY_BY_ARCHITECTURE:
             return FAMILY_BY_ARCHITECTURE[architecture]
     return None
 
@@ -122,10 +131,15 @@ def family_of(config: dict) -> str | None:
 def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGACheckpoint:
     """Check and describe the LLMGA checkpoint in `path`; raises CheckpointError with what to do.
 
+    Every weight file is checked whole (safetensors headers against their data, `.bin` pickles read with
+    weights_only=True), so a damaged or unsafe file is refused before any model is built from the folder.
     projector_only: `path` is a projector-pretraining output (config.json + mm_projector.bin), whose language
     model weights come from a separate base LLM folder.
     """
     folder = Path(path)
+    if folder.is_file():
+        raise CheckpointError(f"{folder} is a file, not a checkpoint folder: give the folder that holds config.json, "
+                              "the *.safetensors shards and the tokenizer files")
     if not folder.is_dir():
         raise CheckpointError(f"LLMGA checkpoint folder {folder} does not exist: download a released checkpoint "
                               "(e.g. binxia/llmga-Qwen2-0.5B-full-finetune) into models/LLM/ or give its path")
@@ -133,10 +147,7 @@ def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGAC
     if not config_file.is_file():
         raise CheckpointError(f"{folder} has no config.json: it is not a model folder (an LLMGA checkpoint holds "
                               "config.json, *.safetensors shards and tokenizer files)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{config_file} is not valid JSON ({error}): download the checkpoint again") from error
+    config = _read_json(config_file)
     family = family_of(config)
     if family is None or "mm_hidden_size" not in config:
         raise CheckpointError(
@@ -157,16 +168,21 @@ def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGAC
     return LLMGACheckpoint(path=folder, config=config, family=family, weight_files=files)
 
 
-def check_weight_file(file: Path) -> None:
-    """Raise CheckpointError when a safetensors shard is truncated or not safetensors (reads only its header)."""
-    if file.suffix != ".safetensors":
-        return
+def _read_json(file: Path) -> dict:
+    """A JSON object from `file`; CheckpointError for anything else."""
     try:
-        with safe_open(str(file), framework="pt"):
-            pass
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"cannot read weight file {file} ({error}): it is damaged or incomplete; "
-                              "download it again") from error
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{file} is not valid JSON ({error}): {REFETCH}") from error
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(value).__name__}, not an object: {REFETCH}")
+    return value
+
+
+def check_weight_file(file: Path) -> None:
+    """Raise CheckpointError unless `file` is a whole, safe weight file (a safetensors header and its data, or a
+    `.bin` pickle of tensors only, mapped rather than read)."""
+    tensor_shapes(file, CheckpointError, REFETCH)
 
 
 def weight_files(folder: Path) -> tuple[Path, ...]:
@@ -174,7 +190,10 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
+                raise CheckpointError(f"{index} has no weight_map (tensor name -> shard file): {REFETCH}")
+            names = sorted(set(weight_map.values()))
             missing = [name for name in names if not (folder / name).is_file()]
             if missing:
                 raise CheckpointError(f"{folder} is incomplete: {index_name} lists {missing}, which are missing; "
@@ -189,19 +208,8 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
 
 def read_weight_file(file: Path, prefixes: tuple[str, ...] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(key, tensor) pairs of one shard, optionally only keys starting with `prefixes`; safetensors are read
-    lazily, `.bin` files only with `torch.load(weights_only=True)`."""
-    try:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as shard:
-                for key in shard.keys():
-                    if prefixes is None or key.startswith(prefixes):
-                        yield key, shard.get_tensor(key)
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            yield from ((k, v) for k, v in state.items() if prefixes is None or k.startswith(prefixes))
-    except (SafetensorError, OSError, RuntimeError, EOFError) as error:
-        raise CheckpointError(f"cannot read weight file {file} ({error}): it is damaged or incomplete; "
-                              "download it again") from error
+    lazily, `.bin` files only with `torch.load(weights_only=True)`. CheckpointError for a damaged or unsafe file."""
+    return iter_tensors(file, CheckpointError, REFETCH, prefixes)
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------

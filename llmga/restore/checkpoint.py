@@ -9,19 +9,17 @@ keys and shapes, including the `diffusion.*` repeats of the shared modules and t
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
+from ..errors import one_line
 from ..files import save_safetensors_atomic, save_torch_atomic
+from ..weight_files import layout_problems, load_weights, name_list
 from .dirformer import EMBED_CHANNELS
 from .network import DiffRIR
 
@@ -37,7 +35,7 @@ DIFFIR_SCALE_BY_CHANNELS = {48: 1, 12: 2, 3: 4}
 SHARED_PREFIXES = {"diffusion.model.": "denoise.", "diffusion.condition.": "condition."}
 S2_WEIGHTS = ("DiffRIR S2 weights (net_g_*.pth of train_DiffRIRS2_x1 or train_DiffRIRS2_GAN_x1, from "
               "https://github.com/Zj-BinXia/DiffRIR)")
-LISTED = 5  # keys named in an error before "and N more"
+REFETCH = f"download the {S2_WEIGHTS} again"
 
 
 class DiffRIRLoadError(ValueError):
@@ -57,7 +55,11 @@ def load_diffrir(path: str | Path, device: str | torch.device = "cpu", dtype: to
     if expected_scale is not None and scale != expected_scale:
         raise DiffRIRLoadError(f"{path} is a x{scale} DiffRIR model but x{expected_scale} was asked for: use the "
                                f"x{expected_scale} weights, or ask for scale {scale}")
-    model = DiffRIR(scale, **{**hyper_from_state_dict(state_dict), **hyper})
+    try:
+        model = DiffRIR(scale, **{**hyper_from_state_dict(state_dict), **hyper})
+    except (ValueError, TypeError, IndexError, ZeroDivisionError, RuntimeError) as error:  # sizes no network has
+        raise DiffRIRLoadError(f"{path} holds DiffRIR weights of sizes no network can be built with "
+                               f"({type(error).__name__}: {one_line(error)}): use the {S2_WEIGHTS}") from error
     _check_layout(state_dict, model.state_dict(), path)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device=device, dtype=dtype).eval()
@@ -125,10 +127,13 @@ def save_basicsr_weights(weights: Mapping[str, Mapping[str, Tensor]], path: str 
 
 
 def read_state_dict(path: Path) -> StateDict:
-    """The state dict in a DiffRIR weight file, tensors as stored; checks only that it is one (name -> tensor)."""
+    """The state dict in a DiffRIR weight file, tensors as stored; checks only that it is one (name -> tensor).
+    Pickles are read with torch.load(weights_only=True) only: one that would build Python objects is refused."""
+    if path.is_dir():
+        raise DiffRIRLoadError(f"{path} is a folder: give the DiffRIR weight file itself ({S2_WEIGHTS})")
     if not path.is_file():
         raise DiffRIRLoadError(f"no DiffRIR weight file at {path}: download the {S2_WEIGHTS} and give its path")
-    stored = _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+    stored = load_weights(path, DiffRIRLoadError, REFETCH)
     if isinstance(stored, Mapping):
         stored = next((stored[key] for key in WEIGHT_KEYS if key in stored), stored)
     if not isinstance(stored, Mapping) or not stored or not all(
@@ -136,31 +141,6 @@ def read_state_dict(path: Path) -> StateDict:
         raise DiffRIRLoadError(f"{path} holds no state dict (name -> tensor, bare or under "
                                f"{' / '.join(WEIGHT_KEYS)}): it is not a DiffRIR weight file; use the {S2_WEIGHTS}")
     return dict(stored)
-
-
-def _read_safetensors(path: Path) -> StateDict:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise DiffRIRLoadError(f"{path} is truncated or corrupt ({error}): download it again") from error
-
-
-def _read_pickle(path: Path) -> object:
-    if not zipfile.is_zipfile(path):  # torch.save writes zip archives (since torch 1.6; DiffRIR is newer)
-        raise DiffRIRLoadError(f"{path} is truncated or corrupt, or not a torch checkpoint (no zip archive inside): "
-                               f"download the {S2_WEIGHTS} again")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
-            raise DiffRIRLoadError(f"{path} is not a readable torch file ({error}): download it again") from error
-        raise DiffRIRLoadError(
-            f"{path} holds Python objects besides tensors, and loading it would run code from the file, so it is "
-            "refused (torch.load(weights_only=True)). Use the released file as downloaded, or, if you trust this "
-            "one, save its params_ema tensors to safetensors in a separate session and load the .safetensors "
-            "file") from error
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:
-        raise DiffRIRLoadError(f"{path} is truncated or corrupt ({error}): download it again") from error
 
 
 def _scale_of(state_dict: Mapping[str, Tensor], path: Path) -> int:
@@ -190,24 +170,15 @@ def _scale_of(state_dict: Mapping[str, Tensor], path: Path) -> int:
     return SCALE_BY_CHANNELS[channels]
 
 
-def _listing(keys: list[str]) -> str:
-    more = f" and {len(keys) - LISTED} more" if len(keys) > LISTED else ""
-    return ", ".join(keys[:LISTED]) + more
-
-
 def _check_layout(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor], path: Path) -> None:
     """The file's keys and shapes must be exactly the network's, and the repeated modules must hold equal tensors."""
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [f"{key} {tuple(state_dict[key].shape)} (expected {tuple(value.shape)})"
-                  for key, value in expected.items() if key in state_dict and state_dict[key].shape != value.shape]
-    problems = [f"{label}: {_listing(keys)}" for label, keys in
-                (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if keys]
+    problems = layout_problems({key: value.shape for key, value in state_dict.items()},
+                               {key: value.shape for key, value in expected.items()})
     if problems:
-        raise DiffRIRLoadError(f"{path} does not match the DiffRIR S2 network ({'; '.join(problems)}): it was saved "
+        raise DiffRIRLoadError(f"{path} does not match the DiffRIR S2 network ({problems}): it was saved "
                                f"from another network or another size; use the {S2_WEIGHTS}")
     differing = [key for key in state_dict for repeat, prefix in SHARED_PREFIXES.items()
                  if key.startswith(repeat) and not torch.equal(state_dict[key], state_dict[prefix + key[len(repeat):]])]
     if differing:
         raise DiffRIRLoadError(f"{path} is inconsistent: these copies of shared weights differ from their originals "
-                               f"({_listing(differing)}); download the {S2_WEIGHTS} again")
+                               f"({name_list(differing)}); download the {S2_WEIGHTS} again")

@@ -12,18 +12,17 @@ with a new UNet (what the stage-2 trainer produces), which these readers and dif
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from ..errors import one_line
 from ..files import atomic_folder, write_bytes_atomic
+from ..weight_files import Shapes, is_safetensors, layout_problems, load_torch_file, read_tensors, tensor_shapes
 from .convert import StateDict, sd15_single_file_state_dict
 
 SD15_CONTEXT_DIM = 768  # CLIP ViT-L/14 text width: the UNet's cross-attention input
@@ -35,6 +34,10 @@ SD2_CONTEXT_DIM = 1024  # OpenCLIP ViT-H
 # before pickles.
 DIFFUSERS_WEIGHTS = tuple(f"diffusion_pytorch_model{v}.{e}" for e in ("safetensors", "bin") for v in ("", ".fp16"))
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "pytorch_model.fp16.bin")
+PART_WEIGHTS = {"unet": DIFFUSERS_WEIGHTS, "vae": DIFFUSERS_WEIGHTS, "text_encoder": TRANSFORMERS_WEIGHTS}
+# What diffusers' from_pretrained reads when no variant is asked for.
+FULL_PRECISION_WEIGHTS = {part: tuple(name for name in names if ".fp16." not in name)
+                          for part, names in PART_WEIGHTS.items()}
 # Older diffusers releases (before 0.14) named the VAE attention projections differently; diffusers renames them
 # when it loads such a file, and so do we.
 LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
@@ -43,6 +46,7 @@ SINGLE_FILE_PARTS = {"model.diffusion_model.": "UNet", "first_stage_model.": "VA
 
 _FITS = "the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2 and SD1.5 single-file checkpoints"
 _REFETCH = "download the model again (an interrupted download leaves files missing or cut short)"
+_REFETCH_FILE = f"{_REFETCH}, or use the model's .safetensors file"
 
 
 class SD15LoadError(ValueError):
@@ -91,28 +95,34 @@ def _check_sd15_layout(what: object, shapes: Mapping[str, Sequence[int]]) -> Non
         raise _not_sd15(what, f"not an SD1.5 model (UNet width {channels}; SD1.5 has {SD15_MODEL_CHANNELS})")
 
 
-@contextmanager
-def _open_safetensors(path: Path) -> Iterator[Any]:
-    """safe_open, which validates the header and that the file holds all the data it declares."""
-    try:
-        handle = safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as error:
-        raise SD15LoadError(f"{path} is truncated or not a safetensors file ({error}): {_REFETCH}") from error
-    with handle:
-        yield handle
+def _single_file_state_dict(stored: object, file: Path) -> Mapping[str, Any]:
+    """The state dict inside a pickled single file, found as ComfyUI's load_torch_file finds it: under
+    "state_dict", else the one entry of a one-entry dict, else the whole dict."""
+    if isinstance(stored, Mapping):
+        if isinstance(stored.get("state_dict"), Mapping):
+            return stored["state_dict"]
+        if len(stored) == 1 and isinstance(inner := next(iter(stored.values())), Mapping):
+            return inner
+        return stored
+    raise SD15LoadError(f"{file} does not hold a state dict (name -> tensor): it is not an SD1.5 checkpoint; "
+                        f"{_REFETCH_FILE}")
 
 
 def check_sd15_single_file(path: str | Path) -> None:
     """Raise SD15LoadError unless the single-file checkpoint at `path` is a complete, untruncated SD1.5 one.
-    Reads only the safetensors header (keys and shapes). Pickled files (.ckpt, .pt) cannot be inspected without
-    unpickling them and are only checked to exist."""
+    A safetensors file is judged from its header; a pickled one (.ckpt, .pt) is mapped with
+    torch.load(weights_only=True), which refuses a pickle that would build Python objects (run code)."""
     file = Path(path)
+    if file.is_dir():
+        raise SD15LoadError(f"{file} is a folder, not a checkpoint file: choose an SD1.5 checkpoint file, or put a "
+                            "diffusers folder under models/diffusers")
     if not file.is_file():
         raise SD15LoadError(f"{file} does not exist: choose an SD1.5 checkpoint file")
-    if file.suffix.lower() not in (".safetensors", ".sft"):
-        return
-    with _open_safetensors(file) as handle:
-        shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    if is_safetensors(file):
+        shapes = tensor_shapes(file, SD15LoadError, _REFETCH)
+    else:
+        stored = _single_file_state_dict(load_torch_file(file, SD15LoadError, _REFETCH_FILE, mmap=True), file)
+        shapes = {key: value.shape for key, value in stored.items() if isinstance(value, Tensor)}
     _check_sd15_layout(file, shapes)
 
 
@@ -120,12 +130,17 @@ def check_sd15_single_file(path: str | Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; SD15LoadError for a missing file or anything but an object."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise SD15LoadError(f"{path} is missing: {_REFETCH}") from error
     except (OSError, ValueError) as error:
-        raise SD15LoadError(f"{path} is not readable JSON ({error}): {_REFETCH}") from error
+        raise SD15LoadError(f"{path} is not readable JSON ({one_line(error)}): {_REFETCH}") from error
+    if not isinstance(value, dict):
+        raise SD15LoadError(f"{path} is not readable JSON (it holds a {type(value).__name__}, not an object): "
+                            f"{_REFETCH}")
+    return value
 
 
 def _pipeline_class(folder: Path) -> str:
@@ -149,31 +164,64 @@ def _check_configs(folder: Path, unet: Mapping[str, Any], text_encoder: Mapping[
         raise SD15LoadError(f"{folder / 'unet' / 'config.json'} lacks {', '.join(missing)}: {_REFETCH}")
 
 
-def _read_safetensors(path: Path) -> StateDict:
-    with _open_safetensors(path) as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()}
-
-
-def _read_pickle(path: Path) -> StateDict:
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as error:
-        raise SD15LoadError(f"{path} could not be read ({error}): {_REFETCH}") from error
-    if not isinstance(state_dict, dict) or not all(isinstance(v, Tensor) for v in state_dict.values()):
-        raise SD15LoadError(f"{path} does not hold a state dict (name -> tensor): {_REFETCH}")
-    return state_dict
-
-
-def _read_weights(part: Path, names: Sequence[str]) -> StateDict:
-    """The weights of one pipeline part (unet/, vae/, text_encoder/): the first of `names` found there."""
+def _weights_file(part: Path, names: Sequence[str]) -> Path:
+    """The first of `names` in the pipeline part `part` (unet/, vae/, text_encoder/)."""
     for name in names:
-        path = part / name
-        if path.is_file():
-            return _read_safetensors(path) if path.suffix == ".safetensors" else _read_pickle(path)
+        if (part / name).exists():  # a folder or unreadable file in its place is named by the reader
+            return part / name
     raise SD15LoadError(f"{part} holds no weights (looked for {', '.join(names)}): {_REFETCH}")
 
 
-def _rename_legacy_vae_attention(sd: StateDict) -> StateDict:
+def _expected_shapes(part: Path, config: Mapping[str, Any]) -> Shapes:
+    """Name -> shape of every weight of the model that `part`/config.json describes (built on the meta device)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    try:
+        with torch.device("meta"):
+            if part.name == "text_encoder":
+                model = CLIPTextModel(CLIPTextConfig.from_dict(config))
+            else:
+                model = (UNet2DConditionModel if part.name == "unet" else AutoencoderKL).from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+        raise SD15LoadError(f"{part / 'config.json'} does not describe a model ({type(error).__name__}: "
+                            f"{one_line(error)}): {_REFETCH}") from error
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def _comparable(part: str, shapes: Mapping[str, Sequence[int]]) -> Shapes:
+    """Weight names as both sides of a comparison use them: text encoder names without `text_model.` (released files
+    have it, transformers 5 modules do not) and without the position_ids buffer older files store; VAE attention
+    under its current names."""
+    if part == "text_encoder":
+        return {key.removeprefix("text_model."): tuple(shape) for key, shape in shapes.items()
+                if not key.endswith("position_ids")}
+    if part == "vae":
+        return {key: tuple(shape) for key, shape in _rename_legacy_vae_attention(shapes).items()}
+    return {key: tuple(shape) for key, shape in shapes.items()}
+
+
+def check_sd15_weights(folder: Path, parts: Mapping[str, Sequence[str]] = PART_WEIGHTS) -> dict[str, Path]:
+    """The weight file of each pipeline part (the first of `parts[part]` in folder/part), after checking that each
+    is whole and safe and holds exactly the weights its config.json describes (names and shapes, read from the
+    headers; nothing is loaded). Raises SD15LoadError naming the file and what differs; a UNet with cross-attention
+    of another width is named as its family (SD2, SDXL)."""
+    files = {part: _weights_file(folder / part, names) for part, names in parts.items()}
+    shapes = {part: tensor_shapes(file, SD15LoadError, _REFETCH) for part, file in files.items()}
+    family = _family_for_context({shape[-1] for key, shape in shapes["unet"].items()
+                                  if key.endswith("attn2.to_k.weight")})
+    if family is not None:
+        raise _not_sd15(folder, family)
+    for part, file in files.items():
+        expected = _expected_shapes(folder / part, _read_json(folder / part / "config.json"))
+        problems = layout_problems(_comparable(part, shapes[part]), _comparable(part, expected))
+        if problems:
+            raise SD15LoadError(f"{file} does not hold the weights {folder / part / 'config.json'} describes "
+                                f"({problems}): the files belong to different models or are incomplete; {_REFETCH}")
+    return files
+
+
+def _rename_legacy_vae_attention(sd: Mapping[str, Any]) -> dict[str, Any]:
     """`…mid_block.attentions.0.query.weight` -> `…to_q.weight`, and so on; other keys unchanged."""
     renamed = {}
     for key, value in sd.items():
@@ -188,8 +236,8 @@ def _rename_legacy_vae_attention(sd: StateDict) -> StateDict:
 def read_sd15_folder(path: str | Path) -> StateDict:
     """A diffusers SD1.5 folder (model_index.json, unet/, vae/, text_encoder/; weights as .safetensors or .bin,
     full precision or the fp16 variant) -> the single-file SD1.5 state dict, tensors in their stored dtypes.
-    Raises SD15LoadError for a missing folder, part, config or weights file, a truncated or corrupt file, and
-    models that are not SD1.5 (SD2, SDXL, other UNets)."""
+    Raises SD15LoadError for a missing folder, part, config or weights file, a truncated, corrupt or unsafe file,
+    weights that do not fit their config, and models that are not SD1.5 (SD2, SDXL, other UNets)."""
     folder = Path(path)
     if not folder.is_dir():
         raise SD15LoadError(f"{folder} is not a folder: give a diffusers SD1.5 folder (model_index.json, unet/, vae/, "
@@ -203,9 +251,9 @@ def read_sd15_folder(path: str | Path) -> StateDict:
     unet_config = _read_json(folder / "unet" / "config.json")
     _check_configs(folder, unet_config, _read_json(folder / "text_encoder" / "config.json"))
 
-    unet = _read_weights(folder / "unet", DIFFUSERS_WEIGHTS)
-    vae = _rename_legacy_vae_attention(_read_weights(folder / "vae", DIFFUSERS_WEIGHTS))
-    text_encoder = _read_weights(folder / "text_encoder", TRANSFORMERS_WEIGHTS)
+    files = check_sd15_weights(folder)
+    unet, vae, text_encoder = (read_tensors(files[part], SD15LoadError, _REFETCH) for part in PART_WEIGHTS)
+    vae = _rename_legacy_vae_attention(vae)
     try:
         state_dict = sd15_single_file_state_dict(unet, unet_config, vae, text_encoder)
     except KeyError as error:  # a weight the SD1.5 layout has no place for

@@ -26,22 +26,25 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
-from safetensors import SafetensorError
 
 from ..devices import device_and_dtype
+from ..errors import one_line
 from ..hub import SD_FILES
 from ..images import mask_array, pil_to_tensor, tensor_to_pil
 from ..prompt.clip_binding import TransformersCLIP
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
 from . import canvas
 from .canvas import SD15_LATENT_SCALE, outpaint_canvas
-from .loading import SD15_CONTEXT_DIM
+from .loading import FULL_PRECISION_WEIGHTS, SD15_CONTEXT_DIM, SD15LoadError, check_sd15_weights
 
 logger = logging.getLogger(__name__)
 
 SDPipeline = StableDiffusionPipeline | StableDiffusionInpaintPipeline
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# The configs diffusers reads besides those of the weighted parts (which `check_sd15_weights` reads).
+PIPELINE_CONFIGS = ("model_index.json", "scheduler/scheduler_config.json")
+REFETCH = "download the model again (an interrupted download leaves parts missing)"
 # What diffusers builds for a UNet config without cross_attention_dim.
 DIFFUSERS_DEFAULT_CONTEXT_DIM = 1280
 # UNet input channels: noisy latents (4) for text-to-image; + mask (1) + masked-image latents (4) for inpainting.
@@ -73,12 +76,10 @@ def unet_channels(folder: Path) -> int:
     missing = [name for name in ("model_index.json", *PIPELINE_PARTS) if not (folder / name).exists()]
     if missing:
         raise SDPipelineError(f"{folder} lacks {', '.join(missing)}: a diffusers SD1.5 folder holds {SD_FILES}; "
-                              "download the model again (an interrupted download leaves parts missing)")
-    config_path = folder / "unet" / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as error:
-        raise SDPipelineError(f"{config_path} is missing or not JSON ({error}): download the model again") from error
+                              f"{REFETCH}")
+    for name in PIPELINE_CONFIGS:
+        _read_config(folder / name)
+    config = _read_config(folder / "unet" / "config.json")
     width = config.get("cross_attention_dim", DIFFUSERS_DEFAULT_CONTEXT_DIM)
     if width != SD15_CONTEXT_DIM:
         raise SDPipelineError(f"{folder} is not an SD1.5 model (cross-attention width {width}; SD1.5 has "
@@ -90,6 +91,17 @@ def unet_channels(folder: Path) -> int:
     return channels
 
 
+def _read_config(path: Path) -> dict:
+    """The JSON object in `path`; SDPipelineError for anything else."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SDPipelineError(f"{path} is missing or not JSON ({one_line(error)}): {REFETCH}") from error
+    if not isinstance(config, dict):
+        raise SDPipelineError(f"{path} is not a config (a JSON {type(config).__name__}, not an object): {REFETCH}")
+    return config
+
+
 def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",
                        dtype: str = "auto") -> SDPipeline:
     """A diffusers SD1.5 pipeline from `folder`, on `device` in `dtype` (see `llmga.devices`), safety checker off.
@@ -97,11 +109,16 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
     inpainting: build a StableDiffusionInpaintPipeline. The released llmga-sd15-inpainting-v2 is saved as a
     StableDiffusionPipeline with a 9-channel UNet, so the pipeline class comes from the UNet, not model_index.json:
     a 9-channel UNet always gets the inpainting pipeline (`text_to_image` then paints a blank canvas), a 4-channel one
-    gets it only when asked (diffusers then blends latents with the mask). Raises SDPipelineError for a missing or
-    incomplete folder and for models that are not SD1.5.
+    gets it only when asked (diffusers then blends latents with the mask). Raises SDPipelineError, in one line, for
+    a missing or incomplete folder, a damaged or unsafe file, weights that do not fit their config, and models that
+    are not SD1.5; the folder is checked before diffusers reads it.
     """
     folder = Path(folder)
     channels = unet_channels(folder)
+    try:
+        check_sd15_weights(folder, FULL_PRECISION_WEIGHTS)
+    except SD15LoadError as error:
+        raise SDPipelineError(str(error)) from error
     pipeline_class = StableDiffusionInpaintPipeline if inpainting or channels == INPAINT_CHANNELS \
         else StableDiffusionPipeline
     target, torch_dtype = device_and_dtype("sd", device, dtype)
@@ -110,9 +127,9 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch_dtype, safety_checker=None,
                                                   feature_extractor=None, requires_safety_checker=False)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise SDPipelineError(f"{folder} could not be loaded as an SD1.5 pipeline ({error}): download the model "
-                              "again or choose another folder") from error
+    except Exception as error:  # any type for a damaged part: TypeError (a config), tokenizers' bare Exception
+        raise SDPipelineError(f"{folder} could not be loaded as an SD1.5 pipeline ({type(error).__name__}: "
+                              f"{one_line(error)}): download the model again or choose another folder") from error
     return pipe.to(target)
 
 
