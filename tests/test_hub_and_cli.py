@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from llmga.hub import ModelNotFoundError, released_name, resolve_model
+from llmga.hub import (
+    CLIP_VISION_REPO,
+    HUB_OWNER,
+    RELEASED_MLLMS,
+    RELEASED_SD,
+    REVISIONS,
+    ModelNotFoundError,
+    download,
+    fetch,
+    model_entry,
+    released_name,
+    resolve_model,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,9 +70,9 @@ def test_unknown_name_lists_the_released_ones(tmp_path):
         resolve_model("not-a-model", [tmp_path])
 
 
-def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+def run_cli(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmga", *args], cwd=REPO, input=stdin, capture_output=True,
-                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", **env})
 
 
 def test_cli_chat_prints_reply_and_generation_prompt(mllm_checkpoints):
@@ -99,3 +114,151 @@ def test_missing_released_sd_model_names_the_diffusers_layout(tmp_path):
         resolve_model("binxia/llmga-sd15-t2i-v2", [tmp_path / "diffusers"])
     message = str(error.value)
     assert "model_index.json" in message and "<models>/diffusers/llmga-sd15-t2i-v2" in message
+
+
+# --- names from a ComfyUI graph: the strict form (allow_paths=False) ---------------------------------------------
+
+
+@pytest.fixture
+def model_folders(tmp_path) -> list[Path]:
+    """Two model folders: first/my-finetune, first/binxia/llmga-gemma-2b-it-full-finetune, second/linked (a symlink to a
+    model folder outside both), each holding a config.json; and outside/secret, a model folder outside both."""
+    for folder in ("first/my-finetune", "first/binxia/llmga-gemma-2b-it-full-finetune", "outside/secret"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "config.json").write_text("{}")
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "linked").symlink_to(tmp_path / "outside" / "secret", target_is_directory=True)
+    return [tmp_path / "first", tmp_path / "second"]
+
+
+def test_the_strict_form_takes_entries_of_the_model_folders_and_released_names(model_folders):
+    first, second = model_folders
+    for name, expected in [("my-finetune", first / "my-finetune"), ("linked", second / "linked"),
+                           ("binxia/llmga-gemma-2b-it-full-finetune", first / "binxia/llmga-gemma-2b-it-full-finetune"),
+                           ("llmga-gemma-2b-it-full-finetune", first / "binxia/llmga-gemma-2b-it-full-finetune")]:
+        assert resolve_model(name, model_folders, allow_paths=False) == expected
+    assert model_entry("my-finetune", model_folders, holding="model_index.json") is None
+    assert model_entry("linked", model_folders, holding="config.json") == second / "linked"
+
+
+@pytest.mark.parametrize("hostile", ["../outside/secret", "{outside}", "{outside}/../outside/secret",
+                                     "..\\outside\\secret", "C:\\outside", "first/../../outside/secret",
+                                     "my-finetune\x00", "binxia/../../outside/secret", "./my-finetune", "..",
+                                     "binxia/llmga-gemma-2b-it-full-finetune/..", " .. ", "a/b/c"])
+def test_the_strict_form_refuses_every_other_name_with_one_error(model_folders, tmp_path, hostile):
+    name = hostile.format(outside=tmp_path / "outside" / "secret")
+    with pytest.raises(ModelNotFoundError) as error:
+        resolve_model(name, model_folders, allow_paths=False)
+    assert str(error.value) == (
+        f"model {name.strip()!r} is neither a model folder inside the model folders nor a released LLMGA checkpoint. "
+        f"Searched: {[str(f) for f in model_folders]}. Choose a model in those folders or a released name: "
+        f"{', '.join(RELEASED_MLLMS + RELEASED_SD)}")
+
+
+def test_the_strict_form_says_the_same_whether_or_not_a_path_exists(model_folders, tmp_path):
+    def message(name: str) -> str:
+        with pytest.raises(ModelNotFoundError) as error:
+            resolve_model(name, model_folders, allow_paths=False)
+        return str(error.value).replace(repr(name), "NAME")
+
+    assert message(str(tmp_path / "outside" / "secret")) == message(str(tmp_path / "outside" / "nothing"))
+    assert message("../outside/secret") == message("../outside/nothing")
+
+
+# --- downloads: one table of pinned revisions ----------------------------------------------------------------------
+
+
+def test_every_released_download_has_a_row_and_pinned_rows_are_commits():
+    assert set(REVISIONS) == {CLIP_VISION_REPO} | {f"{HUB_OWNER}/{name}" for name in RELEASED_MLLMS + RELEASED_SD}
+    assert all(re.fullmatch("[0-9a-f]{40}", revision) for revision in REVISIONS.values() if revision is not None)
+    assert REVISIONS["binxia/llmga-Qwen2-0.5B-full-finetune"] == "97b9972a6d52a7561683a3e2c7e8aca997f7ef4a"
+
+
+def test_a_released_checkpoint_is_downloaded_at_its_revision(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo, **options):
+        calls.append((repo, options))
+        return str(options["local_dir"])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    found = resolve_model("binxia/llmga-Qwen2-0.5B-full-finetune", [tmp_path / "LLM"], allow_download=True,
+                          allow_paths=False)
+    download("llmga-sd15-t2i-v2", tmp_path / "diffusers", ["model_index.json"])
+    assert found == tmp_path / "LLM" / "llmga-Qwen2-0.5B-full-finetune"
+    assert calls == [
+        ("binxia/llmga-Qwen2-0.5B-full-finetune", {"revision": "97b9972a6d52a7561683a3e2c7e8aca997f7ef4a",
+                                                   "local_dir": found, "allow_patterns": None}),
+        ("binxia/llmga-sd15-t2i-v2", {"revision": None, "local_dir": tmp_path / "diffusers" / "llmga-sd15-t2i-v2",
+                                      "allow_patterns": ["model_index.json"]})]
+
+
+def test_only_the_table_s_repos_are_fetched(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="is not a released model this pack downloads"):
+        fetch("evil/repo", tmp_path, None)
+
+
+def test_an_http_error_of_the_hub_is_one_error_that_says_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.utils import HfHubHTTPError
+
+    class Unavailable(HfHubHTTPError):
+        def __init__(self, message: str):  # no HTTP response object: its constructor differs between versions
+            Exception.__init__(self, message)
+
+    def refused(repo, **options):
+        raise Unavailable("503 Server Error: Service Unavailable\nfor url https://huggingface.co/api")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refused)
+    with pytest.raises(ModelNotFoundError) as error:
+        download("llmga-Qwen2-0.5B-full-finetune", tmp_path)
+    assert str(error.value) == (
+        "downloading binxia/llmga-Qwen2-0.5B-full-finetune failed: the Hugging Face hub answered 503 Server Error: "
+        "Service Unavailable for url https://huggingface.co/api. Check the connection and try again, or download it "
+        "by hand: huggingface-cli download binxia/llmga-Qwen2-0.5B-full-finetune --revision "
+        f"97b9972a6d52a7561683a3e2c7e8aca997f7ef4a --local-dir {tmp_path / 'llmga-Qwen2-0.5B-full-finetune'}")
+
+
+# --- loading errors on the command line: `error: ...`, exit 2 ------------------------------------------------------
+
+
+def copy_checkpoint(source: Path, target: Path, **config_changes) -> Path:
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps(config | config_changes))
+    return target
+
+
+def expect_cli_error(result: subprocess.CompletedProcess, start: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {start}")
+    return line
+
+
+def test_cli_reports_a_tokenizer_that_does_not_load(mllm_checkpoints, tmp_path):
+    broken = copy_checkpoint(mllm_checkpoints["qwen2"].path, tmp_path / "broken")
+    (broken / "vocab.json").write_text("garbage")
+    expect_cli_error(run_cli("chat", "--mllm", str(broken), "--device", "cpu", "hi"),
+                     f"the tokenizer in {broken} does not load (")
+
+
+def test_cli_reports_weights_of_another_llm(mllm_checkpoints, tmp_path):
+    relabelled = copy_checkpoint(mllm_checkpoints["qwen2"].path, tmp_path / "relabelled", model_type="llava_llama",
+                                 architectures=["LlavaLlamaForCausalLM"])
+    line = expect_cli_error(run_cli("chat", "--mllm", str(relabelled), "--device", "cpu", "hi"),
+                            f"{relabelled} holds the weights of another model")
+    assert "look like a qwen2 checkpoint" in line
+
+
+def test_cli_reports_an_offline_hub(mllm_checkpoints_without_vision, tmp_path):
+    released_layout = copy_checkpoint(mllm_checkpoints_without_vision.path, tmp_path / "released",
+                                      mm_vision_tower=CLIP_VISION_REPO)
+    result = run_cli("chat", "--mllm", str(released_layout), "--models-dir", str(tmp_path / "models"), "--device",
+                     "cpu", "--allow-download", "hi", HF_HOME=str(tmp_path / "hf"))
+    expect_cli_error(result, "openai/clip-vit-large-patch14-336 cannot be downloaded: the Hugging Face hub is not "
+                     "reachable (offline, or HF_HUB_OFFLINE is set) and no local copy was found")
