@@ -1,12 +1,16 @@
 """DiffRIR inference (`llmga.restore.inference`) and `python -m llmga restore`: the official x1 path, compositing,
-x2/x4 inputs, tiling with one shared prior, mask growing, input checks, on a tiny random DiffRIR and on a stand-in
-whose output depends only on a 3x3 neighbourhood of its input and on z."""
+x2/x4 inputs, tiling with one shared prior, mask growing, input checks, Cancel between short steps, outputs complete
+or absent when the command is interrupted, on a tiny random DiffRIR and on a stand-in whose output depends only on a
+3x3 neighbourhood of its input and on z."""
 
 from __future__ import annotations
 
 import json
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -531,3 +535,98 @@ def test_tile_source_reads_exactly_the_reflect_padded_input(height: int, width: 
         expected = torch.cat([whole_generated[image, :, :32, left:left + 32],
                               whole_hidden[image, :, :32, left:left + 32]])
         assert torch.equal(box[0], expected)
+
+
+def test_cli_notes_a_mask_that_covers_the_whole_picture(tmp_path, capsys):
+    paths = write_pictures(tmp_path)
+    Image.new("L", (45, 67), 255).save(paths["mask"])
+    model = tmp_path / "model.pth"
+    torch.save({"params_ema": DiffRIR(1, **TINY).state_dict()}, model)
+    assert main(cli_args(paths, model, tmp_path / "out.png")) == 0
+    assert capsys.readouterr().err == ("note: the mask covers the whole picture: no pixel of the reference is kept, "
+                                       "so DiffRIR has nothing to match the generated picture to (mask only the "
+                                       "generated region)\n")
+
+
+# --- an interrupted command leaves its output complete or absent --------------------------------------------------
+
+
+LARGE = 1024  # px: the PNG of noise takes ~0.15 s to encode on the build machine, a window to interrupt the write in
+
+
+@pytest.fixture(scope="module")
+def large_job(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    """A large noise picture (incompressible, so slow to write), a small mask across four 256-px tiles (so progress
+    lines come) and the tiny DiffRIR's weights."""
+    from fixtures.diffrir import build_diffrir_fixture
+
+    folder = tmp_path_factory.mktemp("large")
+    paths = write_pictures(folder, LARGE, LARGE)
+    mask = np.zeros((LARGE, LARGE), dtype=np.uint8)
+    mask[150:250, 150:250] = 255
+    Image.fromarray(mask).save(paths["mask"])
+    return paths, build_diffrir_fixture(folder)
+
+
+def start_restore(paths: dict[str, Path], model: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "llmga", *cli_args(paths, model, out, "--tile", "256")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return list(folder.glob(".*.tmp"))
+
+
+def assert_complete_or_absent(out: Path) -> None:
+    """The PNG is absent, or whole: PIL verifies its chunks and decodes every pixel."""
+    if out.exists():
+        with Image.open(out) as image:
+            image.verify()
+        with Image.open(out) as image:
+            image.load()
+            assert image.size == (LARGE, LARGE)
+    assert temp_files(out.parent) == []
+
+
+def assert_ended_cleanly(process: subprocess.Popen, sig: signal.Signals) -> None:
+    """Exit 130 (SIGINT) or 143 (SIGTERM) with at most one line besides the progress lines, never a traceback; or 0
+    when the signal came after the file was in place."""
+    code = process.wait(timeout=120)
+    errors = [line for line in process.stderr.read().splitlines() if not line.startswith("restoring: ")]
+    assert code in (0, 128 + sig), (code, errors)
+    assert len(errors) <= 1 and not any("Traceback" in line for line in errors), errors
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_command_interrupted_while_writing_leaves_no_half_file(large_job, tmp_path, sig):
+    """The signal comes while the PNG is being written (its temporary file exists): the output is then absent (or,
+    had the write just finished, complete) and no temporary file is left; a rerun writes the whole picture."""
+    paths, model = large_job
+    out = tmp_path / "restored.png"
+    process = start_restore(paths, model, out)
+    deadline = time.monotonic() + 120
+    while not temp_files(tmp_path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert process.poll() is None, "the command ended before its output was being written"
+    process.send_signal(sig)
+    assert_ended_cleanly(process, sig)
+    assert_complete_or_absent(out)
+    rerun = start_restore(paths, model, out)
+    assert rerun.wait(timeout=120) == 0, rerun.stderr.read()
+    assert_complete_or_absent(out)
+    assert out.exists() and [path.name for path in tmp_path.iterdir()] == ["restored.png"]
+
+
+def test_a_command_interrupted_at_random_moments_leaves_no_half_file(large_job, tmp_path):
+    """SIGINT or SIGTERM at a random moment after the first tile (restoring, or writing): a clean exit, and the
+    output complete or absent."""
+    paths, model = large_job
+    chance = random.Random(14)
+    for attempt, sig in enumerate((signal.SIGINT, signal.SIGTERM)):
+        out = tmp_path / f"restored-{attempt}.png"
+        process = start_restore(paths, model, out)
+        assert process.stderr.readline().startswith("restoring: 1/")
+        time.sleep(chance.uniform(0, 1.0))
+        process.send_signal(sig)
+        assert_ended_cleanly(process, sig)
+        assert_complete_or_absent(out)
