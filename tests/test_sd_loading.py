@@ -19,7 +19,7 @@ from llmga.sd.loading import (
     read_sd15_folder,
     write_sd15_folder,
 )
-from llmga.sd.pipelines import SDPipelineError, unet_channels
+from llmga.sd.pipelines import SDPipelineError, load_sd15_pipeline, unet_channels
 
 SDXL_MESSAGE = "is an SDXL model; the LLMGA SD1.5 loader takes SD1.5 folders such as llmga-sd15-t2i-v2"
 
@@ -146,6 +146,77 @@ def test_truncated_pickle(sd15_copy: Path, tmp_path: Path) -> None:
     (text_encoder / "pytorch_model.bin").write_bytes((tmp_path / "whole.bin").read_bytes()[:100_000])
     with pytest.raises(SD15LoadError, match=r"pytorch_model.bin is truncated or corrupt .*download the model again"):
         read_sd15_folder(sd15_copy)
+
+
+# --- weights that do not fit their config (read for ComfyUI, and loaded by diffusers) ----------------------------
+
+
+def edit_weights(path: Path, change) -> None:
+    """Rewrite the safetensors file `path` (a link into the fixture) with `change(weights)` applied."""
+    weights = load_file(path)
+    change(weights)
+    path.unlink()
+    save_file(weights, path)
+
+
+def load_pipeline(folder: Path) -> None:
+    load_sd15_pipeline(folder, device="cpu", dtype="fp32")
+
+
+READERS = {"folder": (read_sd15_folder, SD15LoadError), "pipeline": (load_pipeline, SDPipelineError)}
+MISFITS = {
+    "missing": ("unet", lambda w: w.pop("conv_in.bias"), r"\(missing: conv_in.bias\)"),
+    "unexpected": ("unet", lambda w: w.update({"extra.weight": torch.zeros(1)}), r"\(unexpected: extra.weight\)"),
+    "wrong shape": ("unet", lambda w: w.update({"conv_in.weight": torch.zeros(320, 4, 1, 1)}),
+                    r"\(wrong shape: conv_in.weight \(320, 4, 1, 1\) \(expected \(320, 4, 3, 3\)\)\)"),
+    "text encoder": ("text_encoder", lambda w: w.pop("text_model.final_layer_norm.weight"),
+                     r"\(missing: final_layer_norm.weight\)"),
+    "vae": ("vae", lambda w: w.pop("decoder.conv_out.bias"), r"\(missing: decoder.conv_out.bias\)"),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("misfit", MISFITS)
+def test_weights_that_do_not_fit_their_config_are_refused(sd15_copy: Path, reader: str, misfit: str) -> None:
+    """diffusers loads these silently (random weights), or fails with a meta-tensor error: both readers name the file,
+    its config and what differs before anything is loaded."""
+    part, change, expected = MISFITS[misfit]
+    name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
+    edit_weights(sd15_copy / part / name, change)
+    read, error = READERS[reader]
+    with pytest.raises(error, match=f"{part}/{name} does not hold the weights .*{part}/config.json describes "
+                                    f"{expected}: the files belong to different models") as caught:
+        read(sd15_copy)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_corrupt_component_config_is_named(sd15_copy: Path, reader: str) -> None:
+    edit_json(sd15_copy / "vae" / "config.json", block_out_channels=5)
+    read, error = READERS[reader]
+    with pytest.raises(error, match=r"vae/config.json does not describe a model \(TypeError: .*download the model"):
+        read(sd15_copy)
+
+
+@pytest.mark.parametrize("path, data, expected", [
+    ("scheduler/scheduler_config.json", b"[1, 2]", r"scheduler_config.json is not a config \(a JSON list"),
+    ("model_index.json", b"{", r"model_index.json is missing or not JSON"),
+    ("unet/diffusion_pytorch_model.safetensors", None,
+     r"unet holds no weights \(looked for diffusion_pytorch_model.safetensors, diffusion_pytorch_model.bin"),
+    ("tokenizer/vocab.json", b"not json", r"could not be loaded as an SD1.5 pipeline \(Exception: .*download the model "
+                                          r"again or choose another folder$"),
+])
+def test_pipeline_failures_are_one_sd_pipeline_error(sd15_copy: Path, path: str, data: bytes | None,
+                                                     expected: str) -> None:
+    """What diffusers' from_pretrained would report as a misleading hub error, an OSError, or tokenizers' bare
+    Exception comes out as one SDPipelineError line."""
+    if data is None:
+        (sd15_copy / path).unlink()
+    else:
+        replace_file(sd15_copy / path, data)
+    with pytest.raises(SDPipelineError, match=expected) as caught:
+        load_pipeline(sd15_copy)
+    assert "\n" not in str(caught.value)
 
 
 # --- other model families ---------------------------------------------------------------------------------

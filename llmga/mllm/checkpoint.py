@@ -157,7 +157,7 @@ def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGAC
         )
     if projector_only:
         projector = folder / PROJECTOR_FILE
-        if not projector.is_file():
+        if not projector.exists():  # a folder in its place is named by check_weight_file
             raise CheckpointError(f"{folder} has no {PROJECTOR_FILE}: a projector-pretraining folder holds "
                                   f"config.json and {PROJECTOR_FILE}")
         files: tuple[Path, ...] = (projector,)
