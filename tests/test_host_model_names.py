@@ -1,0 +1,107 @@
+"""Host tests: model names sent to /prompt by any client stay inside the model folders (ComfyUI 0.3.75 does not check
+V3 combo values against their options), symlinked models inside the folders keep working, and a checkpoint whose
+files cannot be trusted fails with one line on the node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+
+def preview(node: dict) -> dict:
+    """`node` (id 1) with an output node after it, so ComfyUI runs it."""
+    return {"1": node, "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+
+
+def assistant_loader(name: str) -> dict:
+    return {"class_type": "LLMGALoadAssistant", "inputs": {
+        "model": name, "dtype": "fp32", "device": "cpu", "quantization": "none", "attention": "sdpa",
+        "template": "auto", "allow_download": False}}
+
+
+def sd_loader(name: str) -> dict:
+    return {"class_type": "LLMGALoadSD15", "inputs": {"model": name, "allow_download": False}}
+
+
+def diffrir_loader(name: str) -> dict:
+    return {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": name, "dtype": "auto"}}
+
+
+def hostile_names(outside: Path, inside_by_traversal: str) -> list[str]:
+    """Names no option list offers: traversal, absolute paths (an existing model among them), Windows forms, NUL."""
+    return ["../../x", inside_by_traversal, str(outside), str(outside.parent / "nothing-here"), "..\\x", "C:\\x",
+            "x\x00y"]
+
+
+def test_hostile_names_get_one_error_that_names_the_folders(comfy, host_assistant, sd15_models, host_diffrir):
+    models = comfy.models_dir
+    sd_folders = f"['{models / 'diffusers'}', '{models / 'checkpoints'}'"  # then ComfyUI's output/checkpoints
+    cases = [
+        (assistant_loader, hostile_names(host_assistant.path, f"../LLM/{host_assistant.path.name}"),
+         lambda name: f"LLMGA Load Assistant: model {name!r} is neither a model folder inside the model folders nor "
+                      f"a released LLMGA checkpoint. Searched: {[str(models / 'LLM')]}. "),
+        (sd_loader, hostile_names(sd15_models.diffusers, f"../checkpoints/{sd15_models.checkpoint.name}"),
+         lambda name: f"LLMGA Load SD1.5: {name!r} is neither a diffusers folder nor a checkpoint file in "
+                      f"{sd_folders}"),
+        (sd_loader, [str(sd15_models.checkpoint)],
+         lambda name: f"LLMGA Load SD1.5: {name!r} is neither a diffusers folder nor a checkpoint file in "),
+        # ComfyUI's own folder_paths.get_full_path normalises the name into the folder ('../' and '/' dropped).
+        (diffrir_loader, hostile_names(host_diffrir, f"../diffrir/{host_diffrir.name}"),
+         lambda name: f"LLMGA Load DiffRIR: {name} is not in {models / 'diffrir'}. "),
+    ]
+    for loader, names, expected in cases:
+        for name in names:
+            error = comfy.expect_error(preview(loader(name)))
+            assert error["exception_type"] == "RuntimeError"
+            assert error["exception_message"].startswith(expected(name)), (name, error["exception_message"])
+    existing = comfy.expect_error(preview(assistant_loader(str(host_assistant.path))))["exception_message"]
+    missing = comfy.expect_error(preview(assistant_loader(str(host_assistant.path) + "-x")))["exception_message"]
+    assert existing.replace(repr(str(host_assistant.path)), "NAME") == missing.replace(
+        repr(str(host_assistant.path) + "-x"), "NAME")  # nothing tells whether the path exists
+
+
+def test_symlinked_models_inside_the_folders_keep_working(comfy, host_assistant, sd15_models, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "my-assistant"
+    shutil.copytree(host_assistant.path, outside)
+    links = {comfy.models_dir / "LLM" / "linked-assistant": outside,
+             comfy.models_dir / "diffusers" / "linked-sd15": sd15_models.diffusers,
+             comfy.models_dir / "checkpoints" / "linked-sd15.safetensors": sd15_models.checkpoint}
+    for link, target in links.items():
+        link.symlink_to(target, target_is_directory=target.is_dir())
+    try:
+        options = comfy.object_info()["LLMGALoadAssistant"]["input"]["required"]["model"][1]["options"]
+        assert "linked-assistant" in options
+        for graph in (preview(assistant_loader("linked-assistant")), preview(sd_loader("linked-sd15")),
+                      preview(sd_loader("linked-sd15.safetensors"))):
+            assert "text" in comfy.run(graph)["2"]
+    finally:
+        for link in links:
+            link.unlink()
+
+
+@pytest.mark.parametrize("case, change, says", [
+    ("tokenizer", {"vocab.json": "garbage"}, "the tokenizer in {folder} does not load ("),
+    ("relabelled", {"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]},
+     "{folder} holds the weights of another model: they hold 6 tensors a llama model does not have"),
+    ("tower", {"mm_vision_tower": "/etc"}, "config.json names the vision tower '/etc' (mm_vision_tower), but"),
+    ("config", {"hidden_size": "big"}, "config.json of {folder} does not describe a qwen2 model ("),
+])
+def test_a_checkpoint_that_cannot_be_trusted_fails_with_one_line(comfy, host_assistant, case, change, says):
+    folder = comfy.models_dir / "LLM" / f"llmga-untrusted-{case}"
+    shutil.copytree(host_assistant.path, folder)
+    try:
+        if "vocab.json" in change:
+            (folder / "vocab.json").write_text(change["vocab.json"])
+        else:
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps(config | change))
+        message = comfy.expect_error(preview(assistant_loader(folder.name)))["exception_message"]
+    finally:
+        shutil.rmtree(folder)
+    assert message.startswith("LLMGA Load Assistant: " + says.format(folder=folder))
+    assert "\n" not in message.rstrip("\n") and "\x1b[" not in message  # ComfyUI ends every message with a newline
