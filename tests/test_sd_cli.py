@@ -4,14 +4,17 @@ random-weight fixtures (64x64-ish images, 2 steps)."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from llmga.cli import main
 from llmga.images import ImageInputError
 from llmga.sd.pipelines import (
     SDPipelineError,
@@ -213,6 +216,69 @@ def test_bad_input_is_one_line_and_exit_status_2(sd15_models, tmp_path, case):
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says `width` x `height` but holds no pixel data (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("case", ["cfg nan", "steps 0", "steps -3", "temperature -1", "zero-byte image",
+                                  "truncated image", "large image", "bomb image", "edit on the inpainting model",
+                                  "edit steps 0", "edit cfg nan"])
+def test_bad_numbers_images_and_models_fail_in_one_line_before_anything_runs(sd15_models, tmp_path, capsys, case):
+    random_picture(tmp_path / "picture.png", 40, 32)
+    box_mask(tmp_path / "mask.png", 40, 32)
+    (tmp_path / "empty.png").write_bytes(b"")
+    whole = (tmp_path / "picture.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
+    generate = ["generate", "--sd", str(sd15_models.diffusers), "a fox"]
+
+    def inpaint(image: Path) -> list[str]:
+        return ["inpaint", "--sd", str(sd15_models.diffusers_inpainting), "--image", str(image), "--mask",
+                str(tmp_path / "mask.png")]
+
+    def edit(sd: Path, *extra: str) -> list[str]:
+        return ["edit", "--sd", str(sd), "--image", str(tmp_path / "picture.png"), "--source-prompt", "a cat",
+                "--target-prompt", "a dog", *extra]
+
+    args, expected = {
+        "cfg nan": ([*generate, "--cfg", "nan"], "--cfg is nan but must be 0 or more (official: 7.5)"),
+        "steps 0": ([*generate, "--steps", "0"], "--steps is 0 but must be 1 or more (official: 50)"),
+        "steps -3": ([*generate, "--steps", "-3"], "--steps is -3 but must be 1 or more (official: 50)"),
+        "temperature -1": ([*generate, "--mllm", "absent", "--temperature", "-1"],
+                           "--temperature is -1.0 but must be 0 (greedy) or more"),
+        "zero-byte image": (inpaint(tmp_path / "empty.png"), "empty.png is empty (0 bytes)"),
+        "truncated image": (inpaint(tmp_path / "cut.png"), "cut.png could not be read as an image"),
+        "large image": (inpaint(header_only_png(tmp_path / "large.png", 12000, 12000)),
+                        "is 12000x12000 pixels, more than the 134,217,728-pixel limit"),
+        "bomb image": (inpaint(header_only_png(tmp_path / "bomb.png", 20000, 20000)),
+                       "is larger than the 134,217,728-pixel limit"),
+        "edit on the inpainting model": (edit(sd15_models.diffusers_inpainting),
+                                         "is an inpainting model (9 input channels)"),
+        "edit steps 0": (edit(sd15_models.diffusers, "--steps", "0"), "steps is 0; use 1..1000"),
+        "edit cfg nan": (edit(sd15_models.diffusers, "--cfg", "nan"), "--cfg is nan but must be 0 or more"),
+    }[case]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and expected in error and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_inpaint_notes_a_mask_that_covers_the_whole_picture(sd15_models, tmp_path, capsys):
+    random_picture(tmp_path / "picture.png", 40, 32)
+    Image.new("L", (40, 32), 255).save(tmp_path / "mask.png")
+    assert main(["inpaint", "--sd", str(sd15_models.diffusers_inpainting), "--device", "cpu", "--steps", "1",
+                 "--image", str(tmp_path / "picture.png"), "--mask", str(tmp_path / "mask.png"), "--seed", "0",
+                 "--out", str(tmp_path / "out.png"), "a meadow"]) == 0
+    assert ("note: the mask covers the whole picture, so none of it is kept: inpainting paints a new picture of its "
+            "size (as generate does)\n") in capsys.readouterr().err
+    assert (tmp_path / "out.png").is_file()
 
 
 def test_the_parser_loads_no_torch():
