@@ -4,11 +4,11 @@ files cannot be trusted fails with one line on the node."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.edited import copy_checkpoint
 
 pytestmark = pytest.mark.host
 
@@ -93,13 +93,12 @@ def test_symlinked_models_inside_the_folders_keep_working(comfy, host_assistant,
 ])
 def test_a_checkpoint_that_cannot_be_trusted_fails_with_one_line(comfy, host_assistant, case, change, says):
     folder = comfy.models_dir / "LLM" / f"llmga-untrusted-{case}"
-    shutil.copytree(host_assistant.path, folder)
     try:
         if "vocab.json" in change:
+            copy_checkpoint(host_assistant.path, folder)
             (folder / "vocab.json").write_text(change["vocab.json"])
         else:
-            config = json.loads((folder / "config.json").read_text())
-            (folder / "config.json").write_text(json.dumps(config | change))
+            copy_checkpoint(host_assistant.path, folder, **change)
         message = comfy.expect_error(preview(assistant_loader(folder.name)))["exception_message"]
     finally:
         shutil.rmtree(folder)

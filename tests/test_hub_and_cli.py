@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from fixtures.edited import copy_checkpoint
 
 from llmga.hub import (
     CLIP_VISION_REPO,
@@ -223,13 +222,6 @@ def test_an_http_error_of_the_hub_is_one_error_that_says_what_to_do(tmp_path, mo
 
 
 # --- loading errors on the command line: `error: ...`, exit 2 ------------------------------------------------------
-
-
-def copy_checkpoint(source: Path, target: Path, **config_changes) -> Path:
-    shutil.copytree(source, target)
-    config = json.loads((target / "config.json").read_text())
-    (target / "config.json").write_text(json.dumps(config | config_changes))
-    return target
 
 
 def expect_cli_error(result: subprocess.CompletedProcess, start: str) -> str:

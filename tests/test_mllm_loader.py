@@ -9,19 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.edited import copy_checkpoint
 from fixtures.mllm import FAMILIES
 
 from llmga.hub import CLIP_VISION_REPO, REVISIONS, ModelNotFoundError
 from llmga.mllm.checkpoint import CheckpointError
 from llmga.mllm.loader import load_llmga
-
-
-def copy_checkpoint(source: Path, target: Path, **config_changes) -> Path:
-    """A copy of the checkpoint folder `source` at `target`, its config.json updated with `config_changes`."""
-    shutil.copytree(source, target)
-    config = json.loads((target / "config.json").read_text())
-    (target / "config.json").write_text(json.dumps(config | config_changes))
-    return target
 
 
 def clip_vision_with(tmp_path: Path, tower: Path, config: dict | str | None = None) -> Path:
