@@ -1,0 +1,371 @@
+"""Bad input through `/prompt` on a real ComfyUI server: hostile model names, damaged or wrong weight files and
+folders, images and masks that do not fit, odd text and settings. Each refusal is one line that starts with the
+node's name (no ANSI codes, no traceback), a weight file's pickled payload never runs, and the same server then runs
+a good graph of the same nodes.
+
+The good loaders sit (unconnected where unused) in every graph under fixed node ids, so ComfyUI keeps them cached:
+a good graph after a bad one runs only the node it checks (a tiny chat, restore or paste, or one CLIP encode).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli_bad_input import (
+    damaged,
+    first_shard,
+    linked_copy,
+    random_bytes,
+    write_payload_pickle,
+    write_payload_torch_file,
+)
+
+pytestmark = pytest.mark.host
+
+ASSISTANT, SD, DIFFRIR = "901", "902", "903"
+FRESH = itertools.count()  # makes each good graph's inputs new, so its nodes really run
+PREFIX = "bad-input-"  # every file this module adds to the server's folders
+RELEASED = "binxia/llmga-Qwen2-0.5B-full-finetune"  # the host_assistant fixture sits in models/LLM under this name
+
+
+def refused(comfy, graph: dict, node: str) -> str:
+    """Run `graph`, which must fail in `node`; returns its one-line message without the node prefix."""
+    error = comfy.expect_error(graph)
+    assert error["exception_type"] == "RuntimeError"
+    message = error["exception_message"].removesuffix("\n")  # ComfyUI ends every exception message with a newline
+    assert message.startswith(f"{node}: "), message
+    assert "\n" not in message and "\r" not in message and "\x1b" not in message
+    assert "Traceback" not in message
+    return message.removeprefix(f"{node}: ")
+
+
+def preview(link: list) -> dict:
+    return {"class_type": "PreviewAny", "inputs": {"source": link}}
+
+
+def preview_image(link: list) -> dict:
+    return {"class_type": "PreviewImage", "inputs": {"images": link}}
+
+
+def load_image(name: str) -> dict:
+    return {"class_type": "LoadImage", "inputs": {"image": f"{PREFIX}{name}.png"}}
+
+
+def solid_mask(width: int, height: int, value: float = 1.0) -> dict:
+    return {"class_type": "SolidMask", "inputs": {"value": value, "width": width, "height": height}}
+
+
+def chat(message: str, task: str = "chat", **inputs) -> dict:
+    return {"class_type": "LLMGAChat", "inputs": {
+        "assistant": [ASSISTANT, 0], "message": message, "task": task, "seed": next(FRESH), "temperature": 0.0,
+        "top_p": 1.0, "max_new_tokens": 2, "keep_loaded": True, **inputs}}
+
+
+def restore(**inputs) -> dict:
+    return {"class_type": "LLMGADiffRIRRestore", "inputs": {
+        "diffrir": [DIFFRIR, 0], "generated": ["11", 0], "reference": ["12", 0], "mask": ["13", 0], "seed": next(FRESH),
+        "tile_size": 0, "dilate": 0, "feather": 0, **inputs}}
+
+
+def paste_back(**inputs) -> dict:
+    return {"class_type": "LLMGAPasteBack", "inputs": {
+        "original": ["11", 0], "generated": ["12", 0], "mask": ["13", 0], "feathering": next(FRESH) % 4, **inputs}}
+
+
+def long_prompt(prompt: str, mode: str = "llmga") -> dict:
+    return {"class_type": "LLMGALongPromptEncode", "inputs": {
+        "clip": [SD, 1], "prompt": prompt, "negative_prompt": "", "mode": mode, "max_chunks": 0}}
+
+
+def inversion_edit(**inputs) -> dict:
+    return {"class_type": "LLMGAInversionEdit", "inputs": {
+        "model": [SD, 0], "clip": [SD, 1], "vae": [SD, 2], "image": ["11", 0], "source_prompt": "a cat",
+        "target_prompt": "a dog", "method": "direct_inversion_p2p", "steps": 2, "cfg": 7.5, "source_cfg": 3.5,
+        "skip": 25, "controller": "refine", "cross_replace": 0.4, "self_replace": 0.6, "blend_source_words": "",
+        "blend_target_words": "", "blend_threshold": 0.3, "prompt_mode": "llmga", "seed": 3, **inputs}}
+
+
+@dataclass
+class Server:
+    """The test server and the good loaders every graph carries."""
+
+    comfy: object
+    loaders: dict[str, dict]
+
+    def graph(self, nodes: dict) -> dict:
+        return {**self.loaders, **nodes}
+
+    def refuses(self, nodes: dict, node: str) -> str:
+        """The one-line message (without the node prefix) of `nodes`, which must fail in `node`; then a good graph
+        through the same node (or the node its loader feeds) must run."""
+        message = refused(self.comfy, self.graph(nodes), node)
+        self.still_serves(node)
+        return message
+
+    def run(self, nodes: dict) -> dict:
+        return self.comfy.run(self.graph(nodes))
+
+    def image(self, outputs: dict, node: str) -> np.ndarray:
+        (entry,) = outputs[node]["images"]
+        return np.asarray(Image.open(io.BytesIO(self.comfy.view(entry))))
+
+    def still_serves(self, node: str) -> None:
+        """Run a good graph with new inputs through `node`'s family: Chat for the assistant's nodes, Long Prompt Encode
+        for the SD nodes, Restore for DiffRIR's, Paste Back for the image nodes."""
+        number, family = next(FRESH), GOOD_GRAPH[node]
+        if family == "assistant":
+            outputs = self.run({"1": chat(f"a boat number {number}"), "2": preview(["1", 4])})
+            assert isinstance(outputs["2"]["text"][0], str)
+        elif family == "sd":
+            outputs = self.run({"1": long_prompt(f"a red fox number {number}"), "2": {
+                "class_type": "LLMGATestSaveConditioning", "inputs": {"conditioning": ["1", 0], "name": "bad-input"}}})
+            assert outputs["1"]["text"][0] == "llmga: 1 chunk, 77 positions"
+        else:
+            box = {"class_type": "LoadImageMask", "inputs": {"image": f"{PREFIX}box.png", "channel": "red"}}
+            outputs = self.run({"11": load_image("noise"), "12": load_image("other"), "13": box,
+                                "1": restore() if family == "diffrir" else paste_back(), "2": preview_image(["1", 0])})
+            assert self.image(outputs, "2").shape == (40, 72, 3)
+
+
+GOOD_GRAPH = {"LLMGA Load Assistant": "assistant", "LLMGA Chat": "assistant", "LLMGA Load SD1.5": "sd",
+              "LLMGA Long Prompt Encode": "sd", "LLMGA Inversion Edit": "sd", "LLMGA Load DiffRIR": "diffrir",
+              "LLMGA DiffRIR Restore": "diffrir", "LLMGA Paste Back": "image"}
+
+
+@pytest.fixture(scope="module")
+def server(comfy, host_assistant, sd15_models, host_diffrir) -> Server:
+    """The server, its input pictures (noise 72x40 twice, 64x40, 1x1, a box mask) and bad model files; the files are
+    removed afterwards, so other modules see the folders as they were."""
+    rng = np.random.default_rng(0)
+    for name, (width, height) in {"noise": (72, 40), "other": (72, 40), "narrower": (64, 40), "tiny": (1, 1)}.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+            comfy.input_dir / f"{PREFIX}{name}.png")
+    box = np.zeros((40, 72), dtype=np.uint8)
+    box[8:30, 20:60] = 255
+    Image.fromarray(box).save(comfy.input_dir / f"{PREFIX}box.png")
+    made = write_bad_models(comfy.models_dir, comfy.base_dir, host_assistant.path, sd15_models.checkpoint,
+                            host_diffrir)
+    loaders = {
+        ASSISTANT: {"class_type": "LLMGALoadAssistant", "inputs": {
+            "model": f"binxia/{host_assistant.path.name}", "dtype": "fp32", "device": "cpu", "quantization": "none",
+            "attention": "sdpa", "template": "auto", "allow_download": False}},
+        SD: {"class_type": "LLMGALoadSD15", "inputs": {"model": sd15_models.diffusers.name, "allow_download": False}},
+        DIFFRIR: {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": host_diffrir.name, "dtype": "fp32"}},
+    }
+    yield Server(comfy, loaders)
+    for path in made:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def write_bad_models(models: Path, base: Path, assistant: Path, sd_checkpoint: Path, diffrir: Path) -> list[Path]:
+    """Damaged, hostile and misplaced model files in the server's folders (names start with PREFIX), and a valid
+    DiffRIR file outside them (base/outside); returns everything written."""
+    shard, weights = first_shard(assistant), [path.name for path in assistant.glob("model*")]
+    shard_bytes = (assistant / shard).read_bytes()
+    llm, checkpoints, folders, networks = (models / kind for kind in ("LLM", "checkpoints", "diffusers", "diffrir"))
+    made = [linked_copy(assistant, llm / f"{PREFIX}{how}-shard", {shard: damaged(shard_bytes, how)})
+            for how in ("zero", "truncated", "random")]
+    made += [linked_copy(assistant, llm / f"{PREFIX}no-weights", dict.fromkeys(weights)),
+             linked_copy(assistant, llm / f"{PREFIX}bad-config", {"config.json": b"{not json"})]
+    for folder, files in {llm / f"{PREFIX}not-a-model": {"README.md": b"notes"},
+                          folders / f"{PREFIX}empty-index": {"model_index.json": b"{}"},
+                          folders / f"{PREFIX}not-json": {"model_index.json": b"not json"},
+                          base / "outside": {}}.items():
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        made.append(folder)
+    shutil.copy(diffrir, base / "outside" / "net_g.pth")
+    for path, data in {checkpoints / f"{PREFIX}zero.safetensors": b"",
+                       checkpoints / f"{PREFIX}random.safetensors": random_bytes(4096),
+                       networks / f"{PREFIX}zero.safetensors": b"",
+                       networks / f"{PREFIX}random.safetensors": random_bytes(4096),
+                       networks / f"{PREFIX}zero.pth": b"",
+                       networks / f"{PREFIX}truncated.pth": damaged(diffrir.read_bytes(), "truncated")}.items():
+        path.write_bytes(data)
+        made.append(path)
+    (networks / f"{PREFIX}sd15.safetensors").symlink_to(sd_checkpoint)
+    made += [networks / f"{PREFIX}sd15.safetensors",
+             write_payload_pickle(networks / f"{PREFIX}payload.pth", base / "payload-ran"),
+             write_payload_torch_file(networks / f"{PREFIX}payload-zip.pth", base / "payload-ran")]
+    return made
+
+
+def load_assistant(model: str, **settings) -> dict:
+    inputs = {"model": model, "dtype": "fp32", "device": "cpu", "quantization": "none", "attention": "sdpa",
+              "template": "auto", "allow_download": False}
+    return {"1": {"class_type": "LLMGALoadAssistant", "inputs": {**inputs, **settings}}, "2": preview(["1", 0])}
+
+
+def load_sd(model: str) -> dict:
+    return {"1": {"class_type": "LLMGALoadSD15", "inputs": {"model": model, "allow_download": False}},
+            "2": preview(["1", 2])}
+
+
+def load_diffrir(model: str, dtype: str = "fp32") -> dict:
+    return {"1": {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": model, "dtype": dtype}}, "2": preview(["1", 0])}
+
+
+# --- model names that leave the model folders ------------------------------------------------------------------
+
+NAMES = {
+    "assistant ../../x": (lambda: load_assistant("../../x"), "LLM"),
+    "assistant NUL": (lambda: load_assistant("binxia/llmga\x00x"), "LLM"),
+    "sd ../../x": (lambda: load_sd("../../x"), "diffusers"),
+    "sd NUL": (lambda: load_sd("tiny-sd15\x00x"), "diffusers"),
+    "diffrir ../../x": (lambda: load_diffrir("../../x"), "diffrir"),
+    "diffrir NUL": (lambda: load_diffrir("tiny\x00x.pth"), "diffrir"),
+    "diffrir ../../outside/net_g.pth": (lambda: load_diffrir("../../outside/net_g.pth"), "diffrir"),
+    "diffrir /etc/passwd": (lambda: load_diffrir("/etc/passwd"), "diffrir"),
+}
+LOADERS = {"LLM": "LLMGA Load Assistant", "diffusers": "LLMGA Load SD1.5", "diffrir": "LLMGA Load DiffRIR"}
+
+
+@pytest.mark.parametrize("case", NAMES)
+def test_a_name_outside_the_model_folders_is_refused_naming_them(server, case):
+    graph, folder = NAMES[case]
+    assert str(server.comfy.models_dir / folder) in server.refuses(graph(), LOADERS[folder])
+
+
+# --- damaged weight files, folders that are not models, the wrong model ------------------------------------------
+
+FILES = {
+    "sd zero-byte .safetensors": (load_sd, f"{PREFIX}zero.safetensors", ""),
+    "sd random .safetensors": (load_sd, f"{PREFIX}random.safetensors", ""),
+    "diffrir zero-byte .safetensors": (load_diffrir, f"{PREFIX}zero.safetensors", ""),
+    "diffrir random .safetensors": (load_diffrir, f"{PREFIX}random.safetensors", ""),
+    "diffrir zero-byte .pth": (load_diffrir, f"{PREFIX}zero.pth", ""),
+    "diffrir truncated .pth": (load_diffrir, f"{PREFIX}truncated.pth", ""),
+    "diffrir an SD1.5 checkpoint": (load_diffrir, f"{PREFIX}sd15.safetensors", "is not a DiffRIR S2 state dict"),
+    "assistant zero-byte shard": (load_assistant, f"{PREFIX}zero-shard", "model-00001-of-00002.safetensors"),
+    "assistant truncated shard": (load_assistant, f"{PREFIX}truncated-shard", "model-00001-of-00002.safetensors"),
+    "assistant random shard": (load_assistant, f"{PREFIX}random-shard", "model-00001-of-00002.safetensors"),
+    "assistant without weights": (load_assistant, f"{PREFIX}no-weights", "has no weights"),
+    "assistant broken config.json": (load_assistant, f"{PREFIX}bad-config", "config.json is not valid JSON"),
+    "assistant folder that is no model": (load_assistant, f"{PREFIX}not-a-model", "config.json"),
+    "sd folder with an empty model_index.json": (load_sd, f"{PREFIX}empty-index", "has no unet/ folder"),
+    "sd folder whose model_index.json is no JSON": (load_sd, f"{PREFIX}not-json", "is not readable JSON"),
+}
+NODES = {load_assistant: "LLMGA Load Assistant", load_sd: "LLMGA Load SD1.5", load_diffrir: "LLMGA Load DiffRIR"}
+
+
+@pytest.mark.parametrize("case", FILES)
+def test_a_damaged_file_or_a_folder_that_is_no_model_is_refused_naming_it(server, case):
+    graph, name, expected = FILES[case]
+    message = server.refuses(graph(name), NODES[graph])
+    assert name in message and expected in message
+
+
+@pytest.mark.parametrize("name", [f"{PREFIX}payload.pth", f"{PREFIX}payload-zip.pth"])
+def test_a_pickled_payload_never_runs(server, name):
+    message = server.refuses(load_diffrir(name), "LLMGA Load DiffRIR")
+    assert name in message
+    assert not (server.comfy.base_dir / "payload-ran").exists()
+
+
+# --- images and masks -------------------------------------------------------------------------------------------
+
+SIZES = {
+    "paste back: mask 32x32 on 72x40": (
+        {"11": load_image("noise"), "12": load_image("other"), "13": solid_mask(32, 32), "1": paste_back(),
+         "2": preview(["1", 0])}, "LLMGA Paste Back", "the mask is 32x32 but the original image is 72x40"),
+    "paste back: 1x1 generated on 72x40": (
+        {"11": load_image("noise"), "12": load_image("tiny"), "13": solid_mask(72, 40), "1": paste_back(),
+         "2": preview(["1", 0])}, "LLMGA Paste Back", "the generated image is 1x1 but the original is 72x40"),
+    "restore: reference 64x40 for 72x40": (
+        {"11": load_image("noise"), "12": load_image("narrower"), "13": solid_mask(72, 40), "1": restore(),
+         "2": preview(["1", 0])}, "LLMGA DiffRIR Restore", "the reference is 64x40 but the generated image is 72x40"),
+    "chat: mask 32x32 on 72x40": (
+        {"11": load_image("noise"), "13": solid_mask(32, 32), "1": chat("", "inpaint", image=["11", 0],
+                                                                         mask=["13", 0]), "2": preview(["1", 0])},
+        "LLMGA Chat", "the mask is 32x32 but the image is 72x40"),
+}
+
+
+@pytest.mark.parametrize("case", SIZES)
+def test_sizes_that_do_not_match_are_refused(server, case):
+    nodes, node, expected = SIZES[case]
+    assert expected in server.refuses(nodes, node)
+
+
+# --- text and settings ------------------------------------------------------------------------------------------
+
+SETTINGS = {
+    "chat: empty message": (
+        {"1": chat("   ", "text_to_image"), "2": preview(["1", 0])}, "LLMGA Chat", "got empty text"),
+    "chat: 10,000 words": (
+        {"1": chat("word " * 10_000), "2": preview(["1", 0])}, "LLMGA Chat", "but the model reads at most 2048"),
+    "chat: unknown task": ({"1": chat("hi", "bogus"), "2": preview(["1", 0])}, "LLMGA Chat", "Unknown task 'bogus'"),
+    "edit: empty source prompt": (
+        {"11": load_image("noise"), "1": inversion_edit(source_prompt=""), "2": preview(["1", 0])},
+        "LLMGA Inversion Edit", "the source prompt is empty"),
+    "edit: blend word missing from the prompt": (
+        {"11": load_image("noise"), "1": inversion_edit(blend_source_words="zebra", blend_target_words="dog"),
+         "2": preview(["1", 0])}, "LLMGA Inversion Edit", "'zebra' is not in the source prompt"),
+    "long prompt: unknown mode": (
+        {"1": long_prompt("a fox", "bogus"), "2": preview(["1", 0])}, "LLMGA Long Prompt Encode",
+        "unknown long-prompt mode 'bogus'"),
+    "restore: tile 48": (
+        {"11": load_image("noise"), "12": load_image("other"), "13": solid_mask(72, 40), "1": restore(tile_size=48),
+         "2": preview(["1", 0])}, "LLMGA DiffRIR Restore", "tile is 48 px; use a multiple of 32"),
+    "diffrir: dtype fp8": (load_diffrir("tiny-diffrir-x1.pth", "fp8"), "LLMGA Load DiffRIR",
+                           "dtype 'fp8' is not one of auto, bf16, fp16, fp32"),
+    "assistant: dtype fp8": (load_assistant(RELEASED, dtype="fp8"), "LLMGA Load Assistant",
+                             "dtype 'fp8' is not one of auto, bf16, fp16, fp32"),
+    "assistant: device tpu": (load_assistant(RELEASED, device="tpu"), "LLMGA Load Assistant",
+                              "device 'tpu' is not one of auto, cuda, cpu, mps"),
+    "assistant: unknown template": (load_assistant(RELEASED, template="bogus"),
+                                    "LLMGA Load Assistant", "Unknown chat template 'bogus'"),
+}
+
+
+@pytest.mark.parametrize("case", SETTINGS)
+def test_bad_text_or_settings_are_refused(server, case):
+    nodes, node, expected = SETTINGS[case]
+    assert expected in server.refuses(nodes, node)
+
+
+# --- odd but valid input ----------------------------------------------------------------------------------------
+
+RTL_NUL = "مرحبا بالعالم \u202e abc \x00 日本語 🦊"
+
+
+def test_a_one_pixel_image_is_described_edited_and_padded(server):
+    outputs = server.run({
+        "11": load_image("tiny"), "1": chat("", "describe", image=["11", 0]), "2": preview(["1", 4]),
+        "3": inversion_edit(), "4": preview_image(["3", 0]),
+        "5": {"class_type": "LLMGAOutpaintCanvas", "inputs": {"image": ["11", 0], "left": 0, "top": 0, "right": 8,
+                                                              "bottom": 0, "feathering": 0}},
+        "6": preview_image(["5", 0]),
+    })
+    assert isinstance(outputs["2"]["text"][0], str)
+    assert server.image(outputs, "4").shape == (1, 1, 3)
+    assert server.image(outputs, "6").shape == (8, 16, 3)  # 1 + 8 -> 16 wide, 1 -> 8 high
+
+
+@pytest.mark.parametrize(("prompt", "report"), [
+    ("", "llmga: 1 chunk, 77 positions"),
+    (RTL_NUL, "llmga: 1 chunk, 77 positions"),
+    ("word " * 10_000, "llmga: 4 chunks, 302 positions\npositive prompt: dropped 9700 tokens past the 300-token limit"),
+], ids=["empty", "right-to-left and NUL", "10,000 words"])
+def test_long_prompt_encode_takes_any_text(server, prompt, report):
+    outputs = server.run({"1": long_prompt(prompt), "2": {"class_type": "LLMGATestSaveConditioning", "inputs": {
+        "conditioning": ["1", 0], "name": "bad-input-text"}}})
+    assert outputs["1"]["text"][0] == report
+
+
+def test_right_to_left_and_nul_text_reaches_chat_and_edit(server):
+    outputs = server.run({
+        "1": chat(RTL_NUL), "2": preview(["1", 4]),
+        "11": load_image("noise"), "3": inversion_edit(target_prompt=RTL_NUL),
+        "4": preview_image(["3", 0]),
+    })
+    assert isinstance(outputs["2"]["text"][0], str)
+    assert server.image(outputs, "4").shape == (40, 72, 3)
