@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.edited import copy_checkpoint
+from fixtures.mllm import build_llmga_checkpoint
 
 pytestmark = pytest.mark.host
 
@@ -104,3 +105,38 @@ def test_a_checkpoint_that_cannot_be_trusted_fails_with_one_line(comfy, host_ass
         shutil.rmtree(folder)
     assert message.startswith("LLMGA Load Assistant: " + says.format(folder=folder))
     assert "\n" not in message.rstrip("\n") and "\x1b[" not in message  # ComfyUI ends every message with a newline
+
+
+def test_vision_tower_problems_fail_with_one_line(comfy, host_assistant, tmp_path):
+    """No tower in clip_vision and the hub offline (the server runs with HF_HUB_OFFLINE=1), then a clip_vision folder
+    whose config.json is not a CLIP vision config. The shared tower is moved away meanwhile and put back."""
+    import huggingface_hub
+
+    if (Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--openai--clip-vit-large-patch14-336").exists():
+        pytest.skip("CLIP ViT-L/14-336 is in this machine's Hugging Face cache: the offline hub would find it")
+    clip_vision = comfy.models_dir / "clip_vision"
+    no_vision = build_llmga_checkpoint(tmp_path / "built", "qwen2", host_assistant.vision_tower,
+                                       vision_weights_in_checkpoint=False).path
+    # Names no other test loads: ComfyUI would answer a loader it ran before with the same inputs from its cache.
+    folders = [comfy.models_dir / "LLM" / "llmga-no-vision", comfy.models_dir / "LLM" / "llmga-tower-check",
+               clip_vision / "clip-vit-large-patch14-336"]
+    shutil.move(clip_vision / "openai", tmp_path / "openai")
+    try:
+        copy_checkpoint(no_vision, folders[0], mm_vision_tower="openai/clip-vit-large-patch14-336")
+        graph = preview(assistant_loader(folders[0].name))
+        graph["1"]["inputs"]["allow_download"] = True
+        offline = comfy.expect_error(graph)["exception_message"]
+        copy_checkpoint(host_assistant.path, folders[1])
+        shutil.copytree(tmp_path / "openai" / "clip-vit-large-patch14-336", folders[2])
+        (folders[2] / "config.json").write_text('{"model_type": "llama", "hidden_size": 32}')
+        broken = comfy.expect_error(preview(assistant_loader(folders[1].name)))
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.move(tmp_path / "openai", clip_vision / "openai")
+    assert offline.startswith("LLMGA Load Assistant: openai/clip-vit-large-patch14-336 cannot be downloaded: the "
+                              "Hugging Face hub is not reachable (offline, or HF_HUB_OFFLINE is set)")
+    assert broken["exception_message"].startswith(
+        f"LLMGA Load Assistant: {folders[2] / 'config.json'} is not a CLIP vision config (model_type 'llama'")
+    for message in (offline, broken["exception_message"]):
+        assert "\n" not in message.rstrip("\n") and "\x1b[" not in message
