@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-from comfy_api.latest import io
+import logging
 
-from ..llmga.sd.canvas import outpaint_canvas, paste_back
+import torch
+from comfy_api.latest import io, ui
+
+from ..llmga.sd.canvas import outpaint_canvas, paste_back, paste_back_notes
 from .errors import reported_as
 from .schema import pack_schema
 
+logger = logging.getLogger("comfyui-llmga")
 MAX_PIXELS = 4096
 
 
@@ -55,7 +58,8 @@ class OutpaintCanvas(io.ComfyNode):
 
 class PasteBack(io.ComfyNode):
     """Composite an inpainted or outpainted result onto the original: pixels outside the mask stay exactly the
-    original's (undoing the VAE's small changes there), pixels inside come from the generated image."""
+    original's (undoing the VAE's small changes there), pixels inside come from the generated image. The node text
+    warns when the mask is all 0 or all 1 (the paste then changes nothing, or keeps nothing of the original)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -78,4 +82,8 @@ class PasteBack(io.ComfyNode):
                 feathering: int) -> io.NodeOutput:
         with reported_as("LLMGA Paste Back"):
             image = paste_back(original, generated, mask, feathering=feathering)
-        return io.NodeOutput(image)
+            notes = paste_back_notes(mask)
+        for note in notes:
+            logger.warning("LLMGA Paste Back: %s", note)
+        summary = f"pasted {image.shape[0]} image{'s' * (image.shape[0] != 1)}"
+        return io.NodeOutput(image, ui=ui.PreviewText("\n".join([summary, *notes])))

@@ -6,23 +6,25 @@ the network to ComfyUI's model management (so it is offloaded when SD needs the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..llmga.devices import device_and_dtype
 from ..llmga.hub import DIFFRIR_DOWNLOAD, DIFFRIR_FILE
 from ..llmga.restore.checkpoint import load_diffrir
-from ..llmga.restore.inference import restore_image
+from ..llmga.restore.inference import mask_notes, restore_image
 from .errors import reported_as
 from .managed_model import ManagedModel
 from .model_folders import model_folders
 from .schema import pack_schema
 
+logger = logging.getLogger("comfyui-llmga")
 DiffRIRType = io.Custom("LLMGA_DIFFRIR")
 WEIGHT_SUFFIXES = (".pth", ".safetensors")
 
@@ -62,7 +64,8 @@ class LoadDiffRIR(io.ComfyNode):
 
 class DiffRIRRestore(io.ComfyNode):
     """Restore the generated region of an inpainted/outpainted image so its texture, brightness and contrast match
-    the kept pixels of the original (the reference). Pixels outside the mask stay exactly the reference's."""
+    the kept pixels of the original (the reference). Pixels outside the mask stay exactly the reference's. The node
+    text says how many network passes ran, and warns when the mask marks no pixel or every pixel."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -88,13 +91,20 @@ class DiffRIRRestore(io.ComfyNode):
     def execute(cls, diffrir: ManagedModel[torch.nn.Module], generated: torch.Tensor, reference: torch.Tensor,
                 mask: torch.Tensor, seed: int, tile_size: int, dilate: int, feather: int) -> io.NodeOutput:
         progress = comfy.utils.ProgressBar(1)
+        passes = [0]
 
         def on_tile(done: int, total: int) -> None:
-            mm.throw_exception_if_processing_interrupted()
+            passes[0] = total
             progress.update_absolute(done, total)
 
-        diffrir.load()
         with reported_as("LLMGA DiffRIR Restore"):
+            diffrir.load()
+            # Polled between short steps of the prior and of every tile, so Cancel stops the run within a second.
             restored = restore_image(diffrir.model, generated, reference, mask, seed=seed, tile=tile_size or None,
-                                     dilate=dilate, feather=feather, on_tile=on_tile)
-        return io.NodeOutput(restored.to(generated.dtype).cpu())
+                                     dilate=dilate, feather=feather, on_tile=on_tile,
+                                     check=mm.throw_exception_if_processing_interrupted)
+            notes = mask_notes(mask)
+        for note in notes:
+            logger.warning("LLMGA DiffRIR Restore: %s", note)
+        summary = f"{passes[0]} network pass{'es' * (passes[0] != 1)}"
+        return io.NodeOutput(restored.to(generated.dtype).cpu(), ui=ui.PreviewText("\n".join([summary, *notes])))

@@ -137,3 +137,31 @@ def test_paste_back_reports_a_size_mismatch(comfy):
     assert error["exception_type"] == "RuntimeError"  # as every pack node reports a library error
     assert error["exception_message"].startswith("LLMGA Paste Back: ")
     assert "the generated image is 64x64 but the original is 40x24" in error["exception_message"]
+
+
+@pytest.mark.parametrize(("value", "note"), [
+    (0.0, "the mask is all 0: the output is the original, the generated image is not used"),
+    (1.0, "the mask is all 1: the output is the generated image, nothing of the original is kept"),
+    (0.5, None),
+])
+def test_paste_back_says_when_its_mask_changes_nothing_or_keeps_nothing(comfy, value, note):
+    """The node text (and the server log) says what an all-0 or all-1 mask does; a partial mask gets the summary
+    alone."""
+    original = exact_picture(40, 24, seed=3)
+    Image.fromarray(original).save(comfy.input_dir / "llmga_paste_notes.png")
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "llmga_paste_notes.png"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": 40, "height": 24, "batch_size": 1, "color": 0}},
+        "3": {"class_type": "SolidMask", "inputs": {"value": value, "width": 40, "height": 24}},
+        "4": paste_node(["1", 0], ["2", 0], ["3", 0], feathering=2),
+        "5": save_node(["4", 0], "llmga_paste_notes"),
+    }
+    outputs = comfy.run(graph)
+    assert outputs["4"]["text"][0].splitlines() == ["pasted 1 image", *([note] if note else [])]
+    pasted = saved(comfy, outputs, "5")
+    if value == 0.0:
+        assert np.array_equal(pasted, original)
+    if value == 1.0:
+        assert (pasted == 0).all()
+    if note:
+        assert f"LLMGA Paste Back: {note}" in comfy.log()

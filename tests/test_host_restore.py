@@ -1,4 +1,5 @@
-"""Host tests of the DiffRIR nodes in a real ComfyUI with the tiny DiffRIR fixture."""
+"""Host tests of the DiffRIR nodes in a real ComfyUI with the tiny DiffRIR fixture (its prior network, the CPEN, has
+the released width, so the prior of a large picture takes seconds on a CPU, as the released one does)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,49 @@ def test_cancel_stops_a_large_tiled_restore(comfy, host_diffrir, pictures):
     graph["6"]["inputs"].update(reference=["8", 0], generated=["9", 0])
     graph["5"]["inputs"]["image"] = ["10", 0]
     assert "execution_interrupted" in comfy.cancel(comfy.queue(graph), after=1.0, what="the restore")
+
+
+def test_cancel_during_the_prior_stops_within_a_second(comfy, host_diffrir):
+    """2048² is the smallest picture whose prior (the CPEN over the whole picture) takes several seconds on the build
+    machine's CPU (2-4 s; it starts 0.5-1 s into the node, after the padded input is gathered, and the node starts
+    ~0.5 s into the run, after its inputs are made); Cancel 2.5 s into the run lands in the prior, before the first
+    tile, and must stop it within 1 s (it took 11.9 s on 4096² when the prior ran in one piece)."""
+    side = 2048
+    graph = restore_graph(host_diffrir.name)
+    graph["2"] = {"class_type": "EmptyImage", "inputs": {"width": side, "height": side, "batch_size": 1,
+                                                         "color": 0x4080C0}}
+    graph["3"] = {"class_type": "EmptyImage", "inputs": {"width": side, "height": side, "batch_size": 1,
+                                                         "color": 0xC08040}}
+    graph["5"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": side, "height": side}}
+    del graph["4"]
+    kinds = comfy.cancel(comfy.queue(graph), after=2.5, what="the restore (in its prior)", within=1)
+    assert "execution_interrupted" in kinds
+
+
+def test_an_unknown_dtype_is_an_error_that_names_the_choices(comfy, host_diffrir, pictures):
+    message = comfy.expect_error(restore_graph(host_diffrir.name, dtype="fp64"))["exception_message"].strip()
+    assert message == "LLMGA Load DiffRIR: dtype 'fp64' is not one of auto, bf16, fp16, fp32"
+
+
+@pytest.mark.parametrize(("value", "note"), [
+    (0.0, "the mask marks no pixel to restore: the output is the reference unchanged (paint the generated region "
+          "white)"),
+    (1.0, "the mask covers the whole picture: no pixel of the reference is kept, so DiffRIR has nothing to match the "
+          "generated picture to (mask only the generated region)"),
+])
+def test_an_empty_or_full_mask_is_said_on_the_node(comfy, host_diffrir, pictures, value, note):
+    reference = pictures[0]
+    graph = restore_graph(host_diffrir.name)
+    graph["5"] = {"class_type": "SolidMask", "inputs": {"value": value, "width": 72, "height": 40}}
+    outputs = comfy.run(graph)
+    passes = 0 if value == 0.0 else 1
+    assert outputs["6"]["text"][0].splitlines() == [f"{passes} network pass{'es' * (passes != 1)}", note]
+    assert f"LLMGA DiffRIR Restore: {note}" in comfy.log()
+    if value == 0.0:
+        assert np.array_equal(saved(comfy, outputs, "7"), reference)
+
+
+def test_a_partial_mask_gets_the_summary_alone(comfy, host_diffrir, pictures):
+    outputs = comfy.run(restore_graph(host_diffrir.name, tile_size=32))
+    assert outputs["6"]["text"][0].splitlines() == [f"{outputs['6']['text'][0].split()[0]} network passes"]
+    assert int(outputs["6"]["text"][0].split()[0]) > 1
