@@ -9,6 +9,7 @@ folder). Each bad file takes the place of one good file in an otherwise good set
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -331,3 +332,32 @@ def test_a_folder_that_is_not_a_model_is_refused_in_one_line(reader: str, given:
         FOLDER_READERS[reader](path)
     message = str(caught.value)
     assert "\n" not in message and str(path) in message and expected in message, message
+
+
+# --- no reader can run code from a file ------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCE_FOLDERS = ("llmga", "nodes", "training", "bench", "scripts", "tests")
+
+
+def unsafe_loads(file: Path) -> list[str]:
+    """Calls in `file` that could run code from a file: torch.load without weights_only=True, and (outside tests)
+    pickle.load / pickle.loads."""
+    found = []
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)):
+            continue
+        call = f"{node.func.value.id}.{node.func.attr}"
+        safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                   for k in node.keywords)
+        unpickles = call in ("pickle.load", "pickle.loads") and "tests" not in file.relative_to(REPO).parts
+        if (call == "torch.load" and not safe) or unpickles:
+            found.append(f"{file.relative_to(REPO)}:{node.lineno} {call}")
+    return found
+
+
+def test_every_torch_load_is_weights_only():
+    files = [file for folder in SOURCE_FOLDERS for file in (REPO / folder).rglob("*.py")]
+    assert len(files) > 100
+    assert [call for file in files for call in unsafe_loads(file)] == []
