@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures.edited import copy_checkpoint
 from PIL import Image
 
 from llmga.cli import main
@@ -150,16 +151,22 @@ def inputs(tmp_path_factory, host_assistant, sd15_models, host_diffrir) -> Input
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"{name}.png")
     _gray(folder / "box.png", 40, 32, box=True)
     _gray(folder / "zeros.png", 40, 32)
+    _gray(folder / "ones.png", 40, 32, value=255)
     _gray(folder / "narrow_mask.png", 20, 32, value=255)
     png_claiming(folder / "bomb.png", 200_000, 200_000)
     picture, shard = (folder / "picture.png").read_bytes(), first_shard(host_assistant.path)
+    shard_bytes = (host_assistant.path / shard).read_bytes()
     for how in ("zero", "truncated", "random"):
         (folder / f"{how}_image.png").write_bytes(damaged(picture, how))
-        linked_copy(host_assistant.path, folder / f"{how}_shard",
-                    {shard: damaged((host_assistant.path / shard).read_bytes(), how)})
+        linked_copy(host_assistant.path, folder / f"{how}_shard", {shard: damaged(shard_bytes, how)})
     weights = [path.name for path in host_assistant.path.glob("*.safetensors*")]
     linked_copy(host_assistant.path, folder / "no_weights", dict.fromkeys(weights))
     linked_copy(host_assistant.path, folder / "bad_config", {"config.json": b"{not json"})
+    copy_checkpoint(host_assistant.path, folder / "hub_tower", mm_vision_tower="evil-user/evil-repo")
+    copy_checkpoint(host_assistant.path, folder / "etc_tower", mm_vision_tower="/etc")
+    for name, writer in (("pickle_bin", write_payload_pickle), ("torch_bin", write_payload_torch_file)):
+        writer(linked_copy(host_assistant.path, folder / name, dict.fromkeys(weights)) / "pytorch_model.bin",
+               folder / "payload-ran")
     (folder / "not_a_model").mkdir()
     (folder / "not_a_model" / "README.md").write_text("notes, not a model")
     (folder / "zero.pth").write_bytes(b"")
@@ -301,13 +308,24 @@ MODELS = {
     "chat mllm an SD folder": (lambda i: chat(i, "hi", mllm=i.sd), "has no config.json: it is not a model folder"),
     "generate sd a folder that is no model": (lambda i: generate(i, "a fox", sd=i.not_a_model),
                                               "lacks model_index.json"),
-    "chat zero-byte shard": (lambda i: chat(i, "hi", mllm=i.zero_shard), "zero_shard/model-00001-of-00002"),
-    "chat truncated shard": (lambda i: chat(i, "hi", mllm=i.truncated_shard), "truncated_shard/model-00001-of-00002"),
-    "chat random shard": (lambda i: chat(i, "hi", mllm=i.random_shard), "random_shard/model-00001-of-00002"),
+    "chat zero-byte shard": (lambda i: chat(i, "hi", mllm=i.zero_shard),
+                             "zero_shard/model-00001-of-00002.safetensors is empty (0 bytes)"),
+    "chat truncated shard": (lambda i: chat(i, "hi", mllm=i.truncated_shard),
+                             "truncated_shard/model-00001-of-00002.safetensors is truncated or not a safetensors file"),
+    "chat random shard": (lambda i: chat(i, "hi", mllm=i.random_shard),
+                          "random_shard/model-00001-of-00002.safetensors is truncated or not a safetensors file"),
+    "chat vision tower from a hub repo": (lambda i: chat(i, "hi", mllm=i.hub_tower), "config.json names the vision "
+                                          "tower 'evil-user/evil-repo' (mm_vision_tower), but LLMGA checkpoints use "
+                                          "openai/clip-vit-large-patch14-336 only"),
+    "chat vision tower /etc": (lambda i: chat(i, "hi", mllm=i.etc_tower), "config.json names the vision tower '/etc' "
+                               "(mm_vision_tower), but LLMGA checkpoints use openai/clip-vit-large-patch14-336 only"),
+    "chat plain pickle pytorch_model.bin": (lambda i: chat(i, "hi", mllm=i.pickle_bin),
+                                            "pytorch_model.bin is not a readable weight file"),
     "chat no weights": (lambda i: chat(i, "hi", mllm=i.no_weights), "has no weights"),
     "chat broken config.json": (lambda i: chat(i, "hi", mllm=i.bad_config), "config.json is not valid JSON"),
-    "restore zero-byte .pth": (lambda i: restore(i, model=i.folder / "zero.pth"), "zero.pth"),
-    "restore random .safetensors": (lambda i: restore(i, model=i.folder / "random.safetensors"), "random.safetensors"),
+    "restore zero-byte .pth": (lambda i: restore(i, model=i.folder / "zero.pth"), "zero.pth is empty (0 bytes)"),
+    "restore random .safetensors": (lambda i: restore(i, model=i.folder / "random.safetensors"),
+                                    "random.safetensors is truncated or not a safetensors file"),
     "restore an SD checkpoint": (lambda i: restore(i, model=i.sd_checkpoint), "is not a DiffRIR S2 state dict"),
     "edit sd the 9-channel model": (lambda i: edit(i, sd=i.sd_inpainting),
                                     "is an inpainting model (9 input channels)"),
@@ -320,18 +338,67 @@ def test_a_bad_model_name_folder_or_file_is_refused(capsys, inputs, case):
     assert expected in refusal(run_cli(capsys, *argv(inputs)))
 
 
-@pytest.mark.parametrize("writer", [write_payload_pickle, write_payload_torch_file])
-def test_a_weight_file_payload_never_runs(capsys, inputs, tmp_path, writer):
+@pytest.mark.parametrize(("writer", "expected"), [
+    (write_payload_pickle, "is not a readable weight file"),
+    (write_payload_torch_file, "holds Python objects besides tensors (io.open), and loading it would run code from "
+                               "the file, so it is refused"),
+], ids=["plain pickle", "torch file"])
+def test_a_diffrir_file_payload_never_runs(capsys, inputs, tmp_path, writer, expected):
     target = tmp_path / "payload-ran"
     weights = writer(tmp_path / "net_g.pth", target)
     message = refusal(run_cli(capsys, *restore(inputs, model=weights)))
-    assert str(weights) in message
+    assert message.startswith(f"{weights} {expected}")
     assert not target.exists()
+
+
+def test_an_assistant_file_payload_never_runs(capsys, inputs):
+    message = refusal(run_cli(capsys, *chat(inputs, "hi", mllm=inputs.torch_bin)))
+    weights = inputs.torch_bin / "pytorch_model.bin"
+    assert message.startswith(f"{weights} holds Python objects besides tensors (io.open)")
+    assert not (inputs.folder / "payload-ran").exists()
+
+
+def test_weights_of_another_family_than_config_json_says_are_refused(capsys, inputs, tmp_path):
+    folder = copy_checkpoint(inputs.assistant, tmp_path / "llama-config", model_type="llava_llama",
+                             architectures=["LlavaLlamaForCausalLM"])
+    message = refusal(run_cli(capsys, *chat(inputs, "hi", mllm=folder)), alone=False)
+    assert message.startswith(f"{folder} holds the weights of another model: they hold 6 tensors a llama model does "
+                              "not have (self_attn.k_proj.bias, self_attn.q_proj.bias, self_attn.v_proj.bias); "
+                              "config.json says llava_llama, but the files look like a qwen2 checkpoint")
 
 
 # --- output -----------------------------------------------------------------------------------------------------
 
-def test_an_output_that_is_no_png_is_refused(capsys, inputs):
-    run = run_cli(capsys, *restore(inputs, out=inputs.folder / "out.jpg"))
-    assert "is neither a folder nor a .png file" in refusal(run)
-    assert not (inputs.folder / "out.jpg").exists()
+OUTPUTS = {
+    "a .jpg file": ("out.jpg", "--out {out} is neither a folder nor a .png file"),
+    "a .png under a file": ("picture.png/out.png", "--out {out} cannot be written: {folder}/picture.png is a file, not "
+                            "a folder; choose another --out"),
+    "a folder under a file": ("picture.png/out", "--out {out} cannot be written: {folder}/picture.png is a file, not a "
+                              "folder; choose another --out"),
+    "a file where a folder is meant": ("box_copy", "--out {out} is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUTS)
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_read(capsys, inputs, case):
+    """The model named does not exist and the picture is a bomb: the --out error comes first."""
+    name, expected = OUTPUTS[case]
+    (inputs.folder / "box_copy").write_bytes(b"")
+    out = inputs.folder / name
+    run = run_cli(capsys, *restore(inputs, model=inputs.folder / "missing.pth", image=inputs.bomb, out=out))
+    assert refusal(run).startswith(expected.format(out=out, folder=inputs.folder))
+    assert not out.exists() or out.stat().st_size == 0
+
+
+def test_a_mask_covering_the_whole_picture_is_noted(capsys, inputs, tmp_path):
+    run = run_cli(capsys, *restore(inputs, mask=inputs.ones, out=tmp_path / "restored.png"))
+    assert run.code == 0, run.err
+    assert run.err.strip() == ("note: the mask covers the whole picture: no pixel of the reference is kept, so DiffRIR "
+                               "has nothing to match the generated picture to (mask only the generated region)")
+    assert (tmp_path / "restored.png").is_file()
+    # inpaint says so while reading its inputs, before the model loads (here: a model that does not exist)
+    run = run_cli(capsys, "inpaint", "--sd", inputs.folder / "missing", "--image", inputs.picture, "--mask",
+                  inputs.ones, "--out", tmp_path, "a cat")
+    assert run.err.startswith("note: the mask covers the whole picture, so none of it is kept: inpainting paints a "
+                              "new picture of its size (as generate does)\n")
+    assert refusal(run, alone=False).startswith(f"model '{inputs.folder / 'missing'}' is neither a folder")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.edited import copy_checkpoint
 from PIL import Image
 from test_cli_bad_input import (
     damaged,
@@ -94,10 +95,14 @@ def inversion_edit(**inputs) -> dict:
 
 @dataclass
 class Server:
-    """The test server and the good loaders every graph carries."""
+    """The test server, the good loaders every graph carries, and the fixture models."""
 
     comfy: object
     loaders: dict[str, dict]
+    assistant: Path  # the checkpoint folder in models/LLM
+    sd: Path  # the diffusers folder in models/diffusers
+    sd_checkpoint: Path  # the single file in models/checkpoints
+    diffrir: Path  # the weight file in models/diffrir
 
     def graph(self, nodes: dict) -> dict:
         return {**self.loaders, **nodes}
@@ -159,7 +164,7 @@ def server(comfy, host_assistant, sd15_models, host_diffrir) -> Server:
         SD: {"class_type": "LLMGALoadSD15", "inputs": {"model": sd15_models.diffusers.name, "allow_download": False}},
         DIFFRIR: {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": host_diffrir.name, "dtype": "fp32"}},
     }
-    yield Server(comfy, loaders)
+    yield Server(comfy, loaders, host_assistant.path, sd15_models.diffusers, sd15_models.checkpoint, host_diffrir)
     for path in made:
         shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
@@ -173,15 +178,27 @@ def write_bad_models(models: Path, base: Path, assistant: Path, sd_checkpoint: P
     made = [linked_copy(assistant, llm / f"{PREFIX}{how}-shard", {shard: damaged(shard_bytes, how)})
             for how in ("zero", "truncated", "random")]
     made += [linked_copy(assistant, llm / f"{PREFIX}no-weights", dict.fromkeys(weights)),
-             linked_copy(assistant, llm / f"{PREFIX}bad-config", {"config.json": b"{not json"})]
+             linked_copy(assistant, llm / f"{PREFIX}bad-config", {"config.json": b"{not json"}),
+             copy_checkpoint(assistant, llm / f"{PREFIX}llama-config", model_type="llava_llama",
+                             architectures=["LlavaLlamaForCausalLM"]),
+             copy_checkpoint(assistant, llm / f"{PREFIX}hub-tower", mm_vision_tower="evil-user/evil-repo"),
+             copy_checkpoint(assistant, llm / f"{PREFIX}etc-tower", mm_vision_tower="/etc"),
+             # named like the released tower but outside the clip_vision folders, with a config that does not load
+             copy_checkpoint(assistant, llm / f"{PREFIX}outside-tower",
+                             mm_vision_tower=str(base / "outside" / "clip-vit-large-patch14-336"))]
+    payload = base / "payload-ran"
+    made.append(write_payload_torch_file(checkpoints / f"{PREFIX}payload.ckpt", payload))
+    made.append(linked_copy(assistant, llm / f"{PREFIX}payload-bin", dict.fromkeys(weights)))
+    write_payload_torch_file(made[-1] / "pytorch_model.bin", payload)
     for folder, files in {llm / f"{PREFIX}not-a-model": {"README.md": b"notes"},
                           folders / f"{PREFIX}empty-index": {"model_index.json": b"{}"},
                           folders / f"{PREFIX}not-json": {"model_index.json": b"not json"},
-                          base / "outside": {}}.items():
-        folder.mkdir()
+                          base / "outside" / "clip-vit-large-patch14-336": {"config.json": b"{not json"}}.items():
+        folder.mkdir(parents=True)
         for name, data in files.items():
             (folder / name).write_bytes(data)
         made.append(folder)
+    made.append(base / "outside")
     shutil.copy(diffrir, base / "outside" / "net_g.pth")
     for path, data in {checkpoints / f"{PREFIX}zero.safetensors": b"",
                        checkpoints / f"{PREFIX}random.safetensors": random_bytes(4096),
@@ -193,8 +210,8 @@ def write_bad_models(models: Path, base: Path, assistant: Path, sd_checkpoint: P
         made.append(path)
     (networks / f"{PREFIX}sd15.safetensors").symlink_to(sd_checkpoint)
     made += [networks / f"{PREFIX}sd15.safetensors",
-             write_payload_pickle(networks / f"{PREFIX}payload.pth", base / "payload-ran"),
-             write_payload_torch_file(networks / f"{PREFIX}payload-zip.pth", base / "payload-ran")]
+             write_payload_pickle(networks / f"{PREFIX}payload.pth", payload),
+             write_payload_torch_file(networks / f"{PREFIX}payload-zip.pth", payload)]
     return made
 
 
@@ -216,14 +233,20 @@ def load_diffrir(model: str, dtype: str = "fp32") -> dict:
 # --- model names that leave the model folders ------------------------------------------------------------------
 
 NAMES = {
-    "assistant ../../x": (lambda: load_assistant("../../x"), "LLM"),
-    "assistant NUL": (lambda: load_assistant("binxia/llmga\x00x"), "LLM"),
-    "sd ../../x": (lambda: load_sd("../../x"), "diffusers"),
-    "sd NUL": (lambda: load_sd("tiny-sd15\x00x"), "diffusers"),
-    "diffrir ../../x": (lambda: load_diffrir("../../x"), "diffrir"),
-    "diffrir NUL": (lambda: load_diffrir("tiny\x00x.pth"), "diffrir"),
-    "diffrir ../../outside/net_g.pth": (lambda: load_diffrir("../../outside/net_g.pth"), "diffrir"),
-    "diffrir /etc/passwd": (lambda: load_diffrir("/etc/passwd"), "diffrir"),
+    "assistant ../../x": (lambda s: load_assistant("../../x"), "LLM"),
+    "assistant NUL": (lambda s: load_assistant("binxia/llmga\x00x"), "LLM"),
+    "assistant absolute path of the checkpoint": (lambda s: load_assistant(str(s.assistant)), "LLM"),
+    "assistant ../LLM/<the checkpoint>": (lambda s: load_assistant(f"../LLM/{s.assistant.name}"), "LLM"),
+    "sd ../../x": (lambda s: load_sd("../../x"), "diffusers"),
+    "sd NUL": (lambda s: load_sd("tiny-sd15\x00x"), "diffusers"),
+    "sd absolute path of the diffusers folder": (lambda s: load_sd(str(s.sd)), "diffusers"),
+    "sd absolute path of the single file": (lambda s: load_sd(str(s.sd_checkpoint)), "diffusers"),
+    "sd ../diffusers/<the folder>": (lambda s: load_sd(f"../diffusers/{s.sd.name}"), "diffusers"),
+    "diffrir ../../x": (lambda s: load_diffrir("../../x"), "diffrir"),
+    "diffrir NUL": (lambda s: load_diffrir("tiny\x00x.pth"), "diffrir"),
+    "diffrir ../../outside/net_g.pth": (lambda s: load_diffrir("../../outside/net_g.pth"), "diffrir"),
+    "diffrir absolute path of the weights": (lambda s: load_diffrir(str(s.diffrir)), "diffrir"),
+    "diffrir /etc/passwd": (lambda s: load_diffrir("/etc/passwd"), "diffrir"),
 }
 LOADERS = {"LLM": "LLMGA Load Assistant", "diffusers": "LLMGA Load SD1.5", "diffrir": "LLMGA Load DiffRIR"}
 
@@ -231,22 +254,35 @@ LOADERS = {"LLM": "LLMGA Load Assistant", "diffusers": "LLMGA Load SD1.5", "diff
 @pytest.mark.parametrize("case", NAMES)
 def test_a_name_outside_the_model_folders_is_refused_naming_them(server, case):
     graph, folder = NAMES[case]
-    assert str(server.comfy.models_dir / folder) in server.refuses(graph(), LOADERS[folder])
+    assert str(server.comfy.models_dir / folder) in server.refuses(graph(server), LOADERS[folder])
 
 
 # --- damaged weight files, folders that are not models, the wrong model ------------------------------------------
 
 FILES = {
-    "sd zero-byte .safetensors": (load_sd, f"{PREFIX}zero.safetensors", ""),
-    "sd random .safetensors": (load_sd, f"{PREFIX}random.safetensors", ""),
-    "diffrir zero-byte .safetensors": (load_diffrir, f"{PREFIX}zero.safetensors", ""),
-    "diffrir random .safetensors": (load_diffrir, f"{PREFIX}random.safetensors", ""),
-    "diffrir zero-byte .pth": (load_diffrir, f"{PREFIX}zero.pth", ""),
-    "diffrir truncated .pth": (load_diffrir, f"{PREFIX}truncated.pth", ""),
+    "sd zero-byte .safetensors": (load_sd, f"{PREFIX}zero.safetensors", "is empty (0 bytes)"),
+    "sd random .safetensors": (load_sd, f"{PREFIX}random.safetensors", "is truncated or not a safetensors file"),
+    "diffrir zero-byte .safetensors": (load_diffrir, f"{PREFIX}zero.safetensors", "is empty (0 bytes)"),
+    "diffrir random .safetensors": (load_diffrir, f"{PREFIX}random.safetensors",
+                                    "is truncated or not a safetensors file"),
+    "diffrir zero-byte .pth": (load_diffrir, f"{PREFIX}zero.pth", "is empty (0 bytes)"),
+    "diffrir truncated .pth": (load_diffrir, f"{PREFIX}truncated.pth", "is truncated or corrupt"),
     "diffrir an SD1.5 checkpoint": (load_diffrir, f"{PREFIX}sd15.safetensors", "is not a DiffRIR S2 state dict"),
-    "assistant zero-byte shard": (load_assistant, f"{PREFIX}zero-shard", "model-00001-of-00002.safetensors"),
-    "assistant truncated shard": (load_assistant, f"{PREFIX}truncated-shard", "model-00001-of-00002.safetensors"),
-    "assistant random shard": (load_assistant, f"{PREFIX}random-shard", "model-00001-of-00002.safetensors"),
+    "assistant zero-byte shard": (load_assistant, f"{PREFIX}zero-shard", "00002.safetensors is empty (0 bytes)"),
+    "assistant truncated shard": (load_assistant, f"{PREFIX}truncated-shard",
+                                  "00002.safetensors is truncated or not a safetensors file"),
+    "assistant random shard": (load_assistant, f"{PREFIX}random-shard",
+                               "00002.safetensors is truncated or not a safetensors file"),
+    "assistant whose config.json names another family": (
+        load_assistant, f"{PREFIX}llama-config", "holds the weights of another model: they hold 6 tensors a llama "
+        "model does not have (self_attn.k_proj.bias, self_attn.q_proj.bias, self_attn.v_proj.bias); config.json says "
+        "llava_llama, but the files look like a qwen2 checkpoint"),
+    "assistant whose vision tower is a hub repo": (
+        load_assistant, f"{PREFIX}hub-tower", "config.json names the vision tower 'evil-user/evil-repo' "
+        "(mm_vision_tower), but LLMGA checkpoints use openai/clip-vit-large-patch14-336 only"),
+    "assistant whose vision tower is /etc": (
+        load_assistant, f"{PREFIX}etc-tower", "config.json names the vision tower '/etc' (mm_vision_tower), but LLMGA "
+        "checkpoints use openai/clip-vit-large-patch14-336 only"),
     "assistant without weights": (load_assistant, f"{PREFIX}no-weights", "has no weights"),
     "assistant broken config.json": (load_assistant, f"{PREFIX}bad-config", "config.json is not valid JSON"),
     "assistant folder that is no model": (load_assistant, f"{PREFIX}not-a-model", "config.json"),
@@ -260,14 +296,34 @@ NODES = {load_assistant: "LLMGA Load Assistant", load_sd: "LLMGA Load SD1.5", lo
 def test_a_damaged_file_or_a_folder_that_is_no_model_is_refused_naming_it(server, case):
     graph, name, expected = FILES[case]
     message = server.refuses(graph(name), NODES[graph])
+    assert expected in message
+    # The file or folder is named; a vision tower error names the folders the tower may come from instead.
+    assert str(server.comfy.models_dir / "clip_vision") in message if "vision tower" in expected else name in message
+
+
+PAYLOADS = {
+    "diffrir plain pickle .pth": (load_diffrir, f"{PREFIX}payload.pth", "is not a readable weight file"),
+    "diffrir torch .pth": (load_diffrir, f"{PREFIX}payload-zip.pth", "holds Python objects besides tensors (io.open)"),
+    "sd torch .ckpt": (load_sd, f"{PREFIX}payload.ckpt", "holds Python objects besides tensors (io.open)"),
+    "assistant pytorch_model.bin": (load_assistant, f"{PREFIX}payload-bin",
+                                    "pytorch_model.bin holds Python objects besides tensors (io.open)"),
+}
+
+
+@pytest.mark.parametrize("case", PAYLOADS)
+def test_a_pickled_payload_never_runs(server, case):
+    graph, name, expected = PAYLOADS[case]
+    message = server.refuses(graph(name), NODES[graph])
     assert name in message and expected in message
-
-
-@pytest.mark.parametrize("name", [f"{PREFIX}payload.pth", f"{PREFIX}payload-zip.pth"])
-def test_a_pickled_payload_never_runs(server, name):
-    message = server.refuses(load_diffrir(name), "LLMGA Load DiffRIR")
-    assert name in message
     assert not (server.comfy.base_dir / "payload-ran").exists()
+
+
+def test_a_vision_tower_path_in_config_json_is_never_read(server):
+    """config.json names a folder outside clip_vision (named like the released tower, holding a config that would
+    not load): the node takes the tower from the clip_vision folders, so the checkpoint loads and chats."""
+    outputs = server.run({"1": load_assistant(f"{PREFIX}outside-tower")["1"], "2": chat("hi", assistant=["1", 0]),
+                          "3": preview(["2", 4])})
+    assert isinstance(outputs["3"]["text"][0], str)
 
 
 # --- images and masks -------------------------------------------------------------------------------------------
