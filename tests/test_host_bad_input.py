@@ -351,6 +351,27 @@ def test_sizes_that_do_not_match_are_refused(server, case):
     assert expected in server.refuses(nodes, node)
 
 
+MASK_NOTES = {
+    "restore: all-zero mask": (restore, 0.0, "the mask marks no pixel to restore: the output is the reference "
+                               "unchanged (paint the generated region white)"),
+    "restore: all-one mask": (restore, 1.0, "the mask covers the whole picture: no pixel of the reference is kept, so "
+                              "DiffRIR has nothing to match the generated picture to (mask only the generated region)"),
+    "paste back: all-zero mask": (paste_back, 0.0, "the mask is all 0: the output is the original, the generated "
+                                  "image is not used"),
+    "paste back: all-one mask": (paste_back, 1.0, "the mask is all 1: the output is the generated image, nothing of "
+                                 "the original is kept"),
+}
+
+
+@pytest.mark.parametrize("case", MASK_NOTES)
+def test_a_mask_that_marks_nothing_or_everything_is_said_on_the_node(server, case):
+    node, value, note = MASK_NOTES[case]
+    outputs = server.run({"11": load_image("noise"), "12": load_image("other"), "13": solid_mask(72, 40, value),
+                          "1": node(), "2": preview_image(["1", 0])})
+    assert note in outputs["1"]["text"][0].splitlines()
+    assert server.image(outputs, "2").shape == (40, 72, 3)
+
+
 # --- text and settings ------------------------------------------------------------------------------------------
 
 SETTINGS = {
@@ -393,9 +414,11 @@ def test_bad_text_or_settings_are_refused(server, case):
 RTL_NUL = "مرحبا بالعالم \u202e abc \x00 日本語 🦊"
 
 
-def test_a_one_pixel_image_is_described_edited_and_padded(server):
+def test_a_one_pixel_image_is_described_edited_padded_and_restored(server):
     outputs = server.run({
-        "11": load_image("tiny"), "1": chat("", "describe", image=["11", 0]), "2": preview(["1", 4]),
+        "11": load_image("tiny"), "12": load_image("tiny"), "13": solid_mask(1, 1),
+        "7": restore(), "8": preview_image(["7", 0]),
+        "1": chat("", "describe", image=["11", 0]), "2": preview(["1", 4]),
         "3": inversion_edit(), "4": preview_image(["3", 0]),
         "5": {"class_type": "LLMGAOutpaintCanvas", "inputs": {"image": ["11", 0], "left": 0, "top": 0, "right": 8,
                                                               "bottom": 0, "feathering": 0}},
@@ -404,6 +427,7 @@ def test_a_one_pixel_image_is_described_edited_and_padded(server):
     assert isinstance(outputs["2"]["text"][0], str)
     assert server.image(outputs, "4").shape == (1, 1, 3)
     assert server.image(outputs, "6").shape == (8, 16, 3)  # 1 + 8 -> 16 wide, 1 -> 8 high
+    assert server.image(outputs, "8").shape == (1, 1, 3)
 
 
 @pytest.mark.parametrize(("prompt", "report"), [
