@@ -134,7 +134,7 @@ def test_unet_without_weights(sd15_copy: Path) -> None:
 def test_truncated_file(sd15_copy: Path, part: str, name: str) -> None:
     path = sd15_copy / part / name
     replace_file(path, path.read_bytes()[: path.stat().st_size // 2])
-    expected = "is truncated or not a safetensors file" if name.endswith(".safetensors") else "is not readable JSON"
+    expected = "is truncated or not a safetensors file" if name.endswith(".safetensors") else "is not valid JSON"
     with pytest.raises(SD15LoadError, match=f"{part}/{name} {expected}.*download the model again"):
         read_sd15_folder(sd15_copy)
 
@@ -199,8 +199,9 @@ def test_a_corrupt_component_config_is_named(sd15_copy: Path, reader: str) -> No
 
 
 @pytest.mark.parametrize("path, data, expected", [
-    ("scheduler/scheduler_config.json", b"[1, 2]", r"scheduler_config.json is not a config \(a JSON list"),
-    ("model_index.json", b"{", r"model_index.json is missing or not JSON"),
+    ("scheduler/scheduler_config.json", b"[1, 2]",
+     r"scheduler_config.json is not valid JSON for a config \(a JSON list"),
+    ("model_index.json", b"{", r"model_index.json is not valid JSON"),
     ("unet/diffusion_pytorch_model.safetensors", None,
      r"unet holds no weights \(looked for diffusion_pytorch_model.safetensors, diffusion_pytorch_model.bin"),
     ("tokenizer/vocab.json", b"not json", r"could not be loaded as an SD1.5 pipeline \(Exception: .*download the model "

@@ -258,7 +258,7 @@ def test_the_payloads_are_live(payload: str, tmp_path: Path) -> None:
 def test_legacy_torch_files_of_tensors_are_read(tmp_path: Path) -> None:
     """The published metric weights (torchvision's VGG16, pytorch-fid's Inception) predate torch's zip format: a legacy
     file of tensors only reads through weights_only, as a zip one does."""
-    from llmga.weight_files import read_tensors
+    from llmga.model_files import read_tensors
 
     (tmp_path / "legacy.pth").write_bytes(torch_bytes(GOOD_TENSORS, legacy=True))
     state = read_tensors(tmp_path / "legacy.pth", ValueError, "")

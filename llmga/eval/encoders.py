@@ -15,7 +15,6 @@ torchvision), RGB in [0,1], then per-channel normalisation.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -226,7 +225,7 @@ def dino_to_vit(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.T
 def _vit_from_official(file: Path):
     from transformers import ViTConfig, ViTModel
 
-    from ..weight_files import load_torch_file
+    from ..model_files import load_torch_file
 
     state = load_torch_file(file, ModelNotFoundError, f"give {DINO_FILE} from {DINO_URL}")
     needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight", "norm.weight")
@@ -248,7 +247,7 @@ def _vit_from_official(file: Path):
 def _folder_problem(folder: Path, text: bool) -> str | None:
     """What is wrong with a weight folder ("does not exist", "lacks ..."), or None when it looks complete; its weight
     file is checked whole (safetensors header and data, or a pickle of tensors only)."""
-    from ..weight_files import tensor_shapes
+    from ..model_files import tensor_shapes
 
     if folder.is_file():
         return "is a file, not a folder"
@@ -272,10 +271,10 @@ def _missing_message(what: str, folder: Path, problem: str, expected: str, repo:
 
 
 def _check_model_type(folder: Path, expected: str, repo: str) -> None:
-    try:
-        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ModelNotFoundError(f"{folder / 'config.json'} is not a model config ({error}): use {repo}'s") from error
+    from ..model_files import read_config
+
+    model_type = read_config(folder / "config.json", ModelNotFoundError, f"use the config.json of {repo}").get(
+        "model_type")
     if model_type != expected:
         raise ModelNotFoundError(f"{folder} holds a {model_type!r} model, not {expected!r}: give a folder of {repo}")
 

@@ -269,7 +269,7 @@ def _weights_file(path: str | Path, filename: str, what: str, url: str) -> Path:
 def _read_state_dict(file: Path, filename: str, url: str) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file or of a pickled state dict (torch.load with weights_only=True, either torch
     format: the published files predate torch's zip format)."""
-    from ..weight_files import read_tensors
+    from ..model_files import read_tensors
 
     return read_tensors(file, ModelNotFoundError, f"give {filename} from {url}")
 

@@ -12,7 +12,6 @@ Reading: `read_checkpoint` (then `loader.load_llmga`). Writing: `llava_config` +
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from transformers import CONFIG_MAPPING, PretrainedConfig
 from ..devices import dtype_name
 from ..errors import one_line
 from ..files import save_safetensors_atomic, save_torch_atomic, write_json_atomic
-from ..weight_files import iter_tensors, tensor_shapes
+from ..model_files import iter_tensors, read_config, tensor_shapes
 
 # The transformers model_type of each base LLM -> the LLaVA model_type and architecture a released checkpoint of it
 # carries (llava/model/language_model/*.py register these names).
@@ -147,7 +146,7 @@ def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGAC
     if not config_file.is_file():
         raise CheckpointError(f"{folder} has no config.json: it is not a model folder (an LLMGA checkpoint holds "
                               "config.json, *.safetensors shards and tokenizer files)")
-    config = _read_json(config_file)
+    config = read_config(config_file, CheckpointError, REFETCH)
     family = family_of(config)
     if family is None or "mm_hidden_size" not in config:
         raise CheckpointError(
@@ -168,17 +167,6 @@ def read_checkpoint(path: str | Path, *, projector_only: bool = False) -> LLMGAC
     return LLMGACheckpoint(path=folder, config=config, family=family, weight_files=files)
 
 
-def _read_json(file: Path) -> dict:
-    """A JSON object from `file`; CheckpointError for anything else."""
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{file} is not valid JSON ({error}): {REFETCH}") from error
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{file} holds a JSON {type(value).__name__}, not an object: {REFETCH}")
-    return value
-
-
 def check_weight_file(file: Path) -> None:
     """Raise CheckpointError unless `file` is a whole, safe weight file (a safetensors header and its data, or a
     `.bin` pickle of tensors only, mapped rather than read)."""
@@ -190,7 +178,7 @@ def weight_files(folder: Path) -> tuple[Path, ...]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
+            weight_map = read_config(index, CheckpointError, REFETCH).get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(name, str) for name in weight_map.values()):
                 raise CheckpointError(f"{index} has no weight_map (tensor name -> shard file): {REFETCH}")
             names = sorted(set(weight_map.values()))

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import one_line
 from ..files import save_safetensors_atomic, save_torch_atomic
-from ..weight_files import layout_problems, load_weights, name_list
+from ..model_files import layout_problems, load_weights, name_list
 from .dirformer import EMBED_CHANNELS
 from .network import DiffRIR
 

@@ -11,7 +11,6 @@ with a new UNet (what the stage-2 trainer produces), which these readers and dif
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +21,15 @@ from torch import Tensor
 
 from ..errors import one_line
 from ..files import atomic_folder, write_bytes_atomic
-from ..weight_files import Shapes, is_safetensors, layout_problems, load_torch_file, read_tensors, tensor_shapes
+from ..model_files import (
+    Shapes,
+    is_safetensors,
+    layout_problems,
+    load_torch_file,
+    read_config,
+    read_tensors,
+    tensor_shapes,
+)
 from .convert import StateDict, sd15_single_file_state_dict
 
 SD15_CONTEXT_DIM = 768  # CLIP ViT-L/14 text width: the UNet's cross-attention input
@@ -129,24 +136,10 @@ def check_sd15_single_file(path: str | Path) -> None:
 # --- diffusers folder ----------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; SD15LoadError for a missing file or anything but an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise SD15LoadError(f"{path} is missing: {_REFETCH}") from error
-    except (OSError, ValueError) as error:
-        raise SD15LoadError(f"{path} is not readable JSON ({one_line(error)}): {_REFETCH}") from error
-    if not isinstance(value, dict):
-        raise SD15LoadError(f"{path} is not readable JSON (it holds a {type(value).__name__}, not an object): "
-                            f"{_REFETCH}")
-    return value
-
-
 def _pipeline_class(folder: Path) -> str:
     """model_index.json's pipeline class, or '' without one."""
     index = folder / "model_index.json"
-    return str(_read_json(index).get("_class_name", "")) if index.is_file() else ""
+    return str(read_config(index, SD15LoadError, _REFETCH).get("_class_name", "")) if index.is_file() else ""
 
 
 def _check_configs(folder: Path, unet: Mapping[str, Any], text_encoder: Mapping[str, Any]) -> None:
@@ -213,7 +206,8 @@ def check_sd15_weights(folder: Path, parts: Mapping[str, Sequence[str]] = PART_W
     if family is not None:
         raise _not_sd15(folder, family)
     for part, file in files.items():
-        expected = _expected_shapes(folder / part, _read_json(folder / part / "config.json"))
+        config = read_config(folder / part / "config.json", SD15LoadError, _REFETCH)
+        expected = _expected_shapes(folder / part, config)
         problems = layout_problems(_comparable(part, shapes[part]), _comparable(part, expected))
         if problems:
             raise SD15LoadError(f"{file} does not hold the weights {folder / part / 'config.json'} describes "
@@ -248,8 +242,9 @@ def read_sd15_folder(path: str | Path) -> StateDict:
             names = f" (its model_index.json names a {pipeline})" if pipeline else ""
             raise SD15LoadError(f"{folder} has no {part}/ folder{names}: a diffusers SD1.5 folder holds unet/, vae/ "
                                 f"and text_encoder/; {_REFETCH}")
-    unet_config = _read_json(folder / "unet" / "config.json")
-    _check_configs(folder, unet_config, _read_json(folder / "text_encoder" / "config.json"))
+    unet_config, text_config = (read_config(folder / part / "config.json", SD15LoadError, _REFETCH)
+                                for part in ("unet", "text_encoder"))
+    _check_configs(folder, unet_config, text_config)
 
     files = check_sd15_weights(folder)
     unet, vae, text_encoder = (read_tensors(files[part], SD15LoadError, _REFETCH) for part in PART_WEIGHTS)
@@ -276,7 +271,7 @@ def write_sd15_folder(base: str | Path, path: str | Path, unet_config: Mapping[s
     from diffusers import UNet2DConditionModel
 
     base, folder = Path(base), Path(path)
-    index = _read_json(base / "model_index.json")
+    index = read_config(base / "model_index.json", SD15LoadError, _REFETCH)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model_index.json").unlink(missing_ok=True)
     shutil.rmtree(folder / "unet", ignore_errors=True)

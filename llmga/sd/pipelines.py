@@ -17,7 +17,6 @@ them). Where this module differs from the official scripts, on purpose:
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..devices import device_and_dtype
 from ..errors import one_line
 from ..hub import SD_FILES
 from ..images import mask_array, pil_to_tensor, tensor_to_pil
+from ..model_files import read_config
 from ..prompt.clip_binding import TransformersCLIP
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
 from . import canvas
@@ -78,8 +78,8 @@ def unet_channels(folder: Path) -> int:
         raise SDPipelineError(f"{folder} lacks {', '.join(missing)}: a diffusers SD1.5 folder holds {SD_FILES}; "
                               f"{REFETCH}")
     for name in PIPELINE_CONFIGS:
-        _read_config(folder / name)
-    config = _read_config(folder / "unet" / "config.json")
+        read_config(folder / name, SDPipelineError, REFETCH)
+    config = read_config(folder / "unet" / "config.json", SDPipelineError, REFETCH)
     width = config.get("cross_attention_dim", DIFFUSERS_DEFAULT_CONTEXT_DIM)
     if width != SD15_CONTEXT_DIM:
         raise SDPipelineError(f"{folder} is not an SD1.5 model (cross-attention width {width}; SD1.5 has "
@@ -89,17 +89,6 @@ def unet_channels(folder: Path) -> int:
         raise SDPipelineError(f"{folder} has a UNet with {channels} input channels; SD1.5 text-to-image UNets have "
                               f"{T2I_CHANNELS} and inpainting UNets {INPAINT_CHANNELS}")
     return channels
-
-
-def _read_config(path: Path) -> dict:
-    """The JSON object in `path`; SDPipelineError for anything else."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise SDPipelineError(f"{path} is missing or not JSON ({one_line(error)}): {REFETCH}") from error
-    if not isinstance(config, dict):
-        raise SDPipelineError(f"{path} is not a config (a JSON {type(config).__name__}, not an object): {REFETCH}")
-    return config
 
 
 def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",

@@ -1,11 +1,12 @@
-"""Weight files read without ever running code from them: safetensors, and torch files through
-`torch.load(weights_only=True)` only.
+"""Model files read without ever running code from them: weights (safetensors, and torch files through
+`torch.load(weights_only=True)` only) and the JSON configs beside them.
 
 Every reader of weights in the pack (LLMGA shards and mm_projector.bin, SD1.5 folders and single files, DiffRIR, the
 evaluation networks) reads through here, so every way a file can be bad comes out as one error of the caller's
 class (`error`, a ValueError or OSError) naming the file, what is wrong and what to do (`advice`, for a damaged
 file): missing, a folder, empty, cut short, random bytes, a safetensors header that does not match its data, a pickle
-that would build Python objects (code it would run: refused, never executed), a file of another format.
+that would build Python objects (code it would run: refused, never executed), a file of another format, a config
+that is not a JSON object.
 
 Torch files are read in both formats torch writes: the zip archive (torch >= 1.6) and the legacy pickle (older files,
 such as torchvision's VGG16). A file in neither format, such as a bare `pickle.dump`, is refused before anything of it
@@ -14,6 +15,7 @@ is unpickled.
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import zipfile
@@ -52,6 +54,19 @@ def is_safetensors(path: Path) -> bool:
 def _detail(error: BaseException) -> str:
     """The first sentence of an exception's message, on one line (torch and safetensors add paragraphs of advice)."""
     return one_line(error).split(". ")[0][:200]
+
+
+def read_config(path: str | Path, error: ErrorClass, advice: str) -> dict[str, Any]:
+    """The JSON object in a model's config file (config.json, model_index.json, ...)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as failure:
+        raise error(f"{path} is missing: {advice}") from failure
+    except (OSError, ValueError) as failure:  # ValueError: not JSON, or not UTF-8
+        raise error(f"{path} is not valid JSON ({_detail(failure)}): {advice}") from failure
+    if not isinstance(value, dict):
+        raise error(f"{path} is not valid JSON for a config (a JSON {type(value).__name__}, not an object): {advice}")
+    return value
 
 
 def _head(path: Path, error: ErrorClass, advice: str) -> bytes:
