@@ -8,8 +8,9 @@ Attribute names and module order follow the official `DiffRIR/archs/S2_arch.py` 
 FeedForward, TransformerBlock, Upsample/Downsample) and `common.py` (Upsampler), so `state_dict()` keys are the
 official ones.
 
-Inference that must answer Cancel passes `check` (a callable that raises to stop): it is called between blocks, and
-the big convolutions run in strips of rows (`run_stepped`), so no single step takes long even on a large picture.
+Inference that must answer Cancel passes `check` (a callable that raises to stop): it is called between the layers of
+every block, and the big convolutions run in strips of rows (`run_stepped`), so no single step takes long even on a
+large picture.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ def conv_in_strips(conv: nn.Conv2d, x: Tensor, check: Check) -> Tensor:
                               memory_format=layout)
         out[:, :, top:bottom] = part
     return out
+
+
+def _poll(check: Check | None) -> None:
+    if check is not None:
+        check()
 
 
 def run_stepped(layers: nn.Module, x: Tensor, check: Check) -> Tensor:
@@ -128,14 +134,20 @@ class ModulatedAttention(nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+    def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
         h, w = x.shape[-2:]
-        q, k, v = self.qkv_dwconv(self.qkv(_modulate(self.kernel, x, z))).chunk(3, dim=1)
+        qkv = self.qkv(_modulate(self.kernel, x, z))
+        _poll(check)
+        q, k, v = self.qkv_dwconv(qkv).chunk(3, dim=1)
+        del qkv  # as soon as in one expression: the peak memory stays the official code's
+        _poll(check)
         q, k, v = (rearrange(t, "b (head c) h w -> b head c (h w)", head=self.num_heads) for t in (q, k, v))
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attention = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        _poll(check)
         out = rearrange(attention @ v, "b head c (h w) -> b (head c) h w", head=self.num_heads, h=h, w=w)
+        _poll(check)
         return self.project_out(out)
 
 
@@ -150,9 +162,15 @@ class ModulatedFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
         self.kernel = nn.Sequential(nn.Linear(PRIOR_DIM, dim * 2, bias=False))
 
-    def forward(self, x: Tensor, z: Tensor) -> Tensor:
-        gate, value = self.dwconv(self.project_in(_modulate(self.kernel, x, z))).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * value)
+    def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
+        hidden = self.project_in(_modulate(self.kernel, x, z))
+        _poll(check)
+        gate, value = self.dwconv(hidden).chunk(2, dim=1)
+        del hidden
+        _poll(check)
+        gated = F.gelu(gate) * value
+        _poll(check)
+        return self.project_out(gated)
 
 
 class TransformerBlock(nn.Module):
@@ -166,10 +184,14 @@ class TransformerBlock(nn.Module):
         self.ffn = ModulatedFeedForward(dim, expansion, bias)
 
     def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), z)
-        if check is not None:
-            check()
-        return x + self.ffn(self.norm2(x), z)
+        normed = self.norm1(x)
+        _poll(check)
+        x = x + self.attn(normed, z, check)
+        del normed
+        _poll(check)
+        normed = self.norm2(x)
+        _poll(check)
+        return x + self.ffn(normed, z, check)
 
 
 class TransformerStage(nn.Sequential):
@@ -180,8 +202,7 @@ class TransformerStage(nn.Sequential):
 
     def forward(self, x: Tensor, z: Tensor, check: Check | None = None) -> Tensor:
         for block in self:
-            if check is not None:
-                check()
+            _poll(check)
             x = block(x, z, check)
         return x
 
