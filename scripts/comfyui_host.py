@@ -5,6 +5,7 @@ The host is `COMFYUI_PATH` when set, otherwise the pinned ComfyUI 0.3.75 that th
 
     python scripts/comfyui_host.py path                  # print the host folder (fetching it if needed)
     python scripts/comfyui_host.py requirements OUT.txt  # write the host's requirements minus torch*
+    python scripts/comfyui_host.py needs-torchaudio      # print yes when the host imports torchaudio at startup
     python scripts/comfyui_host.py link [--custom-nodes DIR]  # link this pack into custom_nodes
 """
 
@@ -27,6 +28,9 @@ PACK_NAME = "comfyui-llmga"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Installed by scripts/setup.sh at versions that import together; the host's own unpinned entries would fight them.
 TORCH_PACKAGES = {"torch", "torchvision", "torchaudio"}
+# ComfyUI up to 0.3.75 imports torchaudio only in guarded imports and optional node files (which fail alone), so it
+# runs without it; newer releases (0.33.0 was tried) import it at startup and die without it.
+LAST_WITHOUT_TORCHAUDIO = "0.3.75"
 
 
 class HostError(RuntimeError):
@@ -90,15 +94,32 @@ def resolve_comfyui() -> Path:
     return path
 
 
-def host_requirements(comfy_path: Path) -> list[str]:
-    """The host's requirements.txt lines, without torch/torchvision/torchaudio, comments and blanks."""
-    keep = []
+def _requirements(comfy_path: Path) -> dict[str, str]:
+    """The host's requirements.txt as {lower-case package name: line}, comments and blanks left out."""
+    lines = {}
     for line in (comfy_path / "requirements.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()
-        if line and name not in TORCH_PACKAGES:
-            keep.append(line)
-    return keep
+        if line:
+            lines[re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0].lower()] = line
+    return lines
+
+
+def host_requirements(comfy_path: Path) -> list[str]:
+    """The host's requirements.txt lines, without torch/torchvision/torchaudio, comments and blanks."""
+    return [line for name, line in _requirements(comfy_path).items() if name not in TORCH_PACKAGES]
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def needs_torchaudio(comfy_path: Path) -> bool:
+    """Whether the host imports torchaudio at startup: its requirements name torchaudio and it is newer than
+    LAST_WITHOUT_TORCHAUDIO (or does not say its version)."""
+    if "torchaudio" not in _requirements(comfy_path):
+        return False
+    version = host_version(comfy_path)
+    return version is None or _version_key(version) > _version_key(LAST_WITHOUT_TORCHAUDIO)
 
 
 def link_pack(comfy_path: Path, custom_nodes: Path | None = None) -> Path:
@@ -120,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("path", help="print the host folder")
     req = sub.add_parser("requirements", help="write the host's requirements without torch packages")
     req.add_argument("out", type=Path)
+    sub.add_parser("needs-torchaudio", help="print yes when the host imports torchaudio at startup, else no")
     link = sub.add_parser("link", help="link this pack into the host's custom_nodes")
     link.add_argument("--custom-nodes", type=Path, help="link into this folder instead of the host's custom_nodes")
     args = parser.parse_args(argv)
@@ -129,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             print(host)
         elif args.command == "requirements":
             args.out.write_text("\n".join(host_requirements(host)) + "\n")
+        elif args.command == "needs-torchaudio":
+            print("yes" if needs_torchaudio(host) else "no")
         else:
             print(link_pack(host, args.custom_nodes))
     except HostError as error:
