@@ -358,6 +358,32 @@ def test_an_assistant_file_payload_never_runs(capsys, inputs):
     assert not (inputs.folder / "payload-ran").exists()
 
 
+@pytest.mark.parametrize(("config", "expected"), [
+    (b'{"model_type": "bert"}', "config.json is not a CLIP vision config (model_type 'bert', expected "
+                                "clip_vision_model or clip)"),
+    (b"{not json", "config.json cannot be read"),
+], ids=["another model's config", "no JSON"])
+def test_a_vision_tower_whose_config_is_not_clip_is_refused(capsys, inputs, tmp_path, config, expected):
+    tower = tmp_path / "towers" / "clip-vit-large-patch14-336"
+    tower.mkdir(parents=True)
+    (tower / "config.json").write_bytes(config)
+    checkpoint = copy_checkpoint(inputs.assistant, tmp_path / "tower-by-name",
+                                 mm_vision_tower="openai/clip-vit-large-patch14-336")
+    run = run_cli(capsys, *chat(inputs, "--clip-vision-dir", tower.parent, "hi", mllm=checkpoint))
+    assert refusal(run, alone=False).startswith(f"{tower / expected}")
+
+
+@pytest.mark.parametrize("argv", [
+    lambda i: chat(i, "--allow-download", "hi", mllm="binxia/llmga-Qwen2-1.5B-full-finetune"),
+    lambda i: generate(i, "--allow-download", "a fox", sd="binxia/llmga-sd15-t2i-v2"),
+], ids=["assistant", "sd"])
+def test_a_released_model_missing_offline_is_refused_with_the_download_command(capsys, inputs, monkeypatch, argv):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = refusal(run_cli(capsys, *argv(inputs)))  # neither is in the fixtures' models folder
+    assert re.match(r"binxia/\S+ is not downloaded \(HF_HUB_OFFLINE is set\)\. Searched .* Download it "
+                    r"\(huggingface-cli download binxia/\S+ --local-dir ", message), message
+
+
 def test_weights_of_another_family_than_config_json_says_are_refused(capsys, inputs, tmp_path):
     folder = copy_checkpoint(inputs.assistant, tmp_path / "llama-config", model_type="llava_llama",
                              architectures=["LlavaLlamaForCausalLM"])
