@@ -13,6 +13,7 @@ import pytest
 import torch
 from fixtures.families import FAMILIES, FAMILY_SPECS
 from fixtures.mllm import MLLMFixture
+from safetensors.torch import save_file
 
 from llmga.mllm.checkpoint import (
     PROJECTOR_FILE,
@@ -149,3 +150,28 @@ def test_llava_config_refuses_a_base_llm_llmga_was_not_built_on(mllm_checkpoints
     base.model_type = "gpt2"  # a config the pack cannot load as an LLMGA base
     with pytest.raises(CheckpointError, match="not 'gpt2'"):
         llava_config(base, vision_tower="clip", vision_hidden_size=32)
+
+
+LLMGA_CONFIG = {"model_type": "llava_qwen2", "architectures": ["LlavaQwen2ForCausalLM"], "mm_hidden_size": 32}
+
+
+@pytest.mark.parametrize("file, text, expected", [
+    ("config.json", "[1, 2]", r"config.json is not valid JSON for a config \(a JSON list, not an object\)"),
+    ("config.json", "\udcff", r"config.json is not valid JSON \("),
+    ("model.safetensors.index.json", '{"weight_map": [1]}', r"index.json has no weight_map \(tensor name -> shard"),
+    ("config.json", json.dumps({**LLMGA_CONFIG, "architectures": "LlavaQwen2ForCausalLM", "model_type": 7}),
+     r"is not an LLMGA checkpoint: config.json has model_type 7"),
+])
+def test_a_config_or_index_of_the_wrong_shape_is_one_checkpoint_error(tmp_path, file, text, expected):
+    (tmp_path / "config.json").write_text(json.dumps(LLMGA_CONFIG))
+    torch.save({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "pytorch_model.bin")
+    (tmp_path / file).write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(CheckpointError, match=expected):
+        read_checkpoint(tmp_path)
+
+
+def test_config_values_no_model_takes_are_one_checkpoint_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**LLMGA_CONFIG, "hidden_size": "wide"}))
+    save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"config.json does not describe a qwen2 model \(.*download it again"):
+        read_checkpoint(tmp_path).base_config()

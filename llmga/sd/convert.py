@@ -65,8 +65,9 @@ def _apply(sd: Mapping[str, Tensor], table: Table) -> StateDict:
 
 
 def _layers_per_block(config: Mapping[str, Any]) -> list[int]:
-    """Resnets per down level (SD1.x configs give one int for all levels)."""
-    return [config["layers_per_block"]] * len(config["block_out_channels"])
+    """Resnets per down level (SD1.x configs give one int for all levels; diffusers also takes one per level)."""
+    layers = config["layers_per_block"]
+    return list(layers) if isinstance(layers, (list, tuple)) else [layers] * len(config["block_out_channels"])
 
 
 def _encoder_table(config: Mapping[str, Any]) -> tuple[Table, int]:

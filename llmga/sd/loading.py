@@ -76,6 +76,11 @@ def _family_for_context(context_dims: set[int]) -> str | None:
     return f"not an SD1.5 model (cross-attention width {widths}; SD1.5 has {SD15_CONTEXT_DIM})"
 
 
+def _context_widths(unet: Mapping[str, Sequence[int]]) -> set[int]:
+    """The cross-attention input widths of a UNet, from the shapes of its attn2.to_k weights."""
+    return {shape[-1] for key, shape in unet.items() if key.endswith("attn2.to_k.weight") and len(shape)}
+
+
 # --- single-file layout --------------------------------------------------------------------------------
 
 
@@ -94,10 +99,10 @@ def _check_sd15_layout(what: object, shapes: Mapping[str, Sequence[int]]) -> Non
             raise SD15LoadError(
                 f"{what} holds no {part} ({prefix}*): it is not a full SD1.5 checkpoint (a LoRA, VAE or UNet-only "
                 f"file?); choose a checkpoint with UNet, VAE and text encoder")
-    family = _family_for_context({shape[-1] for key, shape in unet.items() if key.endswith("attn2.to_k.weight")})
+    family = _family_for_context(_context_widths(unet))
     if family is not None:
         raise _not_sd15(what, family)
-    channels = unet.get("input_blocks.0.0.weight", (0,))[0]
+    channels = (tuple(unet.get("input_blocks.0.0.weight", ())) or (0,))[0]
     if channels != SD15_MODEL_CHANNELS:
         raise _not_sd15(what, f"not an SD1.5 model (UNet width {channels}; SD1.5 has {SD15_MODEL_CHANNELS})")
 
@@ -148,7 +153,7 @@ def _check_configs(folder: Path, unet: Mapping[str, Any], text_encoder: Mapping[
     if "XL" in pipeline or unet.get("addition_embed_type") or (folder / "text_encoder_2").is_dir():
         raise _not_sd15(folder, "an SDXL model")
     # 1280 is diffusers' default cross_attention_dim, what a config without the key builds.
-    widths = {unet.get("cross_attention_dim", 1280), text_encoder.get("hidden_size", SD15_CONTEXT_DIM)}
+    widths = (unet.get("cross_attention_dim", 1280), text_encoder.get("hidden_size", SD15_CONTEXT_DIM))
     family = _family_for_context({width for width in widths if isinstance(width, int)})
     if family is not None:
         raise _not_sd15(folder, family)
@@ -176,7 +181,7 @@ def _expected_shapes(part: Path, config: Mapping[str, Any]) -> Shapes:
                 model = CLIPTextModel(CLIPTextConfig.from_dict(config))
             else:
                 model = (UNet2DConditionModel if part.name == "unet" else AutoencoderKL).from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, RuntimeError) as error:
+    except Exception as error:  # any type for a config no model has: TypeError, ZeroDivisionError, hub validation
         raise SD15LoadError(f"{part / 'config.json'} does not describe a model ({type(error).__name__}: "
                             f"{one_line(error)}): {_REFETCH}") from error
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
@@ -201,8 +206,7 @@ def check_sd15_weights(folder: Path, parts: Mapping[str, Sequence[str]] = PART_W
     of another width is named as its family (SD2, SDXL)."""
     files = {part: _weights_file(folder / part, names) for part, names in parts.items()}
     shapes = {part: tensor_shapes(file, SD15LoadError, _REFETCH) for part, file in files.items()}
-    family = _family_for_context({shape[-1] for key, shape in shapes["unet"].items()
-                                  if key.endswith("attn2.to_k.weight")})
+    family = _family_for_context(_context_widths(shapes["unet"]))
     if family is not None:
         raise _not_sd15(folder, family)
     for part, file in files.items():
