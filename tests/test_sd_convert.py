@@ -96,6 +96,14 @@ def test_unet_round_trip(name: str) -> None:
     _assert_same(back, sd)
 
 
+def test_layers_per_block_given_per_level_converts_as_one_number() -> None:
+    """diffusers takes layers_per_block as one number or one per level; both spell the same UNet."""
+    unet = _tiny_unet(UNET_SHAPES["deep-mixed"])
+    per_level = {**unet.config, "layers_per_block": [2, 2, 2, 2]}
+    assert unet_diffusers_to_ldm(unet.state_dict(), per_level).keys() == \
+        unet_diffusers_to_ldm(unet.state_dict(), unet.config).keys()
+
+
 def test_unet_original_key_names() -> None:
     unet = _tiny_unet(UNET_SHAPES["inpaint-9ch"])
     ldm = unet_diffusers_to_ldm(unet.state_dict(), unet.config)
