@@ -56,6 +56,13 @@ def _detail(error: BaseException) -> str:
     return one_line(error).split(". ")[0][:200]
 
 
+def _unpickler_detail(failure: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler met (its last paragraph, after torch's advice and before its link)."""
+    paragraphs = [part.strip() for part in str(failure).split("\n\n") if part.strip()]
+    inner = [part for part in paragraphs[1:] if not part.startswith("Check the documentation")]
+    return one_line(inner[-1])[:200] if inner else _detail(failure)
+
+
 def read_config(path: str | Path, error: ErrorClass, advice: str) -> dict[str, Any]:
     """The JSON object in a model's config file (config.json, model_index.json, ...)."""
     try:
@@ -127,7 +134,7 @@ def load_torch_file(path: str | Path, error: ErrorClass, advice: str, *, mmap: b
     except pickle.UnpicklingError as failure:
         names = sorted(set(_GLOBAL.findall(str(failure))))
         if not names:
-            raise error(f"{path} is truncated or corrupt ({_detail(failure)}): {advice}") from failure
+            raise error(f"{path} is truncated or corrupt ({_unpickler_detail(failure)}): {advice}") from failure
         raise error(f"{path} holds Python objects besides tensors ({', '.join(names)}), and loading it would run "
                     f"code from the file, so it is refused (torch.load weights_only=True): "
                     f"{REFUSED_PICKLE}") from failure

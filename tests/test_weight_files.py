@@ -17,6 +17,7 @@ import pickle
 import random
 import re
 import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from llmga.sd.pipelines import SDPipelineError, load_sd15_pipeline
 GOOD_TENSORS = {"weight": torch.arange(64, dtype=torch.float32).reshape(8, 8), "bias": torch.zeros(8)}
 LLMGA_CONFIG = {"model_type": "llava_qwen2", "architectures": ["LlavaQwen2ForCausalLM"], "mm_hidden_size": 32}
 # A safetensors header lies only in a safetensors file; a safetensors file where a pickle is expected is its own case.
-COMMON_KINDS = ("zero-byte", "truncated", "random", "payload-zip", "payload-legacy", "raw-pickle", "folder")
+COMMON_KINDS = ("zero-byte", "truncated", "random", "bad-opcode", "payload-zip", "payload-legacy", "raw-pickle",
+                "folder")
 SAFETENSORS_KINDS = (*COMMON_KINDS, "lying-header")
 TORCH_KINDS = (*COMMON_KINDS, "safetensors-named-pickle")
 
@@ -79,6 +81,16 @@ def lying_safetensors() -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + length:]
 
 
+def bad_opcode_torch_file() -> bytes:
+    """A whole torch zip archive whose pickle starts with an opcode the weights-only unpickler does not take."""
+    source, out = zipfile.ZipFile(io.BytesIO(torch_bytes(GOOD_TENSORS))), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            archive.writestr(item, b"\x95" + data[1:] if item.filename.endswith("data.pkl") else data)
+    return out.getvalue()
+
+
 def write_bad_file(path: Path, kind: str, side_effect: Path) -> None:
     """Put a bad file of `kind` at `path` (in the container its suffix names), replacing what is there; a pickle
     payload would create `side_effect`."""
@@ -90,6 +102,7 @@ def write_bad_file(path: Path, kind: str, side_effect: Path) -> None:
         "zero-byte": b"",
         "truncated": good[: len(good) // 2],
         "random": random.Random(0).randbytes(4096),
+        "bad-opcode": bad_opcode_torch_file(),
         "lying-header": lying_safetensors(),
         "payload-zip": torch_bytes(hostile),
         "payload-legacy": torch_bytes(hostile, legacy=True),
@@ -113,6 +126,7 @@ EXPECTED = {
     ("zero-byte", "torch"): r"is empty \(0 bytes\)",
     ("truncated", "torch"): r"is truncated or corrupt \(its zip archive has no end\)",
     ("random", "torch"): r"is not a readable weight file: it is neither a torch file",
+    ("bad-opcode", "torch"): r"is truncated or corrupt \(Unsupported operand 149\)",
     ("payload-zip", "torch"): REFUSED_PICKLE,
     ("payload-legacy", "torch"): REFUSED_PICKLE,
     ("raw-pickle", "torch"): r"is not a readable weight file",
