@@ -247,6 +247,17 @@ def test_a_unet_of_the_other_task_is_refused(micro_models, image_folder, tmp_pat
         train(config)
 
 
+def test_a_base_model_whose_weights_do_not_fit_its_config_is_refused_before_loading(micro_models, image_folder,
+                                                                                     tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(micro_models["t2i"], base)
+    config_file = base / "vae" / "config.json"
+    vae = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**vae, "latent_channels": vae["latent_channels"] * 2}))
+    with pytest.raises(ConfigError, match="pretrained_model: .*vae.* does not hold the weights .*vae/config.json describes"):
+        train(make_config(base, image_folder, tmp_path))
+
+
 @pytest.mark.parametrize(("layout", "message"), [
     ("missing", "file not found"),
     ("no_caption", "no caption file a.txt"),

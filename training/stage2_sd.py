@@ -46,7 +46,7 @@ from llmga.devices import mixed_precision_dtype
 from llmga.images import pil_to_tensor
 from llmga.prompt.clip_binding import TransformersCLIP
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
-from llmga.sd.loading import write_sd15_folder
+from llmga.sd.loading import FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
 from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
 
 from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
@@ -226,7 +226,8 @@ def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None
     (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
     try:
         channels = unet_channels(Path(folder))
-    except SDPipelineError as error:
+        check_sd15_weights(Path(folder), FULL_PRECISION_WEIGHTS)  # whole, safe, and what the configs describe
+    except (SDPipelineError, SD15LoadError) as error:
         raise ConfigError(f"pretrained_model: {error}") from error
     if channels != TASK_CHANNELS[task]:
         other = next(name for name, n in TASK_CHANNELS.items() if n == channels)
