@@ -6,14 +6,15 @@ Each graph (tiny fixtures: the Qwen2 assistant with its CLIP tower, the SD1.5 in
     -> LLMGA Extract Generation Prompt -> LLMGA Long Prompt Encode -> InpaintModelConditioning -> KSampler (2 steps)
     -> VAEDecode -> LLMGA Paste Back (onto the canvas) -> LLMGA DiffRIR Restore -> PreviewImage
 
-Every graph has its own chat seed and message, so everything but the three loaders runs again. The graphs are queued
+Every graph has its own chat seed and message, so everything but the loaders runs again. The graphs are queued
 in three batches (a fifth, a half, all of --graphs; 10, 25 and 50 by default) and the server's resident memory
 (/proc/<pid>/status VmRSS) is read once each batch has finished. Reported: failed graphs (target 0), the RSS after
 each batch (target: within 5 % of each other), and how long each long node takes to stop once Cancel (/interrupt) is
 pressed while it runs (LLMGA Chat generating 4096 tokens, LLMGA Inversion Edit with 1000 steps, LLMGA DiffRIR
-Restore on a --restore-size² picture: pressed --cancel-after seconds after the node began, target < 1 s).
+Restore of the released x1 size (random weights) on a --restore-size² picture in tiles of 512: pressed
+--cancel-after seconds after the node began, target < 1 s).
 
-    python bench/bench_soak.py [--graphs 50] [--restore-size 2048] [--cancel-after 0.3 1.0] [--threads 0]
+    python bench/bench_soak.py [--graphs 50] [--restore-size 4096] [--cancel-after 0.3 1 3] [--threads 0]
                                [--workdir DIR]
 """
 
@@ -37,15 +38,22 @@ from bench_long_prompt_encode import machine_line, start_server, versions_line  
 from comfy_server import ComfyError, ComfyServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
-ASSISTANT, SD, DIFFRIR, SD_T2I = "1", "2", "3", "4"  # the loaders; editing takes the text-to-image SD
+# The loaders: editing takes the text-to-image SD; Cancel is measured on a DiffRIR of the released size.
+ASSISTANT, SD, DIFFRIR, SD_T2I, DIFFRIR_RELEASED_SIZE = "1", "2", "3", "4", "5"
+RELEASED_SIZE_FILE = "released-size-diffrir-x1.safetensors"
 PICTURE = "soak.png"
 
 
 def build_models(base: Path) -> tuple[str, str]:
-    """The tiny assistant (models/LLM, its tower in models/clip_vision) and DiffRIR (models/diffrir) beside the SD1.5
-    fixtures start_server writes; returns the assistant's released name and the DiffRIR file name."""
+    """The tiny assistant (models/LLM, its tower in models/clip_vision), the tiny DiffRIR and a random-weight DiffRIR
+    of the released x1 size (models/diffrir) beside the SD1.5 fixtures start_server writes; returns the assistant's
+    released name and the tiny DiffRIR's file name."""
+    import torch
     from fixtures.diffrir import build_diffrir_fixture
     from fixtures.mllm import build_clip_vision_tower, build_llmga_checkpoint
+
+    from llmga.restore.checkpoint import save_diffrir
+    from llmga.restore.network import DiffRIR
 
     models = base / "models"
     assistant = models / "LLM" / "llmga-Qwen2-0.5B-full-finetune"
@@ -53,6 +61,9 @@ def build_models(base: Path) -> tuple[str, str]:
         print(f"writing the tiny assistant and DiffRIR fixtures to {models} ...", flush=True)
         build_llmga_checkpoint(models / "LLM", "qwen2", build_clip_vision_tower(models / "clip_vision"))
         build_diffrir_fixture(models / "diffrir")
+    if not (models / "diffrir" / RELEASED_SIZE_FILE).is_file():
+        torch.manual_seed(0)
+        save_diffrir(DiffRIR(1), models / "diffrir" / RELEASED_SIZE_FILE)
     return f"binxia/{assistant.name}", "tiny-diffrir-x1.pth"
 
 
@@ -64,6 +75,8 @@ def loaders(assistant: str, diffrir: str) -> dict:
         SD: {"class_type": "LLMGALoadSD15", "inputs": {"model": "tiny-sd15-inpainting", "allow_download": False}},
         DIFFRIR: {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": diffrir, "dtype": "auto"}},
         SD_T2I: {"class_type": "LLMGALoadSD15", "inputs": {"model": "tiny-sd15", "allow_download": False}},
+        DIFFRIR_RELEASED_SIZE: {"class_type": "LLMGALoadDiffRIR", "inputs": {"model": RELEASED_SIZE_FILE,
+                                                                             "dtype": "auto"}},
     }
 
 
@@ -183,8 +196,8 @@ def long_nodes(models: dict, size: int) -> dict[str, tuple[dict, str]]:
             "12": {"class_type": "LLMGAOutpaintCanvas", "inputs": {
                 "image": ["11", 0], "left": 0, "top": 0, "right": 0, "bottom": 64, "feathering": 0}},
             "30": {"class_type": "LLMGADiffRIRRestore", "inputs": {
-                "diffrir": [DIFFRIR, 0], "generated": ["12", 0], "reference": ["12", 0], "mask": ["12", 1],
-                "seed": 1, "tile_size": 512, "dilate": 0, "feather": 0}},
+                "diffrir": [DIFFRIR_RELEASED_SIZE, 0], "generated": ["12", 0], "reference": ["12", 0],
+                "mask": ["12", 1], "seed": 1, "tile_size": 512, "dilate": 0, "feather": 0}},
             "31": {"class_type": "PreviewImage", "inputs": {"images": ["30", 0]}}}, "30"),
     }
 
@@ -192,8 +205,8 @@ def long_nodes(models: dict, size: int) -> dict[str, tuple[dict, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graphs", type=int, default=50, help="graphs to queue (default 50)")
-    parser.add_argument("--restore-size", type=int, default=2048, help="side of the restored picture for Cancel")
-    parser.add_argument("--cancel-after", type=float, nargs="+", default=[0.3, 1.0],
+    parser.add_argument("--restore-size", type=int, default=4096, help="side of the restored picture for Cancel")
+    parser.add_argument("--cancel-after", type=float, nargs="+", default=[0.3, 1.0, 3.0],
                         help="seconds after a long node began at which Cancel is pressed (one run each)")
     parser.add_argument("--threads", type=int, default=0, help="server torch threads (0 = torch default)")
     parser.add_argument("--workdir", type=Path, help="keep the server folder and fixtures here (default: a temp dir)")
@@ -217,7 +230,8 @@ def main() -> None:
         print(f"software: {versions_line(server, args.threads)}")
         print(f"soak: {args.graphs} graphs in {wall:.0f} s (median {statistics.median(seconds):.2f} s per graph, "
               f"ComfyUI's execution time); Cancel pressed {', '.join(f'{a:g}' for a in args.cancel_after)} s after "
-              f"the node began; DiffRIR on {args.restore_size}x{args.restore_size + 64}, tiles of 512")
+              f"the node began; DiffRIR of the released x1 size (random weights) on {args.restore_size}x"
+              f"{args.restore_size + 64}, tiles of 512")
         print()
         print("| measure | value | target |")
         print("|---|---:|---:|")
