@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -27,13 +28,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     removed otherwise. Writers that pick a format by suffix must be told the format (the temporary name ends .tmp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # Named first and created inside the try (not tempfile.mkstemp): a Ctrl-C or SIGTERM that lands just after the
+    # file appears, even inside the call that creates it, still reaches the finally that removes it.
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
-        yield Path(temp)
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        yield temp
         os.replace(temp, path)
     finally:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
