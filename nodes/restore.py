@@ -18,7 +18,8 @@ from comfy_api.latest import io, ui
 from ..llmga.devices import device_and_dtype
 from ..llmga.hub import DIFFRIR_DOWNLOAD, DIFFRIR_FILE
 from ..llmga.restore.checkpoint import load_diffrir
-from ..llmga.restore.inference import mask_notes, restore_image
+from ..llmga.restore.inference import restore_image
+from ..llmga.restore.region import mask_notes
 from .errors import reported_as
 from .managed_model import ManagedModel
 from .model_folders import model_folders

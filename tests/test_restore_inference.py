@@ -24,7 +24,6 @@ from llmga.cli import main
 from llmga.restore import dirformer, inference
 from llmga.restore.checkpoint import save_diffrir
 from llmga.restore.inference import (
-    grow_mask,
     network_input,
     prepare_inputs,
     reflect_pad,
@@ -32,6 +31,7 @@ from llmga.restore.inference import (
     tile_starts,
 )
 from llmga.restore.network import DiffRIR, initial_noise
+from llmga.restore.region import grow_mask, mask_notes
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], n_encoder_res=1)
@@ -434,12 +434,12 @@ def test_mask_notes_say_what_an_empty_or_full_mask_does():
     masks = torch.zeros(3, 8, 8)
     masks[1] = 1
     masks[2, 2:4, 2:4] = 1
-    assert inference.mask_notes(masks[2]) == []
-    assert inference.mask_notes(masks[:1]) == ["the mask marks no pixel to restore: the output is the reference "
+    assert mask_notes(masks[2]) == []
+    assert mask_notes(masks[:1]) == ["the mask marks no pixel to restore: the output is the reference "
                                                "unchanged (paint the generated region white)"]
-    full, = inference.mask_notes(masks[1:2] * 0.6)
+    full, = mask_notes(masks[1:2] * 0.6)
     assert full.startswith("the mask covers the whole picture: no pixel of the reference is kept")
-    empty, full = inference.mask_notes(masks)
+    empty, full = mask_notes(masks)
     assert empty.startswith("mask 1 of 3 marks no pixel") and full.startswith("mask 2 of 3 covers the whole picture")
 
 

@@ -64,7 +64,7 @@ def _read_inputs(args: argparse.Namespace):
     import torch
 
     from ..images import mask_array, open_image, pil_to_tensor
-    from ..restore.inference import MASK_THRESHOLD, mask_notes
+    from ..restore.region import MASK_THRESHOLD, mask_notes
 
     generated = open_image(args.image, "RGB")
     reference = open_image(args.reference, "RGB")

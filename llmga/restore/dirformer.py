@@ -36,6 +36,10 @@ STEP_MACS = 1 << 33
 Check = Callable[[], None]  # called between steps of work; raises (e.g. ComfyUI's interrupt) to cancel
 
 
+def never_stop() -> None:
+    """The check of a run that nobody cancels."""
+
+
 def _is_same_size_3x3(layer: nn.Module) -> bool:
     """Whether `layer` is a plain 3×3 convolution that keeps the size (stride 1, padding 1): each output row reads
     only its input row and the rows above and below it."""

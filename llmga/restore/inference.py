@@ -1,5 +1,5 @@
-"""DiffRIR inference at any size: input checks, the official padding and compositing, mask growing, and tiled
-inference that shares one prior z per image.
+"""DiffRIR inference at any size: input checks, the official padding and compositing, and tiled inference that shares
+one prior z per image (the region it regenerates, the mask grown on request, is `llmga.restore.region`).
 
 The official path (`inference_diffrir.py`, x1): the mask is binarised at 0.5 (1 = generated region), the network gets
 `cat([generated, (1-mask)*reference])` reflect-padded at the bottom/right to a multiple of `model.pad_multiple`, the
@@ -27,14 +27,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.morphology import dilation, erosion
 from torch import Tensor, nn
 
 from ..images import check_mask_size
-from .dirformer import Check
+from .dirformer import Check, never_stop
 from .network import initial_noise
+from .region import MASK_THRESHOLD, grow_mask
 
-MASK_THRESHOLD = 0.5  # inference_diffrir.py: mask < 0.5 -> 0, mask >= 0.5 -> 1
 PRIOR_MAX_PIXELS = 2048 * 2048  # larger (padded) images are area-downscaled to about this many pixels for the prior
 # Working memory of one network pass per padded image pixel, fp32, dim 64 (the released size). Measured: peak RSS
 # growth of the official S2 network on CPU rises 1230-1630 B per pixel from 256² to 384² to 512² (the 4x upsampling
@@ -43,7 +42,6 @@ BYTES_PER_PIXEL_FP32 = 2000
 MIN_TILE = 128  # below this the channel attention sees too little of the picture to be useful
 MAX_AUTO_TILE = 2048
 CPU_FALLBACK_BUDGET = 8 << 30  # bytes assumed free when the platform cannot tell
-DILATE_STEP = 4  # px grown per dilation pass, so one pass over a 4096² mask stays well under a second
 
 TileCallback = Callable[[int, int], None]
 
@@ -96,71 +94,6 @@ def prepare_inputs(generated: Tensor, reference: Tensor, mask: Tensor) -> Restor
                              f"{name} for all or one per generated image")
     mask = (mask.float() >= MASK_THRESHOLD).float()
     return RestoreInputs(generated, reference.expand(batch, -1, -1, -1), mask.expand(batch, -1, -1))
-
-
-def _never_stop() -> None:
-    """The check of a run that nobody cancels."""
-
-
-def _which_masks(indices: list[int], count: int, verb: str) -> str:
-    """"the mask <verb>s" for a batch of one, else "masks 1, 3 of 4 <verb>" (1-based)."""
-    if count == 1:
-        return f"the mask {verb}s"
-    if len(indices) == 1:
-        return f"mask {indices[0] + 1} of {count} {verb}s"
-    return f"masks {', '.join(str(index + 1) for index in indices)} of {count} {verb}"
-
-
-def mask_notes(mask: Tensor) -> list[str]:
-    """What restoring with `mask` ([H,W] or [B,H,W], >= 0.5 where generated) does in vain, one line per case: a mask
-    that marks no pixel (the output is the reference unchanged) or every pixel (no pixel of the reference is kept, so
-    DiffRIR has nothing to match the generated picture to). Empty when every mask marks part of its picture."""
-    marked = (mask[None] if mask.ndim == 2 else mask) >= MASK_THRESHOLD
-    count = marked.shape[0]
-    empty = [index for index in range(count) if not marked[index].any()]
-    full = [index for index in range(count) if marked[index].all()]
-    notes = []
-    if empty:
-        notes.append(f"{_which_masks(empty, count, 'mark')} no pixel to restore: the output is the reference unchanged "
-                     "(paint the generated region white)")
-    if full:
-        notes.append(f"{_which_masks(full, count, 'cover')} the whole picture: no pixel of the reference is kept, so "
-                     "DiffRIR has nothing to match the generated picture to (mask only the generated region)")
-    return notes
-
-
-def _dilate(mask: Tensor, radius: int, check: Check) -> Tensor:
-    """[B,1,H,W] {0,1} grown by `radius` px (a square, as a column then a row; outside the image counts as empty), in
-    passes of at most DILATE_STEP px (square dilations add up exactly), `check()` before each."""
-    while radius > 0:
-        size = 2 * min(radius, DILATE_STEP) + 1
-        for kernel in (mask.new_ones(size, 1), mask.new_ones(1, size)):
-            check()
-            mask = dilation(mask, kernel)
-        radius -= DILATE_STEP
-    return mask
-
-
-def grow_mask(mask: Tensor, dilate: int = 0, feather: int = 0,
-              check: Check = _never_stop) -> tuple[Tensor, Tensor]:
-    """mask [B,H,W] in {0,1} -> (region, blend), both [B,H,W].
-
-    region {0,1}: the mask grown by `dilate` px (square), the area the network regenerates (the reference is hidden
-    from it there). blend in [0,1]: the compositing weight of the network output, 1 deep inside the region, falling
-    linearly over its outermost `feather` px to 1/(feather+1) at its edge, 0 outside it (image borders do not count as
-    edges, so outpainted bands stay fully restored). Outside the region the result is the reference exactly. With
-    dilate >= feather the original mask keeps weight 1. dilate = feather = 0 gives the official mask for both.
-    check: called before each pass over the mask; raise from it to cancel.
-    """
-    if dilate < 0 or feather < 0:
-        raise ValueError(f"dilate is {dilate} and feather is {feather}; both are pixel counts, 0 or more")
-    region = _dilate(mask[:, None].float(), dilate, check)
-    blend, inside = region, region
-    for _ in range(feather):
-        check()
-        inside = erosion(inside, inside.new_ones(3, 3))  # one more pixel off the edge (outside the image: ignored)
-        blend = blend + inside
-    return region[:, 0], (blend / (feather + 1))[:, 0]
 
 
 def reflect_pad(x: Tensor, multiple: int) -> Tensor:
@@ -402,7 +335,7 @@ def _run_passes(model: nn.Module, source: TileSource, priors: dict[int, Tensor],
 
 def restore_image(model: nn.Module, generated: Tensor, reference: Tensor, mask: Tensor, *, seed: int = 0,
                   tile: int | None = None, overlap: int | None = None, dilate: int = 0, feather: int = 0,
-                  on_tile: TileCallback | None = None, check: Check = _never_stop) -> Tensor:
+                  on_tile: TileCallback | None = None, check: Check = never_stop) -> Tensor:
     """Restore the generated region of each picture with DiffRIR; returns [B,H,W,3] float32 in [0,1].
 
     generated, reference, mask: as `prepare_inputs` takes them. model: a DiffRIR (`scale`, `pad_multiple`,
