@@ -16,7 +16,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -92,13 +91,18 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     without error, replacing a folder already there; removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    temp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"  # named first, made inside the try (atomic_path)
     try:
+        temp.mkdir(mode=0o700)
         yield temp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(temp, path)
+            old = path.parent / f".{path.name}.{secrets.token_hex(8)}.old"
+            os.replace(path, old)
+            try:
+                os.replace(temp, path)
+            except BaseException:
+                os.replace(old, path)  # the previous folder goes back: never lose a complete checkpoint
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(temp, path)

@@ -202,10 +202,10 @@ class InversionEdit(io.ComfyNode):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 progress.update_absolute(index * total + done, count * total)
 
-            comfy.model_management.load_models_gpu(
-                [model], memory_required=model.memory_required([4, 4, *latent_hw]))
-            x0 = model.model.latent_format.process_in(vae.encode(padded[index : index + 1])).float()
             with reported_as("LLMGA Inversion Edit"):
+                comfy.model_management.load_models_gpu(
+                    [model], memory_required=model.memory_required([4, 4, *latent_hw]))
+                x0 = model.model.latent_format.process_in(vae.encode(padded[index : index + 1])).float()
                 result = edit_latent(x0.to(model.load_device), source_prompt, target_prompt, text=text,
                                      controlled_eps=lambda control: comfy_controlled_eps(model, control),
                                      settings=settings, on_step=on_step)

@@ -137,3 +137,18 @@ def test_nothing_outside_the_command_line_imports_from_it(path):
 def test_the_import_resolver_sees_relative_and_absolute_imports_of_the_cli():
     assert "llmga.cli.common.InputError" in imported_modules(REPO / "llmga" / "cli" / "sd.py")
     assert "llmga.cli.main" in imported_modules(REPO / "llmga" / "__main__.py")
+
+
+@pytest.mark.parametrize(("version", "requirements", "needs"), [
+    ('__version__ = "0.3.75"\n', "torch\ntorchaudio\n", False),  # the pinned host guards its torchaudio imports
+    ('__version__ = "0.33.0"\n', "torch\ntorchvision\ntorchaudio\n", True),  # newer hosts import it at startup
+    ('__version__ = "0.33.0"\n', "torch\ntorchvision\n", False),
+    (None, "torchaudio>=2.0  # audio nodes\n", True),  # a host that does not say its version: assume a new one
+])
+def test_setup_installs_torchaudio_only_for_hosts_that_import_it(tmp_path, version, requirements, needs):
+    from comfyui_host import needs_torchaudio
+
+    (tmp_path / "requirements.txt").write_text(requirements)
+    if version is not None:
+        (tmp_path / "comfyui_version.py").write_text(version)
+    assert needs_torchaudio(tmp_path) is needs
