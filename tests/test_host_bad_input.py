@@ -287,7 +287,7 @@ FILES = {
     "assistant broken config.json": (load_assistant, f"{PREFIX}bad-config", "config.json is not valid JSON"),
     "assistant folder that is no model": (load_assistant, f"{PREFIX}not-a-model", "config.json"),
     "sd folder with an empty model_index.json": (load_sd, f"{PREFIX}empty-index", "has no unet/ folder"),
-    "sd folder whose model_index.json is no JSON": (load_sd, f"{PREFIX}not-json", "is not readable JSON"),
+    "sd folder whose model_index.json is no JSON": (load_sd, f"{PREFIX}not-json", "model_index.json is not valid JSON"),
 }
 NODES = {load_assistant: "LLMGA Load Assistant", load_sd: "LLMGA Load SD1.5", load_diffrir: "LLMGA Load DiffRIR"}
 
