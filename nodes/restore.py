@@ -57,7 +57,7 @@ class LoadDiffRIR(io.ComfyNode):
             path = folder_paths.get_full_path("diffrir", model)
             if path is None:
                 folders = ", ".join(str(folder) for folder in model_folders("diffrir"))
-                raise FileNotFoundError(f"{model} is not in {folders}. " + DIFFRIR_DOWNLOAD.format(folders=folders))
+                raise FileNotFoundError(f"{model!r} is not in {folders}. " + DIFFRIR_DOWNLOAD.format(folders=folders))
             load_device, precision = device_and_dtype("diffrir", "auto", dtype, default_device=mm.get_torch_device())
             network = load_diffrir(Path(path), device="cpu", dtype=precision)
         return io.NodeOutput(ManagedModel(network, network, load_device))

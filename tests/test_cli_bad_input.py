@@ -264,6 +264,8 @@ PICTURES = {
                                   "is 1x1"),
     "restore all-zero mask": (lambda i: restore(i, mask=i.zeros), "the mask marks no pixel to restore"),
     "inpaint all-zero mask": (lambda i: inpaint(i, mask=i.zeros), "the mask marks no pixel to paint"),
+    "chat inpaint all-zero mask": (lambda i: chat(i, "--image", i.picture, "--mask", i.zeros, "--task", "inpaint"),
+                                   "the mask marks no pixel to inpaint"),
 }
 
 

@@ -338,6 +338,11 @@ SIZES = {
     "restore: reference 64x40 for 72x40": (
         {"11": load_image("noise"), "12": load_image("narrower"), "13": solid_mask(72, 40), "1": restore(),
          "2": preview(["1", 0])}, "LLMGA DiffRIR Restore", "the reference is 64x40 but the generated image is 72x40"),
+    "chat: inpaint with an all-zero mask": (
+        {"11": load_image("noise"), "13": solid_mask(72, 40, 0.0), "1": chat("", "inpaint", image=["11", 0],
+                                                                             mask=["13", 0]), "2": preview(["1", 0])},
+        "LLMGA Chat", "the mask marks no pixel to inpaint (all of it is below 49% gray): mark the area to inpaint in "
+                      "white"),
     "chat: mask 32x32 on 72x40": (
         {"11": load_image("noise"), "13": solid_mask(32, 32), "1": chat("", "inpaint", image=["11", 0],
                                                                          mask=["13", 0]), "2": preview(["1", 0])},

@@ -53,7 +53,7 @@ def test_hostile_names_get_one_error_that_names_the_folders(comfy, host_assistan
          lambda name: f"LLMGA Load SD1.5: {name!r} is neither a diffusers folder nor a checkpoint file in "),
         # ComfyUI's own folder_paths.get_full_path normalises the name into the folder ('../' and '/' dropped).
         (diffrir_loader, hostile_names(host_diffrir, f"../diffrir/{host_diffrir.name}"),
-         lambda name: f"LLMGA Load DiffRIR: {name} is not in {models / 'diffrir'}. "),
+         lambda name: f"LLMGA Load DiffRIR: {name!r} is not in {models / 'diffrir'}. "),
     ]
     for loader, names, expected in cases:
         for name in names:

@@ -39,7 +39,9 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from ..images import mask_array, open_image
+    from ..images import open_image
+    from ..mllm.chat import check_turn_picture
+
     common.check_assistant_numbers(args)
     if not 0 < args.top_p <= 1:
         raise InputError(f"--top-p is {args.top_p} but must be in (0, 1]")
@@ -47,7 +49,7 @@ def _chat(args: argparse.Namespace) -> int:
         raise InputError("--mask needs --image: give the picture the mask belongs to")
     # Inputs are read and checked before the model loads, so bad input fails in a second.
     image = open_image(args.image) if args.image is not None else None
-    mask = mask_array(open_image(args.mask, "L"), image.size) if args.mask is not None else None
+    mask = check_turn_picture(args.task, image, open_image(args.mask, "L") if args.mask is not None else None)
     assistant = common.load_assistant(args, template=None if args.template == "auto" else args.template,
                                       quantization=args.quantization)
     settings = common.assistant_settings(args, args.seed, top_p=args.top_p,

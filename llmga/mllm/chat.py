@@ -18,17 +18,19 @@ from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from ..images import mask_array
+from ..images import check_mask_marks, mask_array
 from ..prompt import ParsedReply, parse_reply
 from .loader import LoadedAssistant
 from .model import IMAGE_TOKEN_INDEX
-from .preprocess import black_out_mask, pixel_values
+from .preprocess import MASK_THRESHOLD, black_out_mask, pixel_values
 from .tasks import build_user_message
 from .templates import get_template, template_for
 
 IMAGE_PLACEHOLDER = "<image>"
 # Tasks whose training turn held only an instruction (no user text).
 INSTRUCTION_ONLY_TASKS = ("similar_image", "inpaint", "outpaint", "describe")
+# Tasks whose picture comes with a mask of the area to paint (seen black by the model).
+MASKED_TASKS = ("inpaint", "outpaint")
 
 
 class ChatError(ValueError):
@@ -208,6 +210,22 @@ class _TextWatcher(BaseStreamer, StoppingCriteria):
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
+def check_turn_picture(task: str, image: Image.Image | None,
+                       mask: np.ndarray | torch.Tensor | Image.Image | None) -> np.ndarray | None:
+    """The mask of a turn as [H, W] float in [0, 1] (None without one), after the checks a turn's picture needs,
+    which need no model (so adapters can call this before loading one): a mask needs its image and the image's size,
+    and an inpaint/outpaint mask must mark something (with nothing black the model would just describe the picture).
+    Raises ChatError or ImageInputError."""
+    if mask is None:
+        return None
+    if image is None:
+        raise ChatError("a mask was given without an image: give the image the mask belongs to")
+    array = mask_array(mask, image.size)
+    if task in MASKED_TASKS:
+        check_mask_marks(array, MASK_THRESHOLD, action=task)
+    return array
+
+
 class Assistant:
     """A loaded LLMGA assistant that chats. template: a template name, or None to pick it from the checkpoint."""
 
@@ -258,11 +276,11 @@ class Assistant:
         phrasing_seed: draws the training phrasing of the task's instruction (and its side for text_to_image /
         refine_prompt with placement "auto"), any seed `random.Random` takes (the data tools seed each image with
         "<seed>:<image>"); None takes the first phrasing, before the text. instruction: your own
-        phrasing instead. Raises ChatError for a mask without a picture, a mask of another size, or a task that needs
-        a picture the conversation lacks.
+        phrasing instead. Raises ChatError for a mask without a picture or a task that needs a picture the
+        conversation lacks, and ImageInputError for a mask of another size or an inpaint/outpaint mask that marks
+        nothing.
         """
-        if mask is not None and image is None:
-            raise ChatError("a mask was given without an image: give the image the mask belongs to")
+        mask = check_turn_picture(task, image, mask)
         picture = None if image is None else self.picture(image.convert("RGB"), mask)
         rng = None if phrasing_seed is None else random.Random(phrasing_seed)
         try:
