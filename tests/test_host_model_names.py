@@ -90,7 +90,7 @@ def test_symlinked_models_inside_the_folders_keep_working(comfy, host_assistant,
     ("relabelled", {"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]},
      "{folder} holds the weights of another model: they hold 6 tensors a llama model does not have"),
     ("tower", {"mm_vision_tower": "/etc"}, "config.json names the vision tower '/etc' (mm_vision_tower), but"),
-    ("config", {"hidden_size": "big"}, "config.json of {folder} does not describe a qwen2 model ("),
+    ("config", {"hidden_size": "big"}, "{folder}/config.json does not describe a qwen2 model ("),
 ])
 def test_a_checkpoint_that_cannot_be_trusted_fails_with_one_line(comfy, host_assistant, case, change, says):
     folder = comfy.models_dir / "LLM" / f"llmga-untrusted-{case}"

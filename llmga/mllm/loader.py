@@ -34,6 +34,7 @@ from ..errors import one_line
 from ..hub import CLIP_VISION_REPO, download_vision_tower
 from .checkpoint import (
     PROJECTOR_PREFIX,
+    REFETCH,
     VISION_PREFIX,
     CheckpointError,
     LLMGACheckpoint,
@@ -314,8 +315,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                               "the projector was pretrained on (e.g. vicuna-7b-v1.5)")
     target, torch_dtype = device_and_dtype("assistant", device, dtype)
     config = checkpoint.config
-    with failing_as(f"config.json of {checkpoint.path} does not describe a {checkpoint.family} model",
-                    "correct the field it names, or download the checkpoint again"):
+    with failing_as(f"{checkpoint.path / 'config.json'} does not describe a {checkpoint.family} model", REFETCH):
         base_config = checkpoint.base_config()
         projector = build_projector(config.get("mm_projector_type", "linear"), config["mm_hidden_size"],
                                     base_config.hidden_size)
