@@ -13,11 +13,22 @@ Automatic precision per model kind (`auto_dtype`):
 
 An explicit `fp16` / `bf16` / `fp32` is always taken as given. Device `auto` is the host's device when the adapter
 has one (ComfyUI's), else CUDA, then Apple's MPS, then the CPU.
+
+The assistant has one more precision, `official` (`assistant_precision`): what the official builder
+(llava/model/builder.py, clip_encoder.py) runs, the LLM and projector in fp16 and the CLIP tower in fp32, read from
+its own folder (`mm_vision_tower`) rather than the checkpoint's bf16 copy, pixels rounded to fp16 before the tower
+and its features cast to fp16 after it. Its `auto`:
+
+| device     | CLIP tower's own folder at hand (clip_vision) | otherwise                         |
+|------------|-----------------------------------------------|-----------------------------------|
+| CUDA, MPS  | `official`                                    | `auto_dtype("assistant")` for all |
+| CPU        | fp32 for all                                  | fp32 for all                      |
 """
 
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,6 +37,7 @@ if TYPE_CHECKING:
 # torch is imported by the functions, not here: the command line builds its parser from these names without torch.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
+ASSISTANT_DTYPES = ("auto", "official", "bf16", "fp16", "fp32")
 MODEL_KINDS = ("assistant", "sd", "diffrir", "metrics")
 
 
@@ -96,6 +108,37 @@ def device_and_dtype(kind: str, device: str | torch.device = "auto", dtype: str 
     """`pick_device` then `pick_dtype` for a model of `kind`."""
     target = pick_device(device, default=default_device)
     return target, pick_dtype(kind, dtype, target)
+
+
+@dataclass(frozen=True)
+class AssistantPrecision:
+    """The precision of each part of the assistant. language: the LLM and the projector; vision: the CLIP tower.
+    official: the official builder's setting (the tower's own weights read from mm_vision_tower, pixels rounded to
+    fp16 before it, as the official CLIs send `.half()` pixels to an fp32 tower)."""
+
+    language: torch.dtype
+    vision: torch.dtype
+    official: bool = False
+
+
+def assistant_precision(dtype: str | torch.dtype, device: torch.device, *, tower_at_hand: bool) -> AssistantPrecision:
+    """The assistant's precision for `dtype` (one of ASSISTANT_DTYPES or a torch.dtype) on `device` (see the module's
+    second table). tower_at_hand: whether the CLIP tower's own folder is available without a download; `auto` is
+    `official` on GPUs only then. An explicit `official` is taken on any device (fp16 on the CPU is slow)."""
+    import torch
+
+    if isinstance(dtype, str):
+        check_assistant_dtype(dtype)
+    if dtype == "official" or (dtype == "auto" and device.type in ("cuda", "mps") and tower_at_hand):
+        return AssistantPrecision(language=torch.float16, vision=torch.float32, official=True)
+    chosen = pick_dtype("assistant", dtype, device)
+    return AssistantPrecision(language=chosen, vision=chosen)
+
+
+def check_assistant_dtype(dtype: str) -> None:
+    """ValueError unless `dtype` is one of ASSISTANT_DTYPES (adapters check it before fetching a model)."""
+    if dtype not in ASSISTANT_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} or official")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -12,16 +12,9 @@ from fixtures.mllm import FAMILY_SPECS, build_projector_only
 from PIL import Image
 
 from llmga.images import ImageInputError
-from llmga.mllm.chat import (
-    Assistant,
-    ChatError,
-    GenerationSettings,
-    OnlyTokenizerIds,
-    _held_back,
-    cut_at_stop,
-    stop_token_ids,
-)
+from llmga.mllm.chat import Assistant, ChatError
 from llmga.mllm.checkpoint import CheckpointError
+from llmga.mllm.generation import GenerationSettings, OnlyTokenizerIds, _held_back, cut_at_stop, stop_token_ids
 from llmga.mllm.loader import load_llmga
 
 SAMPLING = GenerationSettings(max_new_tokens=16, temperature=1.0, seed=7)

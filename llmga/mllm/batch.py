@@ -11,30 +11,15 @@ depends on the whole batch, not only on its own request.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
+from transformers import RepetitionPenaltyLogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
 from ..prompt import ParsedReply, parse_reply
-from .chat import (
-    Assistant,
-    ChatError,
-    GenerationSettings,
-    OnlyTokenizerIds,
-    UserTurn,
-    cut_at_stop,
-    stop_token_ids,
-    tokenize_with_image,
-)
-from .loader import quiet_transformers
+from .chat import Assistant, ChatError, UserTurn, tokenize_with_image
+from .generation import GenerationSettings, cut_at_stop, generating
 from .model import IMAGE_TOKEN_INDEX
 
 
@@ -100,8 +85,9 @@ def reply_batch(assistant: Assistant, requests: Sequence[UserTurn],
 
     requests: first turns, from `assistant.turn(assistant.new_history(), task, text, image=..., mask=...)`.
 
-    settings: decoding settings; None = greedy (temperature 0) with the default max_new_tokens, the setting whose
-    replies do not depend on the rest of the batch.
+    settings: decoding settings, resolved as `Assistant.reply` resolves them (unset top_p / top_k /
+    repetition_penalty: the checkpoint's); None = greedy (temperature 0) with the default max_new_tokens, the setting
+    whose replies do not depend on the rest of the batch.
 
     Raises ChatError when a request names <image> without a picture (or more than one) or does not fit the model's
     context. An empty `requests` gives [].
@@ -128,39 +114,23 @@ def reply_batch(assistant: Assistant, requests: Sequence[UserTurn],
 
 def _generate(assistant: Assistant, embeds: torch.Tensor, attention_mask: torch.Tensor,
               settings: GenerationSettings) -> list[tuple[str, int]]:
-    """Decode a left-padded batch with `Assistant._generate`'s settings; (clean text, new tokens) per row."""
+    """Decode a left-padded batch as `Assistant.reply` decodes one request; (clean text, new tokens) per row."""
     tokenizer = assistant.tokenizer
-    stops = assistant.template.stop_strings
-    language_model = assistant.loaded.model.language_model
-    eos_ids = stop_token_ids(tokenizer, stops, language_model.generation_config.eos_token_id)
-    budget = min(settings.max_new_tokens, assistant.context_length - embeds.shape[1])
-    sample = settings.temperature > 0
-    kwargs = dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p) if sample else dict(
-        do_sample=False, temperature=None, top_p=None, top_k=None)
-    vocabulary = len(tokenizer)
-    processors = [OnlyTokenizerIds(vocabulary)] if language_model.config.vocab_size > vocabulary else []
-    penalty = language_model.generation_config.repetition_penalty
-    if penalty is not None and penalty != 1.0:
+    used = assistant.settings_used(settings)
+    kwargs = assistant.generate_arguments(used, embeds.shape[1])
+    if used.repetition_penalty != 1.0:
         # generate() takes the penalty's prompt length from the attention mask, which with inputs_embeds (no prompt
         # ids) skips a padded row's first generated tokens; this one (it takes the default's place) penalises every
         # generated token of every row, as for a request alone.
-        processors.append(RepetitionPenaltyLogitsProcessor(float(penalty)))
+        kwargs["logits_processor"].append(RepetitionPenaltyLogitsProcessor(float(used.repetition_penalty)))
     vocab = tokenizer.get_vocab()
-    text_stops = tuple(stop for stop in stops if stop not in vocab)  # the others are EOS ids already
+    text_stops = tuple(stop for stop in assistant.template.stop_strings if stop not in vocab)  # others are EOS ids
     watcher = _RowStopStrings(tokenizer, text_stops, embeds.shape[0])
     criteria = StoppingCriteriaList([watcher] if text_stops else [])
-    devices = [embeds.device] if embeds.device.type == "cuda" else []
-    with (torch.random.fork_rng(devices=devices), torch.inference_mode(), quiet_transformers(),
-          warnings.catch_warnings()):
-        # "the penalty covers only generated tokens" is what we want: the prompt holds image features, not ids.
-        warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        output = language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=budget, eos_token_id=eos_ids,
-            pad_token_id=eos_ids[0] if eos_ids else None, stopping_criteria=criteria,
-            logits_processor=LogitsProcessorList(processors), **kwargs)
-    cuts = stops + tuple(tokenizer.decode([i]) for i in eos_ids)
+    with generating(embeds.device, used.seed):
+        output = assistant.loaded.model.language_model.generate(
+            inputs_embeds=embeds, attention_mask=attention_mask, stopping_criteria=criteria, **kwargs)
+    eos_ids, cuts = kwargs["eos_token_id"], assistant.reply_ends()
     results = []
     for row, tokens in enumerate(output.tolist()):
         ends = [position + 1 for position, token in enumerate(tokens) if token in eos_ids][:1]

@@ -12,6 +12,8 @@ Reading: `read_checkpoint` (then `loader.load_llmga`). Writing: `llava_config` +
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,26 @@ class LLMGACheckpoint:
     @property
     def model_type(self) -> str:
         return self.config.get("model_type", "")
+
+    @property
+    def name(self) -> str:
+        """The checkpoint's name as the official CLIs take it from its path (mm_utils.get_model_name_from_path): the
+        folder's name, or "<parent>_<folder>" for a trainer's checkpoint-N folder. A Hugging Face cache snapshot
+        (models--<owner>--<name>/snapshots/<commit>) is named after its repository, as the official hub id is."""
+        parts = Path(os.path.abspath(self.path)).parts
+        if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+            return parts[-3].split("--")[-1]
+        if len(parts) >= 2 and parts[-1].startswith("checkpoint-"):
+            return f"{parts[-2]}_{parts[-1]}"
+        return parts[-1] if parts else ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the checkpoint goes by: `name`, then the last part of the path config.json records as
+        `_name_or_path` (the model training started from), when it records one."""
+        recorded = self.config.get("_name_or_path")
+        tail = [part for part in re.split(r"[\\/]+", recorded) if part][-1:] if isinstance(recorded, str) else []
+        return (self.name, *tail)
 
     def base_config_fields(self) -> dict:
         """The config without LLaVA's keys and without model_type/architectures, for the base LLM's config class.

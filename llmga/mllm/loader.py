@@ -29,7 +29,7 @@ try:
 except ImportError:  # huggingface_hub before strict dataclasses: no such check
     StrictDataclassError = ValueError
 
-from ..devices import device_and_dtype
+from ..devices import assistant_precision, check_assistant_dtype, pick_device
 from ..errors import one_line
 from ..hub import CLIP_VISION_REPO, download_vision_tower
 from .checkpoint import (
@@ -192,25 +192,35 @@ def load_strict(module: torch.nn.Module, state: dict, what: str, source: str) ->
                               f"unexpected {unexpected[:5]}; the checkpoint is damaged or of another model")
 
 
-def load_vision_tower(checkpoint: LLMGACheckpoint, vision_state: dict, clip_vision_dirs: Iterable[Path], *,
-                      allow_download: bool, allow_paths: bool) -> tuple[CLIPVisionModel, ImageProcessing]:
-    """The checkpoint's CLIP ViT-L/14-336 (float32, weights from the shards when they hold them, else from a
-    clip_vision folder or the hub) and its image preprocessing."""
-    clip_vision_dirs = [Path(folder) for folder in clip_vision_dirs]
-    config = checkpoint.config
-    tower_name = config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_L_336
-    local = find_vision_tower(str(tower_name), clip_vision_dirs, allow_paths=allow_paths)
+def vision_tower_name(config: dict) -> str:
+    """The vision tower a checkpoint's config.json names (`mm_vision_tower`), CLIP ViT-L/14-336 when it names none."""
+    return str(config.get("mm_vision_tower") or config.get("vision_tower") or CLIP_L_336)
+
+
+def load_vision_tower(checkpoint: LLMGACheckpoint, vision_state: dict, local: Path | None,
+                      clip_vision_dirs: Iterable[Path], *, allow_download: bool,
+                      official: bool = False) -> tuple[CLIPVisionModel, ImageProcessing]:
+    """The checkpoint's CLIP ViT-L/14-336 in float32 and its image preprocessing.
+
+    vision_state: the tower's weights from the checkpoint's shards, used when not empty. local: the tower's own folder
+    (`find_vision_tower`), else it is downloaded when `allow_download`. official: the official builder's way, the
+    tower's own weights from `local` (or the download) even when the shards hold a (bf16) copy.
+    """
+    tower_name = vision_tower_name(checkpoint.config)
     source = str(checkpoint.path)
-    if not vision_state:
+    if official or not vision_state:
         if local is None and allow_download:
             local = download_vision_tower()
         if local is None:
+            why = ("precision 'official' reads the vision tower's own float32 weights, as the official builder does,"
+                   if official else f"{checkpoint.path} holds no vision-tower weights and")
+            alternative = " or choose another dtype than official" if official else ""
             raise CheckpointError(
-                f"{checkpoint.path} holds no vision-tower weights and {tower_name!r} was not found locally (searched "
-                f"{[str(d) for d in clip_vision_dirs]}): put {CLIP_L_336} ({CLIP_L_336_FILES}) in a clip_vision model "
-                "folder, or allow downloads")
+                f"{why} {tower_name!r} was not found locally (searched {[str(d) for d in clip_vision_dirs]}): put "
+                f"{CLIP_L_336} ({CLIP_L_336_FILES}) in a clip_vision model folder, or allow downloads{alternative}")
         vision_state, source = vision_weights_from_folder(local), str(local)
-    tower_config = vision_config(str(tower_name), local)
+    tower_config = vision_config(tower_name, local)
+    config = checkpoint.config
     if tower_config.hidden_size != config["mm_hidden_size"]:
         raise CheckpointError(f"the vision tower from {local or source} has hidden size {tower_config.hidden_size}, "
                               f"but config.json of {checkpoint.path} says mm_hidden_size {config['mm_hidden_size']}: "
@@ -295,25 +305,31 @@ def load_language_model(llm_folder: Path, checkpoint: LLMGACheckpoint, base_conf
 
 def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                attention: str = "sdpa", quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
-               allow_download: bool = False, base: str | Path | None = None,
-               allow_paths: bool = True) -> LoadedAssistant:
+               allow_download: bool = False, base: str | Path | None = None, allow_paths: bool = True,
+               compute_device: torch.device | None = None) -> LoadedAssistant:
     """Load an official LLMGA checkpoint folder.
 
     base: a plain base-LLM folder (the official `--model-base`); `path` is then a projector-pretraining output
     (config.json + mm_projector.bin), and the language model and tokenizer come from `base`.
-    dtype: auto/bf16/fp16/fp32. device: auto/cuda/cpu/mps. attention: sdpa/eager (transformers attn_implementation).
+    dtype: auto/official/bf16/fp16/fp32 (`llmga.devices.assistant_precision`: official is the official builder's
+    fp16 LLM with the tower's own fp32 weights; auto takes it on GPUs when the tower's folder is at hand).
+    device: auto/cuda/cpu/mps, where the weights load. compute_device: where the model will run when that is
+    elsewhere (the nodes load on the CPU and ComfyUI moves the model): what dtype auto is decided for.
+    attention: sdpa/eager (transformers attn_implementation).
     quantization: none/8bit/4bit (bitsandbytes, CUDA only; NF4 with double quantisation and fp16 compute, as the
     official `--load-4bit`). clip_vision_dirs: the clip_vision model folders, where the vision tower is looked up.
     allow_download: fetch a missing vision tower from the hub (pinned revision). allow_paths: `mm_vision_tower` may
     name the tower's own folder (a local user's checkpoint); the nodes pass False, so only clip_vision_dirs are read.
     Every problem of the files is a CheckpointError (a ValueError) that says what to do.
     """
+    if isinstance(dtype, str):
+        check_assistant_dtype(dtype)
     checkpoint = read_checkpoint(path, projector_only=base is not None)
     llm_folder = Path(base) if base is not None else checkpoint.path
     if base is not None and not (llm_folder / "config.json").is_file():
         raise CheckpointError(f"base LLM folder {llm_folder} has no config.json: give the folder of the base model "
                               "the projector was pretrained on (e.g. vicuna-7b-v1.5)")
-    target, torch_dtype = device_and_dtype("assistant", device, dtype)
+    target = pick_device(device)
     config = checkpoint.config
     with failing_as(f"{checkpoint.path / 'config.json'} does not describe a {checkpoint.family} model", REFETCH):
         base_config = checkpoint.base_config()
@@ -321,16 +337,20 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
                                     base_config.hidden_size)
     # The tokenizer and the vision tower are checked before the large language model is read.
     tokenizer = load_tokenizer(llm_folder)
+    clip_vision_dirs = [Path(folder) for folder in clip_vision_dirs]
+    local_tower = find_vision_tower(vision_tower_name(config), clip_vision_dirs, allow_paths=allow_paths)
+    precision = assistant_precision(dtype, compute_device or target, tower_at_hand=local_tower is not None)
     projector_state, vision_state = split_weights(checkpoint)
-    vision_tower, processing = load_vision_tower(checkpoint, vision_state, clip_vision_dirs,
-                                                 allow_download=allow_download, allow_paths=allow_paths)
-    language_model = load_language_model(llm_folder, checkpoint, base_config, dtype=torch_dtype, attention=attention,
-                                         quantization=quantization, target=target)
+    vision_tower, processing = load_vision_tower(checkpoint, vision_state, local_tower, clip_vision_dirs,
+                                                 allow_download=allow_download, official=precision.official)
+    language_model = load_language_model(llm_folder, checkpoint, base_config, dtype=precision.language,
+                                         attention=attention, quantization=quantization, target=target)
     load_strict(projector, projector_state, "projector", str(checkpoint.path))
-    model = LLMGAModel(language_model, vision_tower.to(target, torch_dtype).eval(),
-                       projector.to(target, torch_dtype).eval(),
+    model = LLMGAModel(language_model, vision_tower.to(target, precision.vision).eval(),
+                       projector.to(target, precision.language).eval(),
                        select_layer=config.get("mm_vision_select_layer", -2),
-                       select_feature=config.get("mm_vision_select_feature", "patch"))
+                       select_feature=config.get("mm_vision_select_feature", "patch"),
+                       pixel_dtype=torch.float16 if precision.official else None)
     if quantization == "none" and language_model.get_input_embeddings().num_embeddings > len(tokenizer):
         # As the official builder: embeddings padded past the tokenizer (Qwen2, Phi-3) shrink to len(tokenizer),
         # so those ids can never be generated.

@@ -35,10 +35,12 @@ class LLMGAModel(nn.Module):
     language_model: the base `XForCausalLM`. vision_tower: `CLIPVisionModel`. projector: vision hidden -> LLM hidden.
     select_layer: which hidden state of the vision tower feeds the projector (-2: the penultimate layer).
     select_feature: "patch" drops the CLS token, "cls_patch" keeps it.
+    pixel_dtype: the precision pixels are rounded to before the tower (the official CLIs send fp16 pixels to their
+    fp32 tower); None sends them as given.
     """
 
     def __init__(self, language_model: PreTrainedModel, vision_tower: CLIPVisionModel, projector: nn.Module,
-                 select_layer: int = -2, select_feature: str = "patch"):
+                 select_layer: int = -2, select_feature: str = "patch", pixel_dtype: torch.dtype | None = None):
         super().__init__()
         if select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"mm_vision_select_feature {select_feature!r} is not supported (expected 'patch' or "
@@ -48,6 +50,7 @@ class LLMGAModel(nn.Module):
         self.projector = projector
         self.select_layer = select_layer
         self.select_feature = select_feature
+        self.pixel_dtype = pixel_dtype
 
     # No `device` property: ComfyUI's ModelPatcher keeps its own `device` attribute on the modules it manages.
     def input_device(self) -> torch.device:
@@ -61,9 +64,12 @@ class LLMGAModel(nn.Module):
         """[B, 3, S, S] normalised pixels -> [B, N, hidden] projected image features (N = 576 for CLIP-L/14-336).
 
         The vision tower is frozen (it runs without gradients, as the official `CLIPVisionTower.forward`); the
-        projector keeps its graph, so training can back-propagate into it."""
+        projector keeps its graph, so training can back-propagate into it. The tower's features enter the projector
+        in the LLM's precision (the official tower casts them to its input's dtype)."""
         tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
         tower_device = self.vision_tower.get_input_embeddings().weight.device
+        if self.pixel_dtype is not None:
+            pixel_values = pixel_values.to(self.pixel_dtype)
         with torch.no_grad():
             outputs = self.vision_tower(pixel_values.to(tower_device, tower_dtype), output_hidden_states=True)
         features = outputs.hidden_states[self.select_layer]

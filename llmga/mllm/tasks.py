@@ -27,11 +27,14 @@ The Chinese lists are imported nowhere in the official code: how the `llmga-cn-*
 trained is not published, so `language="zh"` uses the same layout (joined by one space) with the
 translated phrasings. They are not one-to-one translations: QUES_PROMPT_ZH lacks "Describe the image.",
 TEXTEXTEND_PROMPT_ZH lacks "Give me an image about", and OUTPAINT_PROMPT_ZH repeats its first entry.
+`phrasing_language` picks them for "auto": a Chinese + English checkpoint asked in Chinese.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Iterable
 
 IMAGE_TOKEN = "<image>"  # llava/constants.py DEFAULT_IMAGE_TOKEN
 
@@ -41,6 +44,11 @@ EDIT_SOURCE_INSTRUCTION = "Generate a similar image"
 TASKS = ("chat", "text_to_image", "refine_prompt", "similar_image", "inpaint", "outpaint", "edit", "describe")
 PLACEMENTS = ("auto", "before", "after")
 LANGUAGES = ("en", "zh")
+LANGUAGE_CHOICES = ("auto", *LANGUAGES)  # what adapters offer: auto = `phrasing_language`'s rule
+# The released Chinese + English checkpoints are binxia/llmga-cn-* (README).
+CHINESE_CHECKPOINT_MARK = "llmga-cn-"
+# Han ideographs: CJK Unified Ideographs, Extension A, Extensions B-F and the compatibility ideographs.
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
 
 # --- llmga/llava/prompt_temp.py (English; the lists the training datasets draw from) ---
 QUES_PROMPT: tuple[str, ...] = (
@@ -315,6 +323,27 @@ def build_user_message(
             "or pass your own phrasing as instruction."
         )
     return prefix + (own if own is not None else _pick(_LISTS[language][task], rng))
+
+
+def is_chinese_checkpoint(names: Iterable[str]) -> bool:
+    """Whether a checkpoint going by `names` (`LLMGACheckpoint.names`) is a Chinese + English one (llmga-cn-*)."""
+    return any(CHINESE_CHECKPOINT_MARK in name.lower() for name in names)
+
+
+def has_chinese(text: str) -> bool:
+    """Whether `text` holds a Han ideograph (Chinese characters)."""
+    return _HAN.search(text) is not None
+
+
+def phrasing_language(language: str, text: str, chinese_checkpoint: bool) -> str:
+    """The language of a turn's instruction phrasings: `language` when it is "en" or "zh"; for "auto", "zh" when
+    the checkpoint is a Chinese + English one and the user's `text` is Chinese, else "en". Raises ValueError for
+    another language."""
+    if language not in LANGUAGE_CHOICES:
+        raise ValueError(f"Unknown language {language!r}; choose one of: {', '.join(LANGUAGE_CHOICES)}.")
+    if language != "auto":
+        return language
+    return "zh" if chinese_checkpoint and has_chinese(text) else "en"
 
 
 def _pick(phrases: tuple[str, ...], rng: random.Random | None) -> str:

@@ -26,7 +26,7 @@ BOS is not part of the prompt text; tokenizers that use one add it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 
 Turn = tuple[str, str | None]
@@ -204,17 +204,27 @@ def get_template(name: str) -> ChatTemplate:
 
 # Llama-3 tokenizers have 128256 entries; Llama-2/Vicuna have 32000.
 _LLAMA_3_MIN_VOCAB = 128000
+# Special tokens only Llama-3's tokenizer has (its template's turn end and role header).
+LLAMA_3_TOKENS = ("<|eot_id|>", "<|start_header_id|>")
+# The official CLIs' folder-name rule for llava_llama checkpoints (serve/cli*.py, tested in this order; their last
+# resort, llava_v0, is no LLMGA template: Vicuna's llava_v1 stands in for it).
+_LLAMA_NAME_RULE = (("llama-2", "llava_llama_2"), ("llama3", "llama_3"))
 
 
-def template_for(model_type: str, vocab_size: int, chat_template: str | None) -> str:
+def template_for(model_type: str, vocab_size: int, chat_template: str | None, *, tokens: Container[str] = (),
+                 name: str = "") -> str:
     """Default template name for a checkpoint, from its config and tokenizer.
 
     model_type: `config.model_type` (`llava_llama`, `llava_mistral`, `llava_Qwen2`, `llava_Phi3`, `llava_gemma`).
-    vocab_size: `config.vocab_size`, which tells Llama-3 from Llama-2/Vicuna (both are `llava_llama`).
-    chat_template: the tokenizer's own `chat_template` text, if any; "[INST]" in it marks a Llama-2-chat base.
+    vocab_size: `config.vocab_size`. chat_template: the tokenizer's own `chat_template` text, if any.
+    tokens: the tokenizer's vocabulary (token strings, e.g. `tokenizer.get_vocab()`). name: the checkpoint's name
+    (`LLMGACheckpoint.name`, the folder's).
 
-    The official CLIs pick the template by substrings of the checkpoint folder name ("llama3", "qwen2",
-    "v1", ...), which breaks as soon as a folder is renamed. We use facts stored in the checkpoint instead.
+    `llava_llama` is Vicuna, Llama-2-chat or Llama-3, told apart by, in order: Llama-3's special tokens in the
+    tokenizer (LLAMA_3_TOKENS), a Llama-3-sized vocabulary, "[INST]" in the chat template (Llama-2-chat), and as the
+    last resort the official CLIs' folder-name rule ("llama-2", "llama3"), else Vicuna. The other families follow
+    from model_type. The official CLIs pick every template by substrings of the folder name ("llama3", "qwen2",
+    "v1", ...), which breaks as soon as a folder is renamed; facts stored in the checkpoint come first here.
     Vicuna maps to `llava_v1` (the CLIs' choice) rather than `v1` (training wording); `v1` stays selectable.
     Raises ValueError for a model_type that is not an LLMGA one.
     """
@@ -228,11 +238,11 @@ def template_for(model_type: str, vocab_size: int, chat_template: str | None) ->
     if kind == "llava_gemma":
         return "gemma"
     if kind == "llava_llama":
-        if vocab_size >= _LLAMA_3_MIN_VOCAB:
+        if all(token in tokens for token in LLAMA_3_TOKENS) or vocab_size >= _LLAMA_3_MIN_VOCAB:
             return "llama_3"
         if chat_template is not None and "[INST]" in chat_template:
             return "llava_llama_2"
-        return "llava_v1"
+        return next((template for part, template in _LLAMA_NAME_RULE if part in name.lower()), "llava_v1")
     raise ValueError(
         f"No chat template for model_type {model_type!r}: LLMGA checkpoints have model_type llava_llama, "
         "llava_mistral, llava_Qwen2, llava_Phi3 or llava_gemma. Check that this is an LLMGA checkpoint, "
