@@ -28,8 +28,17 @@ from llmga.hub import DIFFRIR_FILE as DIFFRIR  # noqa: E402
 ASSISTANT = "binxia/llmga-Qwen2-0.5B-full-finetune"
 SD_T2I = "binxia/llmga-sd15-t2i-v2"
 SD_INPAINT = "binxia/llmga-sd15-inpainting-v2"
-# Sampling for LLMGA's SD1.5 (the official CLI: 50 PNDM steps, CFG 7.5; DPM++ 2M Karras gets there in fewer steps).
-SAMPLER = {"steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0}
+# Sampling for LLMGA's SD1.5 as the official CLIs run it: 50 steps of the model repo's PNDM (PLMS) at CFG 7.5.
+# ComfyUI has no PNDM; ipndm is the same 4th-order Adams-Bashforth multistep on the noise prediction with the DDIM
+# transfer (warm-up orders 1-3), and ddim_uniform gives PNDM's timesteps (981, 961, ..., 1 with steps_offset 1).
+SAMPLER = {"steps": 50, "cfg": 7.5, "sampler_name": "ipndm", "scheduler": "ddim_uniform", "denoise": 1.0}
+# cli-sd15-inpainting.py binarises the mask at >= 125/255; ThresholdMask keeps mask > value, the same on 8-bit masks.
+MASK_THRESHOLD = 0.49
+# stabilityai/sd-vae-ft-mse (what cli-sd15-editing.py loads) as ComfyUI users keep it: the single-file release of the
+# same weights in stabilityai/sd-vae-ft-mse-original.
+EDIT_VAE = "vae-ft-mse-840000-ema-pruned.safetensors"
+# cli-sd15-editing.py centre-crops the picture to a square and resizes it to 512x512 before the assistant and the edit.
+EDIT_SIZE = 512
 
 
 @dataclass
@@ -145,15 +154,22 @@ def t2i_nodes(prompt_from: tuple[int, int], first_id: int, x: int = 880, model: 
 
 def inpaint_nodes(pixels: tuple[int, int], mask: tuple[int, int], prompt_from: tuple[int, int], x: int = 880
                   ) -> list[Node]:
+    """The official 9-channel pipeline on native nodes: the UNet gets the mask binarised (ThresholdMask), sampling
+    starts from pure noise (the encoded picture x 0) and never blends the picture back in (noise_mask off: the model
+    keeps the context itself); the soft mask serves Paste Back only."""
     return [
         Node(10, "LLMGALoadSD15", (x, 100), {"model": SD_INPAINT}, size=(340, 100)),
         Node(11, "LLMGALongPromptEncode", (x, 340), {"negative_prompt": ""}, {"clip": (10, 1), "prompt": prompt_from},
              size=(360, 260)),
-        Node(12, "InpaintModelConditioning", (x, 860), {"noise_mask": True},
-             {"positive": (11, 0), "negative": (11, 1), "vae": (10, 2), "pixels": pixels, "mask": mask},
+        Node(18, "ThresholdMask", (x, 660), {"value": MASK_THRESHOLD}, {"mask": mask}, title="Binary mask (official)",
+             size=(320, 80)),
+        Node(12, "InpaintModelConditioning", (x, 860), {"noise_mask": False},
+             {"positive": (11, 0), "negative": (11, 1), "vae": (10, 2), "pixels": pixels, "mask": (18, 0)},
              size=(320, 140)),
+        Node(19, "LatentMultiply", (x + 400, 680), {"multiplier": 0.0}, {"samples": (12, 2)},
+             title="Pure noise start (official)", size=(320, 80)),
         Node(13, "KSampler", (x + 400, 340), {"seed": 0, **SAMPLER},
-             {"model": (10, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (12, 2)}, size=(320, 270)),
+             {"model": (10, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (19, 0)}, size=(320, 270)),
         Node(14, "VAEDecode", (x + 760, 340), {}, {"samples": (13, 0), "vae": (10, 2)}, size=(220, 50)),
         Node(15, "LLMGAPasteBack", (x + 760, 440), {"feathering": 8},
              {"original": pixels, "generated": (14, 0), "mask": mask}, size=(300, 130)),
@@ -177,13 +193,22 @@ def reply_preview(chat_id: int = 3, node_id: int = 30, pos=(420, 820)) -> Node:
     return Node(node_id, "PreviewAny", pos, {}, {"source": (chat_id, 0)}, title="Assistant reply", size=(400, 200))
 
 
-def edit_nodes(method: str, instruction: str) -> list[Node]:
+def edit_nodes(method: str, instruction: str, *, official: bool = False) -> list[Node]:
     """The official two-turn editing flow (cli-sd15-editing.py): turn 0 'Generate a similar image' with the picture
     gives the source prompt, turn 1 the bare instruction gives the target prompt; each reply is parsed like the
-    official code (no tags: the whole reply), then LLMGA Inversion Edit edits the picture."""
+    official code (no tags: the whole reply), then LLMGA Inversion Edit edits the picture. official: the picture is
+    also centre-cropped to a 512x512 square first (ImageScale) and the VAE is sd-vae-ft-mse (VAELoader), as there."""
+    picture, vae = ((15, 0), (16, 0)) if official else ((4, 0), (10, 2))
+    official_nodes = [
+        Node(15, "ImageScale", (40, 980), {"upscale_method": "lanczos", "width": EDIT_SIZE, "height": EDIT_SIZE,
+                                           "crop": "center"}, {"image": (4, 0)}, title="Square 512x512 (official)",
+             size=(340, 130)),
+        Node(16, "VAELoader", (880, 240), {"vae_name": EDIT_VAE}, title="sd-vae-ft-mse (official)", size=(340, 60)),
+    ] if official else []
     return [
         Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
-        *assistant_nodes("similar_image", "Generate a similar image", image=(4, 0)),
+        *official_nodes,
+        *assistant_nodes("similar_image", "Generate a similar image", image=picture),
         Node(6, "LLMGAChat", (420, 1300), {"message": instruction, "task": "chat"},
              {"assistant": (2, 0), "history": (3, 3)}, title="LLMGA Chat (instruction)", size=(400, 440)),
         Node(7, "LLMGAExtractGenerationPrompt", (880, 560), {"no_tag_fallback": "whole reply"}, {"reply": (3, 4)},
@@ -192,7 +217,7 @@ def edit_nodes(method: str, instruction: str) -> list[Node]:
              title="Target prompt", size=(340, 120)),
         Node(10, "LLMGALoadSD15", (880, 100), {"model": SD_T2I}, size=(340, 100)),
         Node(11, "LLMGAInversionEdit", (1280, 100), {"method": method},
-             {"model": (10, 0), "clip": (10, 1), "vae": (10, 2), "image": (4, 0), "source_prompt": (7, 0),
+             {"model": (10, 0), "clip": (10, 1), "vae": vae, "image": picture, "source_prompt": (7, 0),
               "target_prompt": (8, 0)}, size=(360, 620)),
         Node(12, "SaveImage", (1680, 100), {"filename_prefix": "llmga_edit"}, {"images": (11, 0)}, size=(400, 420)),
         Node(13, "MaskToImage", (1680, 560), {}, {"mask": (11, 1)}, size=(220, 50)),
@@ -205,31 +230,50 @@ EDIT_NOTE = ("\n\nAs in the official editing CLI, the first **LLMGA Chat** descr
              "image*: the source prompt) and the second answers your instruction (the target prompt). Edit the "
              "instruction in the second Chat.")
 
+EDIT_OFFICIAL_NOTE = ("\n\nAs there, the picture is centre-cropped to a 512×512 square (**Square 512x512**) and "
+                      "encoded and decoded with `sd-vae-ft-mse` (**sd-vae-ft-mse**): save "
+                      f"`{EDIT_VAE}` from https://huggingface.co/stabilityai/sd-vae-ft-mse-original in "
+                      "`models/vae/` (or connect the SD loader's VAE instead).")
+
 MODELS_NOTE = ("\n\nModels: an LLMGA assistant in `models/LLM/` and LLMGA's SD1.5 in `models/diffusers/` — the "
                "released `binxia/…` names are downloaded on first use when the loaders' *allow_download* is on.")
 
+SAMPLER_NOTE = ("\n\nSampling: 50 steps of `ipndm` on the `ddim_uniform` schedule at CFG 7.5. The official pipelines "
+                "run 50 steps of the model repo's PNDM scheduler at CFG 7.5; ComfyUI has no PNDM, and `ipndm` is its "
+                "multistep (4th-order Adams–Bashforth on the noise prediction) while `ddim_uniform` gives its "
+                "timesteps (981, 961, …, 1), so only PNDM's first-step correction (one more model call) is missing. "
+                "For fewer steps, switch to `dpmpp_2m` + `karras` (about 25 steps).")
+INPAINT_NOTE = ("\n\nAs the official 9-channel pipeline: the UNet gets the mask binarised at 125/255 "
+                "(**Binary mask**), sampling starts from pure noise (**Pure noise start**) and never blends the "
+                "picture back outside the mask (InpaintModelConditioning's *noise_mask* off: the model keeps the "
+                "context itself). The soft mask goes only to the assistant and to the compositing at the end. Unlike "
+                "the official CLI, which stretches to 512×512, it runs at the picture's own size.")
+PASTE_NOTE = " The official CLI has no paste-back: connect VAE Decode to Save Image to see its raw output."
 WORKFLOWS = [
     Workflow("llmga_text_to_image",
              "## LLMGA: text to image\n\nType a short idea into **LLMGA Chat**. The assistant writes a detailed "
              "prompt; **LLMGA Long Prompt Encode** feeds all of it (up to 300 tokens) to LLMGA's SD1.5 the way it "
-             "was trained." + MODELS_NOTE,
+             "was trained." + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), *assistant_nodes("text_to_image", "a cozy wooden cabin in a snowy forest at dusk"),
               *t2i_nodes((3, 1), 10), reply_preview()]),
     Workflow("llmga_similar_image",
              "## LLMGA: similar image\n\nLoad a picture; the assistant describes it as a generation prompt and "
-             "SD1.5 paints a new image with the same content." + MODELS_NOTE,
+             "SD1.5 paints a new image with the same content." + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
               *assistant_nodes("similar_image", "", image=(4, 0)), *t2i_nodes((3, 1), 10), reply_preview()]),
     Workflow("llmga_inpaint",
              "## LLMGA: inpainting\n\nLoad a picture with a transparent hole (or paint a mask in the mask editor). "
              "The assistant sees the hole black, as in its training, and imagines what belongs there; LLMGA's "
-             "9-channel SD1.5 paints it and **LLMGA Paste Back** keeps every other pixel exactly." + MODELS_NOTE,
+             "9-channel SD1.5 paints it and **LLMGA Paste Back** keeps every other pixel exactly." + INPAINT_NOTE
+             + PASTE_NOTE + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
               *assistant_nodes("inpaint", "", image=(4, 0), mask=(4, 1)), *inpaint_nodes((4, 0), (4, 1), (3, 1)),
               reply_preview()]),
     Workflow("llmga_outpaint",
              "## LLMGA: outpainting\n\n**LLMGA Outpaint Canvas** adds room around the picture (multiples of 8); the "
-             "assistant imagines the whole scene and LLMGA's inpainting SD1.5 fills the new area." + MODELS_NOTE,
+             "assistant imagines the whole scene and LLMGA's inpainting SD1.5 fills the new area; **LLMGA Paste Back** "
+             "blends the seam over the canvas's feathered mask." + INPAINT_NOTE + PASTE_NOTE + SAMPLER_NOTE
+             + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
               Node(5, "LLMGAOutpaintCanvas", (40, 980), {"right": 256, "left": 0, "top": 0, "bottom": 0,
                                                          "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
@@ -238,7 +282,7 @@ WORKFLOWS = [
     Workflow("llmga_controlnet",
              "## LLMGA: prompt + ControlNet\n\nThe assistant's long prompt composes with any SD1.5 ControlNet: the "
              "conditioning from **LLMGA Long Prompt Encode** goes through ControlNetApplyAdvanced. Use a control "
-             "image made for your ControlNet (a lineart or canny drawing, a depth map…)." + MODELS_NOTE,
+             "image made for your ControlNet (a lineart or canny drawing, a depth map…)." + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, title="Control image",
                              size=(340, 320)),
               *assistant_nodes("text_to_image", "a lighthouse on a cliff in a storm"),
@@ -255,7 +299,7 @@ WORKFLOWS = [
               reply_preview()]),
     Workflow("llmga_interactive",
              "## LLMGA: two turns\n\nThe first **LLMGA Chat** turns an idea into an image; the second continues the "
-             "same conversation (its *history* input) to refine it, and renders again." + MODELS_NOTE,
+             "same conversation (its *history* input) to refine it, and renders again." + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), *assistant_nodes("text_to_image", "a fox in a meadow"), *t2i_nodes((3, 1), 10),
               Node(6, "LLMGAChat", (420, 1500), {"message": "Make it a snowy winter night.", "task": "chat"},
                    {"assistant": (2, 0), "history": (3, 3)}, size=(400, 440)),
@@ -269,14 +313,14 @@ RESTORE_NOTE = ("\n\n**LLMGA DiffRIR Restore** then makes the new region's textu
 WORKFLOWS += [
     Workflow("llmga_inpaint_restore",
              "## LLMGA: inpainting + DiffRIR\n\nLike *llmga_inpaint*: the assistant imagines what belongs in the "
-             "hole and LLMGA's 9-channel SD1.5 paints it." + RESTORE_NOTE + MODELS_NOTE,
+             "hole and LLMGA's 9-channel SD1.5 paints it." + RESTORE_NOTE + INPAINT_NOTE + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
               *assistant_nodes("inpaint", "", image=(4, 0), mask=(4, 1)),
               *with_restore(inpaint_nodes((4, 0), (4, 1), (3, 1)), (4, 0), (4, 1)), reply_preview()]),
     Workflow("llmga_outpaint_restore",
              "## LLMGA: outpainting + DiffRIR\n\nLike *llmga_outpaint*: **LLMGA Outpaint Canvas** adds room, the "
              "assistant imagines the whole scene and LLMGA's inpainting SD1.5 fills the new area." + RESTORE_NOTE
-             + MODELS_NOTE,
+             + INPAINT_NOTE + SAMPLER_NOTE + MODELS_NOTE,
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
               Node(5, "LLMGAOutpaintCanvas", (40, 980), {"right": 256, "left": 0, "top": 0, "bottom": 0,
                                                          "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
@@ -293,8 +337,8 @@ WORKFLOWS += [
     Workflow("edit_official_ddpm",
              "## LLMGA: instruction editing (official DDPM inversion)\n\nWhat the official `cli-sd15-editing.py` "
              "runs: edit-friendly DDPM inversion (50 steps, skip 25, source CFG 3.5), a DiffEdit mask of where the "
-             "prompts disagree, and target CFG 7.5 inside it." + EDIT_NOTE + MODELS_NOTE,
-             [note(""), *edit_nodes("ddpm_inversion", "Make it winter, with snow everywhere.")]),
+             "prompts disagree, and target CFG 7.5 inside it." + EDIT_NOTE + EDIT_OFFICIAL_NOTE + MODELS_NOTE,
+             [note(""), *edit_nodes("ddpm_inversion", "Make it winter, with snow everywhere.", official=True)]),
 ]
 
 

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.vae import build_vae_fixture
 from workflow_api import TINY_RUN_IMAGE_SIZES
 
 pytestmark = pytest.mark.host
@@ -17,6 +18,12 @@ WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 NAMES = sorted(path.stem for path in WORKFLOWS.glob("*.json"))
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def tiny_vae(sd15_models):
+    """models/vae/ holds the stand-in for sd-vae-ft-mse that edit_official_ddpm loads (with_tiny_models names it)."""
+    return build_vae_fixture(sd15_models)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def without_frontend_extras(prompt: dict, object_info: dict) -> dict:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_frontend_loads_workflow_and_its_prompt_runs(page, comfy, tiny_models, example_picture, name):
+def test_frontend_loads_workflow_and_its_prompt_runs(page, comfy, tiny_models, tiny_vae, example_picture, name):
     workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
     page.page_errors.clear()
     missing, prompt = frontend_prompt(page, workflow)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
+# The file tests/fixtures/vae.py writes into models/vae/ (the tiny SD1.5 VAE, standing in for sd-vae-ft-mse).
+TINY_VAE = "tiny-sd-vae-ft-mse.safetensors"
 # The images each shipped workflow saves when run with_tiny_models (input picture 64x48, latents 64x64).
 TINY_RUN_IMAGE_SIZES = {
     "llmga_text_to_image": [(64, 64)],
@@ -21,7 +23,7 @@ TINY_RUN_IMAGE_SIZES = {
     "llmga_inpaint_restore": [(64, 48)],
     "llmga_outpaint_restore": [(80, 48)],
     "edit_instruction": [(64, 48)],
-    "edit_official_ddpm": [(64, 48)],
+    "edit_official_ddpm": [(64, 64)],  # cropped to a square as the official editing CLI does
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -85,4 +87,8 @@ def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str
             inputs.update(steps=2)
         elif kind == "LLMGAOutpaintCanvas":
             inputs.update(left=0, top=0, right=16, bottom=0, feathering=4)
+        elif kind == "VAELoader":
+            inputs.update(vae_name=TINY_VAE)
+        elif kind == "ImageScale":
+            inputs.update(width=64, height=64)
     return tiny
