@@ -20,6 +20,7 @@ from llmga.mllm.checkpoint import (
     PROJECTOR_PREFIX,
     VISION_PREFIX,
     CheckpointError,
+    LLMGACheckpoint,
     llava_config,
     read_checkpoint,
     released_state_dict,
@@ -175,3 +176,16 @@ def test_config_values_no_model_takes_are_one_checkpoint_error(tmp_path):
     save_file({"model.embed_tokens.weight": torch.zeros(2, 2)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"config.json does not describe a qwen2 model \(.*download it again"):
         read_checkpoint(tmp_path).base_config()
+
+
+@pytest.mark.parametrize(("path", "recorded", "names"), [
+    ("models/LLM/llmga-cn-Qwen2-0.5B-full-finetune", "./base_models/Qwen2-0.5B-Instruct",
+     ("llmga-cn-Qwen2-0.5B-full-finetune", "Qwen2-0.5B-Instruct")),
+    ("runs/llmga-cn-gemma/checkpoint-500", None, ("llmga-cn-gemma_checkpoint-500",)),  # the official rule
+    ("hub/models--binxia--llmga-cn-vicuna-7b-v1.5-full-finetune/snapshots/1a64170", "C:\\runs\\llmga-cn-x\\",
+     ("llmga-cn-vicuna-7b-v1.5-full-finetune", "llmga-cn-x")),
+])
+def test_a_checkpoint_goes_by_its_folder_name_and_the_name_it_records(path, recorded, names):
+    config = {} if recorded is None else {"_name_or_path": recorded}
+    checkpoint = LLMGACheckpoint(path=Path(path), config=config, family="qwen2", weight_files=())
+    assert checkpoint.names == names

@@ -138,3 +138,24 @@ def test_unknown_task_lists_tasks() -> None:
 def test_argument_errors(task: str, kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_user_message(task, has_image=True, **kwargs)
+
+
+@pytest.mark.parametrize(("language", "text", "chinese_checkpoint", "expected"), [
+    ("auto", "一只猫坐在窗台上", True, "zh"),
+    ("auto", "a cat 在窗台上", True, "zh"),  # any Chinese characters
+    ("auto", "a cat on a windowsill", True, "en"),
+    ("auto", "一只猫", False, "en"),  # an English-only checkpoint keeps the phrasings it was trained with
+    ("auto", "ねこ", True, "en"),  # kana are not Chinese
+    ("en", "一只猫", True, "en"),
+    ("zh", "a cat", False, "zh"),
+])
+def test_phrasing_language(language: str, text: str, chinese_checkpoint: bool, expected: str) -> None:
+    assert tasks.phrasing_language(language, text, chinese_checkpoint) == expected
+
+
+def test_chinese_checkpoints_by_name() -> None:
+    assert tasks.is_chinese_checkpoint(["llmga-cn-Qwen2-0.5B-full-finetune"])
+    assert tasks.is_chinese_checkpoint(["my-finetune", "LLMGA-CN-gemma-2b-it-full-finetune"])
+    assert not tasks.is_chinese_checkpoint(["llmga-Qwen2-0.5B-full-finetune", "Qwen2-0.5B-Instruct"])
+    with pytest.raises(ValueError, match="Unknown language 'fr'; choose one of: auto, en, zh"):
+        tasks.phrasing_language("fr", "", False)

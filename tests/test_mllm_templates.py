@@ -182,3 +182,27 @@ def test_template_for(model_type: str, vocab: int, chat_template: str | None, ex
 def test_template_for_unknown_model_type_names_it() -> None:
     with pytest.raises(ValueError, match="'llama'"):
         template_for("llama", 32000, None)
+
+
+LLAMA3_VOCABULARY = {"<|begin_of_text|>": 600, "<|start_header_id|>": 606, "<|end_header_id|>": 607, "<|eot_id|>": 609}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "chat_template", "name", "expected"),
+    [
+        (LLAMA3_VOCABULARY, None, "my-assistant", "llama_3"),  # a resized Llama-3: its special tokens tell
+        (LLAMA3_VOCABULARY, LLAMA2_CHAT_TEMPLATE, "llmga-llama-2-7b-chat", "llama_3"),  # tokens come first
+        ({"<|eot_id|>": 5}, None, "my-assistant", "llava_v1"),  # both tokens are needed
+        ({}, LLAMA2_CHAT_TEMPLATE, "llmga-llama3-8b", "llava_llama_2"),  # the chat template before the name
+        ({}, None, "llmga-llama3-8b-it-full-finetune", "llama_3"),  # the official folder-name rule, last
+        ({}, None, "LLMGA-Llama-2-7b-chat-full-finetune", "llava_llama_2"),
+        ({}, None, "llmga-vicuna-7b-v1.5-full-finetune", "llava_v1"),
+        ({}, None, "my-assistant", "llava_v1"),  # the official llava_v0 is no LLMGA template: Vicuna's stands in
+    ],
+)
+def test_llama_family_from_tokens_then_chat_template_then_folder_name(tokens, chat_template, name, expected) -> None:
+    assert template_for("llava_llama", 32000, chat_template, tokens=tokens, name=name) == expected
+
+
+def test_the_folder_name_never_overrides_the_model_type() -> None:
+    assert template_for("llava_Qwen2", 151936, None, tokens={}, name="llmga-llama3-8b") == "qwen_2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..devices import ASSISTANT_DTYPES
 from ..mllm.tasks import PLACEMENTS, TASKS
 from ..mllm.templates import TEMPLATE_NAMES
 from . import common
@@ -25,10 +26,11 @@ def add_chat_command(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("--task", choices=TASKS, default="text_to_image")
     chat.add_argument("--placement", choices=PLACEMENTS, default="auto", help="text_to_image instruction side")
     chat.add_argument("--template", choices=("auto", *TEMPLATE_NAMES), default="auto")
-    common.add_device_arguments(chat, "auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU")
+    common.add_device_arguments(chat, "official: the LLM in fp16 and the CLIP tower's own weights in fp32, as the "
+                                "official CLIs; auto: official on GPUs when the tower is in a clip_vision folder, else "
+                                "bf16 on GPUs that support it, fp16 on other GPUs; fp32 on the CPU", ASSISTANT_DTYPES)
     chat.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none")
     chat.add_argument("--seed", type=int, default=0)
-    chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--greedy", action="store_true", help="decode deterministically (temperature 0)")
     chat.add_argument("--interactive", action="store_true", help="keep asking; an empty line ends the chat")
     chat.set_defaults(run=run_chat)
@@ -43,8 +45,6 @@ def _chat(args: argparse.Namespace) -> int:
     from ..mllm.chat import check_turn_picture
 
     common.check_assistant_numbers(args)
-    if not 0 < args.top_p <= 1:
-        raise InputError(f"--top-p is {args.top_p} but must be in (0, 1]")
     if args.mask is not None and args.image is None:
         raise InputError("--mask needs --image: give the picture the mask belongs to")
     # Inputs are read and checked before the model loads, so bad input fails in a second.
@@ -52,8 +52,7 @@ def _chat(args: argparse.Namespace) -> int:
     mask = check_turn_picture(args.task, image, open_image(args.mask, "L") if args.mask is not None else None)
     assistant = common.load_assistant(args, template=None if args.template == "auto" else args.template,
                                       quantization=args.quantization)
-    settings = common.assistant_settings(args, args.seed, top_p=args.top_p,
-                                         temperature=0.0 if args.greedy else args.temperature)
+    settings = common.assistant_settings(args, args.seed, temperature=0.0 if args.greedy else args.temperature)
     history = assistant.new_history()
     message, task, turn = args.message, args.task, 0
     while True:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..devices import DEVICES, DTYPES
 from ..errors import run_reporting
+from ..mllm.tasks import LANGUAGE_CHOICES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -98,9 +99,9 @@ def add_models_arguments(parser: argparse.ArgumentParser, kinds: str) -> None:
     parser.add_argument("--allow-download", action="store_true", help="download missing released LLMGA checkpoints")
 
 
-def add_device_arguments(parser: argparse.ArgumentParser, dtype_help: str) -> None:
+def add_device_arguments(parser: argparse.ArgumentParser, dtype_help: str, dtypes: tuple[str, ...] = DTYPES) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help=dtype_help)
+    parser.add_argument("--dtype", choices=dtypes, default="auto", help=dtype_help)
 
 
 ASSISTANT_AND_SD_FOLDERS = ("the assistant is looked up in it and its LLM/, the CLIP vision tower in its clip_vision/, "
@@ -109,20 +110,37 @@ ASSISTANT_AND_SD_FOLDERS = ("the assistant is looked up in it and its LLM/, the 
 
 def add_assistant_arguments(parser: argparse.ArgumentParser, *, required: bool, temperature: float = 0.2,
                             other_kinds: str = "") -> None:
-    """--mllm, --models-dir, --allow-download, --temperature and --max-new-tokens. other_kinds: what else the
-    command looks up in the models folders, for --models-dir's help."""
+    """--mllm, --models-dir, --allow-download, the decoding options (--temperature, --top-p, --top-k,
+    --repetition-penalty, --max-new-tokens) and --language. other_kinds: what else the command looks up in the models
+    folders, for --models-dir's help."""
     parser.add_argument("--mllm", required=required, help="assistant checkpoint folder or released name (e.g. "
                         "binxia/llmga-Qwen2-0.5B-full-finetune)" + ("" if required else "; optional"))
     add_models_arguments(parser, ASSISTANT_AND_SD_FOLDERS + (f", {other_kinds}" if other_kinds else ""))
     parser.add_argument("--temperature", type=float, default=temperature,
                         help=f"assistant sampling temperature (0: greedy; default {temperature})")
+    checkpoint = "default: the checkpoint's generation_config.json, as the official CLIs"
+    parser.add_argument("--top-p", type=float, help=f"nucleus sampling, in (0, 1] ({checkpoint})")
+    parser.add_argument("--top-k", type=int, help=f"sample among the k most likely tokens, 0: all ({checkpoint})")
+    parser.add_argument("--repetition-penalty", type=float,
+                        help=f"> 1 makes repeats less likely, greedy decoding included; 1: none ({checkpoint})")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="longest assistant reply (official: 512)")
+    parser.add_argument("--language", choices=LANGUAGE_CHOICES, default="auto",
+                        help="language of the instruction phrasings (auto: Chinese when an llmga-cn checkpoint is "
+                        "asked in Chinese, else English)")
 
 
 def check_assistant_numbers(args: argparse.Namespace) -> None:
-    """InputError for a negative or non-finite --temperature or a --max-new-tokens below 1."""
+    """InputError for a negative or non-finite --temperature, a --top-p outside (0, 1], a negative --top-k, a
+    --repetition-penalty that is not a positive number, or a --max-new-tokens below 1."""
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise InputError(f"--temperature is {args.temperature} but must be 0 (greedy) or more")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise InputError(f"--top-p is {args.top_p} but must be in (0, 1]")
+    if args.top_k is not None and args.top_k < 0:
+        raise InputError(f"--top-k is {args.top_k} but must be 0 (no limit) or more")
+    if args.repetition_penalty is not None and not (math.isfinite(args.repetition_penalty)
+                                                    and args.repetition_penalty > 0):
+        raise InputError(f"--repetition-penalty is {args.repetition_penalty} but must be more than 0 (1: none)")
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens is {args.max_new_tokens} but must be 1 or more")
 
@@ -152,8 +170,8 @@ def model_path(name: str, models_dirs: list[Path], kind: str, allow_download: bo
 
 
 def load_assistant(args: argparse.Namespace, *, template: str | None = None, quantization: str = "none"):
-    """The assistant named by --mllm, loaded with --dtype/--device; the vision tower is looked up in the models
-    folders' clip_vision/ (or --clip-vision-dir where the command has it)."""
+    """The assistant named by --mllm, loaded with --dtype/--device and speaking --language; the vision tower is looked
+    up in the models folders' clip_vision/ (or --clip-vision-dir where the command has it)."""
     from ..mllm.chat import Assistant
     from ..mllm.loader import load_llmga
 
@@ -162,22 +180,26 @@ def load_assistant(args: argparse.Namespace, *, template: str | None = None, qua
     vision_dirs = getattr(args, "clip_vision_dir", None) or [root / "clip_vision" for root in roots]
     loaded = load_llmga(path, dtype=args.dtype, device=args.device, quantization=quantization,
                         clip_vision_dirs=vision_dirs, allow_download=args.allow_download)
-    return Assistant(loaded, template=template)
+    return Assistant(loaded, template=template, language=args.language)
 
 
 def assistant_settings(args: argparse.Namespace, seed: int | None, **overrides):
-    """The assistant's decoding settings from --max-new-tokens, --temperature and `seed` (`overrides` win)."""
+    """The assistant's decoding settings from --max-new-tokens, --temperature, --top-p, --top-k,
+    --repetition-penalty and `seed` (`overrides` win); options left out are the checkpoint's."""
     from ..mllm.chat import GenerationSettings
 
-    values = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed)
+    values = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                  top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=seed)
     return GenerationSettings(**{**values, **overrides})
 
 
 def ask_streamed(assistant, history, task: str, text: str = "", **options):
-    """`assistant.ask(history, task, text, **options)` with the reply streamed to stdout after "LLMGA: "."""
+    """`assistant.ask(history, task, text, **options)` with the reply streamed to stdout after "LLMGA: ", and the
+    decoding settings it used on stderr ("settings: ...")."""
     print("LLMGA: ", end="", flush=True)
     result = assistant.ask(history, task, text, on_text=lambda piece: print(piece, end="", flush=True), **options)
     print()
+    print(f"settings: {result.settings.describe(options.get('settings'))}", file=sys.stderr)
     return result
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 
 def add_assistant_options(parser: argparse.ArgumentParser, clip_help: str) -> None:
     """The options that load the LLMGA assistant: --device, --dtype, --clip-vision-dir (repeatable)."""
-    from llmga.devices import DEVICES, DTYPES
+    from llmga.devices import ASSISTANT_DTYPES, DEVICES
 
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--dtype", choices=DTYPES, default="auto")
+    parser.add_argument("--dtype", choices=ASSISTANT_DTYPES, default="auto",
+                        help="official: the LLM in fp16 and the CLIP tower's own fp32 weights, as the official code "
+                        "(auto takes it on GPUs when the tower is in a --clip-vision-dir)")
     parser.add_argument("--clip-vision-dir", type=Path, action="append", default=[], help=clip_help)
 
 

@@ -185,6 +185,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise RecordError(f"--limit must not be negative, got {args.limit}")
     if args.temperature < 0:
         raise RecordError(f"--temperature must not be negative, got {args.temperature} (0 = greedy)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise RecordError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.skip_untagged and args.task == "describe":
         raise RecordError("--skip-untagged would skip every reply of task describe (trained without tags): drop it")
     if args.instruction is not None and args.vary_instruction:
@@ -258,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=512, help="reply length limit (official CLI: 512)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0 (default): greedy, reproducible and batch-independent; > 0: seeded sampling")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float,
+                        help="nucleus sampling when --temperature > 0 (default: the checkpoint's "
+                        "generation_config.json, as the official CLIs)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed and --vary-instruction draws")
     parser.add_argument("--limit", type=int, help="record at most this many new images in this run")
     parser.add_argument("--errors", help="where failed images are listed (default: <output>.errors.jsonl)")
