@@ -2,9 +2,10 @@
 
 Measures time to first token and tokens/s of `Assistant.reply` (prompt template, image splicing, stop-string
 watching, streaming callback) and of `language_model.generate` given the same prompt's token ids directly;
-reports the ratio (target >= 0.9) and peak memory. Without --mllm it builds a tiny random-weight checkpoint.
+reports the ratio (target >= 0.9) and peak memory. Without --mllm it builds a tiny random-weight checkpoint. Both
+decode greedily with the checkpoint's own repetition penalty (generate() takes it from generation_config.json).
 
-    python bench/bench_assistant.py [--mllm PATH] [--device cpu|cuda] [--dtype fp32|bf16] [--tokens 256]
+    python bench/bench_assistant.py [--mllm PATH] [--device cpu|cuda] [--dtype fp32|bf16|official] [--tokens 256]
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mllm", type=Path, help="an LLMGA checkpoint folder (default: a tiny random one)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--dtype", default="fp32", help="auto, official, bf16, fp16 or fp32 (llmga.devices)")
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps timings steady on shared CPUs)")

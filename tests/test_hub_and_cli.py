@@ -82,6 +82,34 @@ def test_cli_chat_prints_reply_and_generation_prompt(mllm_checkpoints):
     assert "Generation prompt: " in result.stdout
 
 
+def test_cli_chat_samples_with_the_checkpoints_settings_unless_told(mllm_checkpoints):
+    qwen = ["chat", "--mllm", str(mllm_checkpoints["qwen2"].path), "--device", "cpu", "--dtype", "fp32",
+            "--max-new-tokens", "4", "a red fox"]
+    default = run_cli(*qwen)
+    assert default.returncode == 0, default.stderr
+    assert ("settings: temperature 0.2, top_p 0.8 (checkpoint), top_k 20 (checkpoint), repetition_penalty 1.1 "
+            "(checkpoint), seed 0, max_new_tokens 4") in default.stderr
+    told = run_cli(*qwen, "--top-p", "0.5", "--top-k", "3", "--repetition-penalty", "1", "--greedy")
+    assert told.returncode == 0, told.stderr
+    assert "settings: greedy (temperature 0), repetition_penalty 1, max_new_tokens 4" in told.stderr
+    wrong = run_cli(*qwen, "--top-p", "0")
+    assert wrong.returncode == 2 and "--top-p is 0.0 but must be in (0, 1]" in wrong.stderr
+
+
+def test_cli_chat_phrases_a_chinese_request_to_an_llmga_cn_checkpoint_in_chinese(mllm_checkpoints, tmp_path):
+    from llmga.mllm.tasks import TEXTEXTEND_PROMPT_ZH
+
+    chinese = copy_checkpoint(mllm_checkpoints["qwen2"].path, tmp_path / "llmga-cn-Qwen2-0.5B-full-finetune")
+    asked = ["chat", "--mllm", str(chinese), "--device", "cpu", "--dtype", "fp32", "--greedy", "--max-new-tokens",
+             "2", "--placement", "before", "--show-prompt", "一只猫"]
+    result = run_cli(*asked)
+    assert result.returncode == 0, result.stderr
+    (sent,) = [line for line in result.stdout.splitlines() if line.startswith("Prompt sent: ")]
+    assert any(f"{phrase} 一只猫" in sent for phrase in TEXTEXTEND_PROMPT_ZH)
+    english = run_cli(*asked, "--language", "en")
+    assert "Prompt sent: " in english.stdout and not any(phrase in english.stdout for phrase in TEXTEXTEND_PROMPT_ZH)
+
+
 def test_cli_chat_with_image_and_mask_and_interactive_turns(mllm_checkpoints, tmp_path):
     from PIL import Image
 

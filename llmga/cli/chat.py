@@ -33,6 +33,8 @@ def add_chat_command(commands: argparse._SubParsersAction) -> None:
     chat.add_argument("--seed", type=int, default=0)
     chat.add_argument("--greedy", action="store_true", help="decode deterministically (temperature 0)")
     chat.add_argument("--interactive", action="store_true", help="keep asking; an empty line ends the chat")
+    chat.add_argument("--show-prompt", action="store_true",
+                      help="also print the prompt sent to the model (template, instruction phrasing, <image>)")
     chat.set_defaults(run=run_chat)
 
 
@@ -60,6 +62,8 @@ def _chat(args: argparse.Namespace) -> int:
                                      phrasing_seed=args.seed + turn, placement=args.placement)
         prompt = result.parsed.prompt(no_tag_fallback="empty")
         print(f"Generation prompt: {prompt}" if result.parsed.has_prompt else "Generation prompt: (none)")
+        if args.show_prompt:
+            print(f"Prompt sent: {result.prompt!r}")
         history = result.history
         if not args.interactive:
             return 0
