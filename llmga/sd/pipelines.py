@@ -7,8 +7,9 @@ masks are [H, W] floats in [0, 1] (or PIL images), 1 / white where new content i
 
 The official CLIs (cli-sd15.py, cli-sd15-inpainting.py) use 50 steps, guidance 7.5, negative "" and the scheduler
 saved with the model (PNDM for the released ones); callers pass those (the `python -m llmga` commands default to
-them). Where this module differs from the official scripts, on purpose:
+them). `llmga.sd.official` reproduces those scripts (their `--official` mode). Where this module differs from them:
 - no safety checker is loaded (the released folders name one; the official scripts ran it);
+- the prompt encoding is a choice: "llmga" (the default here), the one the SD UNet was trained with, or "lpw";
 - inpainting runs at the image's own size rounded to multiples of 8 (the official script stretches every input to
   512x512 and returns 512x512), and the result is pasted back onto the input, so unmasked pixels are the input's
   bit for bit (the official script keeps the VAE round trip everywhere);
@@ -23,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from ..devices import device_and_dtype
 from ..errors import one_line
 from ..hub import SD_FILES
 from ..images import mask_array, pil_to_tensor, tensor_to_pil
-from ..model_files import read_config
+from ..model_files import load_weights, read_config, state_dict_of
 from ..prompt.clip_binding import TransformersCLIP
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
 from . import canvas
@@ -122,6 +123,37 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
     return pipe.to(target)
 
 
+def load_vae(path: str | Path, sd_folder: str | Path, pipe: SDPipeline) -> AutoencoderKL:
+    """The VAE at `path`, on `pipe`'s VAE device and dtype, to swap in for the model's own (`pipe.vae = ...`).
+
+    path: a diffusers VAE folder (config.json + diffusion_pytorch_model.*, as stabilityai/sd-vae-ft-mse) or a
+    single-file VAE in the original layout (as vae-ft-mse-840000-ema-pruned.safetensors, what ComfyUI's models/vae
+    holds), built with the config of `sd_folder`'s vae/ (every SD1.5 VAE shares it). Raises SDPipelineError, in one
+    line, for a missing, damaged or unsafe file and for weights that are not an SD1.5 VAE.
+    """
+    path, sd_folder = Path(path), Path(sd_folder)
+    advice = "give a diffusers VAE folder (as stabilityai/sd-vae-ft-mse) or a single-file SD1.5 VAE"
+    try:
+        if path.is_dir():
+            read_config(path / "config.json", SDPipelineError, advice)
+            vae = AutoencoderKL.from_pretrained(path)
+        else:
+            stored = load_weights(path, SDPipelineError, advice)
+            if isinstance(stored, dict) and isinstance(stored.get("state_dict"), dict):
+                stored = stored["state_dict"]  # the .ckpt releases wrap their tensors
+            vae = AutoencoderKL.from_single_file(state_dict_of(stored, path, SDPipelineError, advice),
+                                                 config=str(sd_folder), subfolder="vae", local_files_only=True)
+    except SDPipelineError:
+        raise
+    except Exception as error:  # diffusers raises many types for weights that do not fit
+        raise SDPipelineError(f"{path} could not be loaded as an SD1.5 VAE ({type(error).__name__}: "
+                              f"{one_line(error)}): {advice}") from error
+    if vae.config.latent_channels != pipe.vae.config.latent_channels:
+        raise SDPipelineError(f"{path} is a VAE with {vae.config.latent_channels} latent channels; SD1.5 has "
+                              f"{pipe.vae.config.latent_channels}: {advice}")
+    return vae.to(pipe.vae.device, pipe.vae.dtype)
+
+
 # --- prompts, seeds, image conversion ------------------------------------------------------------------------
 
 
@@ -137,7 +169,8 @@ def encode_prompts(pipe: SDPipeline, prompt: str, negative: str, *, mode: str = 
     return result
 
 
-def _embeddings(pipe: SDPipeline, encoded: LongPromptResult) -> dict[str, torch.Tensor]:
+def pipeline_embeddings(pipe: SDPipeline, encoded: LongPromptResult) -> dict[str, torch.Tensor]:
+    """The pipeline's `prompt_embeds` / `negative_prompt_embeds` ([1, T, 768] on its device, in its text dtype)."""
     dtype = pipe.text_encoder.dtype
     return {"prompt_embeds": encoded.positive.cond.to(pipe.device, dtype),
             "negative_prompt_embeds": encoded.negative.cond.to(pipe.device, dtype)}
@@ -175,7 +208,7 @@ def text_to_image(pipe: SDPipeline, prompt: str, negative: str = "", *, steps: i
         blank = Image.new("RGB", (width, height), (round(BLANK_GRAY * 255),) * 3)
         return inpaint(pipe, blank, np.ones((height, width), dtype=np.float32), prompt, negative, steps=steps,
                        cfg=cfg, seed=seed, mode=mode, count=count, paste_back=False)
-    embeddings = _embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode))
+    embeddings = pipeline_embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode))
     return [pipe(**embeddings, num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                  generator=seeded_generator(seed + index)).images[0] for index in range(count)]
 
@@ -202,7 +235,7 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
     hard = Image.fromarray(((soft_mask >= MASK_THRESHOLD) * 255).astype(np.uint8))
     sd_mask = hard if hard.size == (width, height) else hard.resize((width, height), Image.Resampling.NEAREST)
     max_chunks = LPW_INPAINT_MAX_CHUNKS if mode == "lpw" else None  # the official inpainting lpw pipeline keeps 300
-    embeddings = _embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode, max_chunks=max_chunks))
+    embeddings = pipeline_embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode, max_chunks=max_chunks))
     original = pil_to_tensor(image)
     results = []
     for index in range(count):
@@ -220,16 +253,16 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
     return results
 
 
-def outpaint_inputs(image: Image.Image, left: int, top: int, right: int, bottom: int,
-                    feathering: int = 0) -> tuple[Image.Image, np.ndarray]:
+def outpaint_inputs(image: Image.Image, left: int, top: int, right: int, bottom: int, feathering: int = 0,
+                    multiple: int = SD15_LATENT_SCALE) -> tuple[Image.Image, np.ndarray]:
     """The canvas to outpaint and its mask ([H', W'] float in [0, 1]): `image` padded with gray by the given pixels,
-    grown to multiples of 8, the mask ramping into the original over `feathering` pixels (see
-    `canvas.outpaint_canvas`)."""
+    grown to multiples of `multiple` (8; 1: exactly as given), the mask ramping into the original over `feathering`
+    pixels (see `canvas.outpaint_canvas`)."""
     if left == top == right == bottom == 0:
         raise SDPipelineError("outpainting adds nothing: give the pixels to add on at least one side")
     try:
         padded, mask = outpaint_canvas(pil_to_tensor(image), left, top, right, bottom, feathering=feathering,
-                                       fill=BLANK_GRAY)
+                                       multiple=multiple, fill=BLANK_GRAY)
     except ValueError as error:
         raise SDPipelineError(str(error)) from error
     return tensor_to_pil(padded), mask[0].numpy()
