@@ -19,7 +19,8 @@ TWINS = sorted(path.stem for path in (WORKFLOWS / "api").glob("*.json"))
 INPAINTING = ["llmga_inpaint", "llmga_inpaint_restore", "llmga_outpaint", "llmga_outpaint_restore"]
 # What cli-sd15.py / cli-sd15-inpainting.py run (50 PNDM steps, CFG 7.5), on ComfyUI's closest sampler and schedule.
 OFFICIAL_SAMPLING = {"steps": 50, "cfg": 7.5, "sampler_name": "ipndm", "scheduler": "ddim_uniform", "denoise": 1.0}
-CHAT_SAMPLING = ("temperature", "top_p", "top_k", "repetition_penalty")
+# The official CLIs: temperature 0.2, top_p/top_k/repetition_penalty from the checkpoint (the Chat node's 0).
+OFFICIAL_CHAT = {"temperature": 0.2, "top_p": 0.0, "top_k": 0, "repetition_penalty": 0.0}
 
 
 def twin(name: str) -> dict:
@@ -94,13 +95,13 @@ def test_official_ddpm_edit_crops_to_a_512_square_and_uses_sd_vae_ft_mse():
 
 
 @pytest.mark.parametrize("name", TWINS)
-def test_chat_nodes_sample_with_the_nodes_defaults(comfy, name):
-    """Every Chat leaves its sampling settings at the node's defaults (the checkpoint's own, as the official CLIs)."""
+def test_chat_nodes_sample_with_the_checkpoints_own_settings(comfy, name):
+    """Every Chat samples as the official CLIs (the checkpoint's generation_config), which is the node's default."""
     spec = comfy.object_info()["LLMGAChat"]["input"]
     inputs = {**spec["required"], **spec.get("optional", {})}
-    defaults = {key: inputs[key][1]["default"] for key in CHAT_SAMPLING if key in inputs}
+    assert {key: inputs[key][1]["default"] for key in OFFICIAL_CHAT} == OFFICIAL_CHAT
     for chat in nodes_of(twin(name), "LLMGAChat"):
-        assert {key: chat["inputs"][key] for key in defaults} == defaults
+        assert {key: chat["inputs"][key] for key in OFFICIAL_CHAT} == OFFICIAL_CHAT
 
 
 @pytest.mark.parametrize("name", TWINS)
