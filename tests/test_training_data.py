@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 
 from llmga.mllm.chat import tokenize_with_image
 from llmga.mllm.model import IMAGE_TOKEN_INDEX
+from llmga.mllm.preprocess import ImageProcessing
 from llmga.mllm.tasks import (
     INPAINT_PROMPT,
     OUTPAINT_PROMPT,
@@ -43,6 +44,7 @@ from training.data.masks import (
     _draw_thick_segment,
     box_mask,
 )
+from training.data.stage1 import clip_shortest_edge
 
 pytestmark = pytest.mark.filterwarnings("ignore:`rope_scaling` is deprecated:FutureWarning")
 
@@ -184,9 +186,10 @@ def _runs(labels: list[int]) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
 def test_labels_are_ignored_exactly_outside_the_assistant_replies(tokenizers, family: str) -> None:
     """Unmasked tokens decode to each reply plus the template's closing text; a token straddling the start of a
-    reply (the tiny Gemma vocabulary merges "\\n<") stays masked, as the official count masks it."""
+    reply (the tiny Gemma vocabulary merges "\\n<") stays masked, as the official count masks it. (keep_mismatched:
+    the two-turn Vicuna sample is one the official drops.)"""
     tokenizer, template = tokenizers[family], FAMILY_TEMPLATES[family]
-    result = tokenize_conversation(chat_conversation(TURNS, has_image=True), template, tokenizer)
+    result = tokenize_conversation(chat_conversation(TURNS, has_image=True), template, tokenizer, keep_mismatched=True)
     assert result.input_ids == tokenize_with_image(result.text, tokenizer)
     assert result.input_ids.count(IMAGE_TOKEN_INDEX) == 1
     runs = _runs(result.labels)
@@ -204,7 +207,9 @@ def test_labels_are_ignored_exactly_outside_the_assistant_replies(tokenizers, fa
 
 def _official_labels(style: str, text: str, input_ids: list[int], ids, tokenizer) -> list[int]:
     """The length arithmetic of the official preprocess_* (llava/datasets/utils.py), re-implemented per family;
-    all IGNORE_INDEX when its count disagrees with the sequence (the official "tokenization mismatch")."""
+    all IGNORE_INDEX when its count disagrees with the sequence (the official "tokenization mismatch"). Phi-3's
+    official 2 (BOS and the "▁" its slow tokenizer of transformers 4.41 put after it) is what this tokenizer puts
+    before "<|user|>"."""
     labels = list(input_ids)
 
     def ignore(start: int, end: int | None = None) -> None:
@@ -219,12 +224,13 @@ def _official_labels(style: str, text: str, input_ids: list[int], ids, tokenizer
     elif style == "gemma":
         rounds, split, cur, drop = text.split("<eos>"), "<start_of_turn>model\n", 1, 0
     elif style == "phi_3":
-        cur, role_len = 2, len(tokenizer("<|assistant|>\n").input_ids) - 2
+        lead = tokenizer("<|user|>").input_ids.index(tokenizer.convert_tokens_to_ids("<|user|>"))
+        cur, role_len = lead, len(tokenizer("<|assistant|>\n").input_ids) - lead
         ignore(0, cur)
         for i, piece in enumerate(text.split("<|end|>\n")):
             if piece == "":
                 break
-            round_len = len(ids(piece + "<|end|>\n")) - 2
+            round_len = len(ids(piece + "<|end|>\n")) - lead
             ignore(cur, cur + (round_len if i % 2 == 0 else role_len))
             cur += round_len
         ignore(cur)
@@ -251,21 +257,33 @@ def _official_labels(style: str, text: str, input_ids: list[int], ids, tokenizer
     return labels if cur == len(input_ids) else [IGNORE_INDEX] * len(labels)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILY_TEMPLATES if f != "phi3"])
+@pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
 @pytest.mark.parametrize("turns", [TURNS[:1], TURNS], ids=["one_turn", "two_turns"])
-def test_labels_match_the_official_length_arithmetic(tokenizers, family: str, turns) -> None:
-    """Phi-3 is left out: its arithmetic assumes the slow tokenizer of transformers 4.41, which puts a "▁" after BOS
-    (checked against the official code outside the tests: same labels once that token is accounted for)."""
+@pytest.mark.parametrize("has_image", [True, False], ids=["image", "text"])
+def test_labels_match_the_official_length_arithmetic(tokenizers, family: str, turns, has_image: bool) -> None:
+    """Every family, its drops included: the official v1 count is off by one per later round for this tokenizer, so
+    the official drops the two-turn Vicuna sample, and so does the default; keep_mismatched keeps its replies."""
     tokenizer, template = tokenizers[family], FAMILY_TEMPLATES[family]
-    result = tokenize_conversation(chat_conversation(turns, has_image=True), template, tokenizer)
+    conversation = chat_conversation(turns if has_image else [(u.replace("<image>\n", ""), r) for u, r in turns],
+                                     has_image=has_image)
+    result = tokenize_conversation(conversation, template, tokenizer)
     style = {"llava_llama_2": "llama_2", "mistral_instruct": "llama_2"}.get(template, template)
-    official = _official_labels(style, result.text, result.input_ids,
-                                lambda text: tokenize_with_image(text, tokenizer), tokenizer)
-    if family == "vicuna" and len(turns) > 1:
-        # The official v1 count is off by one per later round for this tokenizer: it drops the whole sample.
-        assert set(official) == {IGNORE_INDEX} and len(_runs(result.labels)) == len(turns)
-    else:
-        assert result.labels == official
+    ids = (lambda text: tokenize_with_image(text, tokenizer)) if has_image else (lambda text: tokenizer(text).input_ids)
+    official = _official_labels(style, result.text, result.input_ids, ids, tokenizer)
+    assert result.labels == official
+    assert result.dropped == (set(official) == {IGNORE_INDEX}) == (family == "vicuna" and len(turns) > 1)
+    kept = tokenize_conversation(conversation, template, tokenizer, keep_mismatched=True)
+    assert not kept.dropped and kept.input_ids == result.input_ids and len(_runs(kept.labels)) == len(turns)
+    if not result.dropped:
+        assert kept.labels == result.labels
+
+
+def test_a_sample_counted_past_max_length_is_cut_not_dropped(tokenizers) -> None:
+    """The official checks its count only below model_max_length: a sample cut there keeps its first reply."""
+    result = tokenize_conversation(chat_conversation(TURNS, has_image=True), "v1", tokenizers["vicuna"],
+                                   max_length=len(tokenize_conversation(chat_conversation(TURNS[:1], has_image=True),
+                                                                        "v1", tokenizers["vicuna"]).input_ids) + 2)
+    assert not result.dropped and len(_runs(result.labels)) == 1
 
 
 @pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
@@ -367,6 +385,13 @@ def test_training_images_are_stretched_or_cropped_like_the_official(tmp_path) ->
     assert stretched.getpixel((5, 32))[2] > 200 and cropped.getpixel((5, 32))[0] > 200  # crop drops the blue third
     with pytest.raises(ds.DataError, match="cannot open image"):
         ds.load_training_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize(("size", "expected"), [((500, 333), (504, 336)), ((333, 500), (336, 504)),
+                                                ((336, 336), (336, 336)), ((40, 1000), (336, 8400))])
+def test_pretraining_resizes_the_shortest_edge_as_transformers_truncates(size, expected) -> None:
+    """CLIPImageProcessor's int() of the long edge (500x333 -> 504, where rounding gives 505)."""
+    assert clip_shortest_edge(Image.new("RGB", size), ImageProcessing()).size == expected
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fixtures.mllm import build_base_llm, build_clip_vision_tower, build_project
 from PIL import Image
 from safetensors.torch import load_file
 from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
+from transformers import CLIPImageProcessorPil
 
 from llmga.mllm.chat import Assistant, GenerationSettings
 from llmga.mllm.checkpoint import read_checkpoint, read_weight_file
@@ -149,6 +151,49 @@ def test_the_same_sample_is_drawn_again_in_the_same_epoch_and_differs_across_epo
         dataset.set_epoch(epoch)
         seen.add(float(dataset[inpaint]["pixel_values"].sum()))
     assert len(seen) > 1  # a new mask each epoch
+
+
+def test_pretraining_images_go_through_the_plain_clip_processor(models, tmp_path):
+    """pretrain.py's `processor.preprocess(image)`: a 500x333 picture resized to 504x336 (not 505), centre-cropped."""
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 255, (333, 500, 3), dtype=np.uint8))
+    picture.save(tmp_path / "wide.png")
+    (tmp_path / "pretrain.json").write_text(json.dumps(
+        [{"image": "wide.png", "conversations": [{"from": "human", "value": "<image>\nRender this."},
+                                                 {"from": "gpt", "value": "A noisy picture."}]}]))
+    config = Stage1Config(model_name_or_path=str(models["base"]), vision_tower=str(models["tower"]),
+                          output_dir=str(tmp_path / "o"), mode="pretrain",
+                          pretrain_data=str(tmp_path / "pretrain.json"), image_folder=str(tmp_path))
+    parts = load_stage1_parts(config)
+    dataset = Stage1Dataset(read_stage1_records(config), parts.tokenizer, parts.template, parts.processing, config)
+    official = CLIPImageProcessorPil.from_pretrained(models["tower"])(picture, return_tensors="pt").pixel_values[0]
+    assert torch.equal(dataset[0]["pixel_values"], torch.as_tensor(official))
+
+
+def test_multi_turn_samples_the_official_drops_train_on_nothing_unless_kept(models, data_root, tmp_path):
+    """Vicuna (v1) on the test vocabulary: the official count misses a token per later round, so the official
+    preprocess ignores every label of a two-turn chat; keep_mismatched_samples trains on both replies."""
+    (tmp_path / "chat.json").write_text(json.dumps([{"conversations": [
+        {"from": "human", "value": "Name a warm colour."}, {"from": "gpt", "value": "Orange."},
+        {"from": "human", "value": "And a cold one?"}, {"from": "gpt", "value": "Blue."}]}]))
+    base = build_base_llm(tmp_path / "models", "vicuna")
+    config = finetune_config(models, data_root, tmp_path / "o", model_name_or_path=str(base), llava_data=None,
+                             inpainting_data=None, similar_image_data=None, edit_data=None, t2i_data=None,
+                             text_data=[str(tmp_path / "chat.json")], pretrain_mm_mlp_adapter=None)
+    with pytest.warns(UserWarning, match="randomly initialised projector"):
+        parts = load_stage1_parts(config)
+    items = {}
+    for keep in (False, True):
+        kept = replace(config, keep_mismatched_samples=keep)
+        dataset = Stage1Dataset(read_stage1_records(kept), parts.tokenizer, parts.template, parts.processing, kept)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            items[keep] = dataset[0]
+        assert any("tokenization mismatch" in str(w.message) for w in caught) != keep
+    assert set(items[False]["labels"]) == {IGNORE_INDEX}
+    assert items[True]["input_ids"] == items[False]["input_ids"]
+    replies = parts.tokenizer.decode([t for t, label in zip(items[True]["input_ids"], items[True]["labels"],
+                                                             strict=True) if label != IGNORE_INDEX])
+    assert "Orange." in replies and "Blue." in replies and "cold" not in replies
 
 
 # --- fine-tuning ---------------------------------------------------------------------------------------------------

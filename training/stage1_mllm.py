@@ -21,6 +21,7 @@ scripts/train_llmga_s1_<llm>.sh; ../shared/reference/llmga_official.md §5-§6):
   (`model_type` llava_*), bfloat16 safetensors shards keyed as the release (LLM keys, `model.mm_projector.*`,
   `model.vision_tower.vision_tower.vision_model.*`), the tokenizer (pad token set per template as train.py does)
   and the generation config.
+- Loss masks as the official preprocess, its "tokenization mismatch" drop included (`keep_mismatched_samples`).
 - AdamW (no weight decay), cosine schedule with 3% warm-up, global batch = processes x batch x accumulation
   (8 x 4 x 4 = 128 officially), gradient clipping 1.0, bf16, sequences cut at 2048 tokens (before and after the
   image is spliced in), gradient checkpointing, one epoch.
@@ -111,6 +112,7 @@ class Stage1Config:
     t2i_data: str | None = None  # T2I/train.json (text-only prompt refinement)
     text_data: list[str] = field(default_factory=list)  # lima.json, oasst2.json (ShareGPT text chats)
     model_max_length: int = 2048
+    keep_mismatched_samples: bool = False  # true: train on what the official drops (training/data/official_count.py)
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 4
     num_train_epochs: int = 1

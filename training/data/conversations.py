@@ -20,11 +20,13 @@ A tagged reply is `"<gen_image> " + caption + " </gen_image>"`. For samples with
 official `preprocess_*` (datasets/utils.py) intend for each template family: the reply plus the closing text the
 template writes after it (two/v1 `</s>`; llama_2/mistral ` </s>`; llama_3 `<|eot_id|>`; qwen_2 `<|im_end|>`;
 gemma `<end_of_turn>\\n<eos>`; phi_3 `<|end|>\\n`). The official counts those spans with per-family length arithmetic
-that assumes how each tokenizer splits the text, and drops the whole sample ("tokenization mismatch") when the
-assumption fails; here each boundary is read from the tokenizer itself (where the tokenised text before the
-boundary stops agreeing with the full sequence), so every sample keeps its mask. A token that straddles a boundary
-(e.g. a merged "\\n<" across Gemma's "model\\n" and a reply starting "<gen_image>") goes where the official count puts
-it: to the prompt at the start of a reply, to the reply at its end.
+that assumes how each tokenizer splits the text; here each boundary is read from the tokenizer itself (where the
+tokenised text before the boundary stops agreeing with the full sequence), which gives the official mask wherever
+the official count holds. A token that straddles a boundary (e.g. a merged "\\n<" across Gemma's "model\\n" and a
+reply starting "<gen_image>") goes where the official count puts it: to the prompt at the start of a reply, to the
+reply at its end. Where the official count does not hold, the official drops the whole sample (every label
+IGNORE_INDEX, its "tokenization mismatch"; `official_count.py`), and so does `tokenize_conversation` by default;
+`keep_mismatched=True` keeps such a sample with the mask read from the tokenizer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from llmga.prompt import GEN_END, GEN_START
 
 from .datasets import Turn
 from .masks import MLLM_MASKS, MaskDraw, MaskGenerator
+from .official_count import official_drops
 
 SIMILAR_IMAGE_GENERATE_P = 0.7  # sg_dataset.py: `random.random() < 0.7` generates, else describes
 T2I_DESCRIBE_P = 0.5  # text_dataset.py: `random.random() < 0.5` is the description task
@@ -65,12 +68,14 @@ class Conversation:
 class TokenizedConversation:
     """text: the rendered prompt. input_ids / labels: [L] ints; IMAGE_TOKEN_INDEX (-200) at each `<image>` of an
     image sample; labels are IGNORE_INDEX (-100) outside the assistant spans and equal input_ids inside.
-    spans: the assistant spans as (start, end) character offsets into text."""
+    spans: the assistant spans as (start, end) character offsets into text. dropped: the official preprocess drops
+    this sample ("tokenization mismatch"), so every label is IGNORE_INDEX."""
 
     text: str
     input_ids: list[int]
     labels: list[int]
     spans: tuple[tuple[int, int], ...]
+    dropped: bool
 
 
 def tagged(caption: str) -> str:
@@ -168,11 +173,12 @@ def _boundary(prefix_ids: Sequence[int], input_ids: Sequence[int]) -> int:
 
 
 def tokenize_conversation(conversation: Conversation, template: str | ChatTemplate, tokenizer,
-                          max_length: int | None = None) -> TokenizedConversation:
+                          max_length: int | None = None, keep_mismatched: bool = False) -> TokenizedConversation:
     """Render `conversation` with the template (a name such as "v1", "llama_3", or a ChatTemplate), tokenise it as
     the official does (`tokenizer_image_token` for image samples, the plain tokenizer otherwise; BOS as the
     tokenizer adds it) and mask every token outside the assistant spans. max_length: truncate input_ids and labels
-    (the official collator cuts at model_max_length, 2048)."""
+    (the official collator cuts at model_max_length, 2048). A sample the official count drops (`official_drops`)
+    gets every label IGNORE_INDEX and `dropped=True`, unless keep_mismatched."""
     template = get_template(template) if isinstance(template, str) else template
 
     def ids(text: str) -> list[int]:
@@ -184,9 +190,14 @@ def tokenize_conversation(conversation: Conversation, template: str | ChatTempla
     for start, end in spans:
         first, last = _boundary(ids(text[:start]), input_ids), _boundary(ids(text[:end]), input_ids)
         labels[first:last] = input_ids[first:last]
+    # The official cuts text-only samples at max_length before it counts, image samples after.
+    counted = input_ids if conversation.has_image else input_ids[:max_length]
+    dropped = not keep_mismatched and official_drops(template, text, counted, ids, tokenizer, max_length)
+    if dropped:
+        labels = [IGNORE_INDEX] * len(input_ids)
     if max_length is not None:
         input_ids, labels = input_ids[:max_length], labels[:max_length]
-    return TokenizedConversation(text, input_ids, labels, spans)
+    return TokenizedConversation(text, input_ids, labels, spans, dropped)
 
 
 def masked_image(image: Image.Image, mask: np.ndarray) -> Image.Image:

@@ -4,6 +4,7 @@ token ids, loss labels and the picture the vision tower sees (`training.stage1_m
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,10 @@ from .datasets import (
 
 if TYPE_CHECKING:
     from ..stage1_mllm import Stage1Config
+
+MISMATCH_WARNING = ("stage-1 samples whose token count disagrees with the official per-round count train on nothing, "
+                    "as the official preprocess drops them ('tokenization mismatch'); set keep_mismatched_samples: "
+                    "true to train on them with the loss mask read from the tokenizer")
 
 @dataclass(frozen=True)
 class Record:
@@ -134,12 +139,27 @@ class Stage1Dataset(EpochDataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         conversation, image = self.conversation(index)
-        tokens = tokenize_conversation(conversation, self.template, self.tokenizer, self.config.model_max_length)
+        tokens = tokenize_conversation(conversation, self.template, self.tokenizer, self.config.model_max_length,
+                                       keep_mismatched=self.config.keep_mismatched_samples)
+        if tokens.dropped:
+            warnings.warn(MISMATCH_WARNING, stacklevel=1)
         pixels = None
         if image is not None:
-            # pretrain.py ran the plain CLIP processor (centre crop); the fine-tuning data is square already.
-            pixels = pixel_values(image, self.processing, stretch=self.records[index].kind != "pretrain")
+            if self.records[index].kind == "pretrain":  # pretrain.py ran the plain CLIP processor (centre crop)
+                pixels = pixel_values(clip_shortest_edge(image, self.processing), self.processing, stretch=False)
+            else:  # the fine-tuning data is square already
+                pixels = pixel_values(image, self.processing)
         return {"input_ids": tokens.input_ids, "labels": tokens.labels, "pixel_values": pixels}
+
+
+def clip_shortest_edge(image: Image.Image, processing: ImageProcessing) -> Image.Image:
+    """The resize of transformers' CLIPImageProcessor, which the official projector pretraining ran: the shortest
+    edge to `processing.size`, the other edge truncated, not rounded (`get_resize_output_image_size`: 500x333 ->
+    504x336), with `processing.resample`. `pixel_values(..., stretch=False)` then only centre-crops and normalises."""
+    width, height = image.size
+    long = int(processing.size * max(width, height) / min(width, height))
+    size = (processing.size, long) if width <= height else (long, processing.size)
+    return image.convert("RGB").resize(size, processing.resample)
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
