@@ -74,7 +74,7 @@ def prompt_group(dtype: torch.dtype, device: torch.device):
 
 
 def runner(name: str, unet, group, tokenize, contexts, latent: torch.Tensor, steps: int):
-    from llmga.edit.ddpm import ddpm_inversion_edit
+    from llmga.edit.ddpm import DdpmContexts, ddpm_inversion_edit
     from llmga.edit.p2p import build_p2p_controller
 
     source, target, uncond = contexts
@@ -90,7 +90,7 @@ def runner(name: str, unet, group, tokenize, contexts, latent: torch.Tensor, ste
 
     def ddpm() -> None:
         with attention_control(unet, EmptyControl()):
-            ddpm_inversion_edit(latent, source, target, uncond, eps, steps=steps,
+            ddpm_inversion_edit(latent, DdpmContexts.shared(source, target, uncond), eps, steps=steps,
                                 generator=torch.Generator().manual_seed(0))
 
     return {"t2i": t2i, "di_p2p": di_p2p, "ddpm": ddpm}[name]

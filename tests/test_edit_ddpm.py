@@ -8,6 +8,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from llmga.edit.ddpm import (
+    DdpmContexts,
     SdeDpmSolver2M,
     ddpm_edit_sample,
     ddpm_edit_timesteps,
@@ -88,10 +89,12 @@ def test_more_steps_than_levels_are_rejected() -> None:
         ddpm_edit_timesteps(800, 25)
 
 
-@pytest.mark.parametrize("steps", [50, 10])
-def test_solver_matches_diffusers_sde_dpmsolver_pp_2m(steps: int) -> None:
+@pytest.mark.parametrize(("steps", "lower_order_final"), [(50, True), (10, True), (10, False)])
+def test_solver_matches_diffusers_sde_dpmsolver_pp_2m(steps: int, lower_order_final: bool) -> None:
+    """lower_order_final False: the last step at second order, as the official inversion solves it at any count."""
     timesteps = ddpm_edit_timesteps(steps, 25)
     scheduler = DPMSolverMultistepScheduler(
+        lower_order_final=lower_order_final,
         num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
@@ -107,7 +110,7 @@ def test_solver_matches_diffusers_sde_dpmsolver_pp_2m(steps: int) -> None:
     g = torch.Generator().manual_seed(5)
     start = torch.randn(1, 4, 6, 6, generator=g)
     noises = torch.randn(steps, 1, 4, 6, 6, generator=g)
-    solver, ours, theirs = SdeDpmSolver2M(timesteps), start, start
+    solver, ours, theirs = SdeDpmSolver2M(timesteps, lower_order_final), start, start
     for i, t in enumerate(timesteps):
         theirs = scheduler.step(eps(theirs, t, context), t, theirs, variance_noise=noises[i]).prev_sample
         ours = solver.step(ours, eps(ours, t, context), noises[i])
@@ -128,10 +131,27 @@ def test_stored_noise_maps_reconstruct_the_input(dtype: torch.dtype, atol: float
     torch.testing.assert_close(reconstruction, x0, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize(("steps", "exact"), [(10, False), (14, False), (15, True), (20, True)])
+def test_official_last_step_orders_rebuild_the_input_only_from_15_steps(steps: int, exact: bool) -> None:
+    """The official inversion solves the last step at second order; its sampling takes it at first order below 15
+    steps (lower_order_final), so there the official edit does not give the input back. The default both ways first."""
+    x0, source, _, uncond, eps = setup(torch.float64)
+    contexts = DdpmContexts.shared(source, source, uncond)
+
+    def edit(official: bool) -> torch.Tensor:
+        return ddpm_inversion_edit(x0, contexts, eps, steps=steps, source_guidance=7.5, use_mask=False,
+                                   official_last_step=official, generator=torch.Generator().manual_seed(0))[0]
+
+    torch.testing.assert_close(edit(False), x0, rtol=0, atol=1e-10)
+    official = edit(True)
+    assert torch.allclose(official, x0, rtol=0, atol=1e-10) == exact
+    assert torch.equal(official, edit(False)) == exact
+
+
 def test_full_edit_with_target_equal_to_source_returns_the_input() -> None:
     x0, source, _, uncond, eps = setup(torch.float64)
     edited, mask = ddpm_inversion_edit(
-        x0, source, source, uncond, eps, source_guidance=7.5, target_guidance=7.5,
+        x0, DdpmContexts.shared(source, source, uncond), eps, source_guidance=7.5, target_guidance=7.5,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(mask, torch.ones(1, 1, 6, 6, dtype=torch.float64))  # nothing differs: the official all-ones
@@ -163,6 +183,50 @@ def test_mask_equals_the_official_cfg_arithmetic_with_the_unconditional_rows() -
     official = ((u + 7.5 * (c_tar - u)) - (u + 7.5 * (c_src - u))).abs().mean(dim=(0, 1), keepdim=True)
     assert 0 < mask.sum() < 64
     assert torch.equal(mask, threshold_difference_map(official, 3.0))
+
+
+def test_mask_from_posterior_samples_draws_them_before_the_noise() -> None:
+    """Official: the VAE posterior is sampled for each of the 10 maps (x0 + std·n), then the noise is drawn."""
+    x0, source, target, _, _ = setup(torch.float64, 8, 8)
+    project = torch.randn(CONTEXT_SHAPE[-1], 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    window = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64) ** 3
+
+    def eps(latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+        """The prompt's effect depends on the latent (so the mask does too), more in some places than others."""
+        return latents + window * torch.tanh(3 * latents * (context.mean(dim=1) @ project)[:, :, None, None])
+
+    std = 3 * torch.rand(1, 4, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    mask = diffedit_mask(x0, source, target, eps, generator=torch.Generator().manual_seed(4), x0_std=std)
+    g = torch.Generator().manual_seed(4)
+    sampled = x0 + std * torch.randn(10, 4, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(10, 4, 8, 8, generator=g, dtype=torch.float64)
+    alpha = float(sd15_alphas_cumprod()[500])
+    noisy = alpha**0.5 * sampled + (1 - alpha) ** 0.5 * noise
+    c_src, c_tar = (eps(noisy, 500, c.expand(10, -1, -1)) for c in (source, target))
+    expected = threshold_difference_map((7.5 * (c_tar - c_src)).abs().mean(dim=(0, 1), keepdim=True), 3.0)
+    assert 0 < mask.sum() < 64 and torch.equal(mask, expected)
+    assert not torch.equal(mask, diffedit_mask(x0, source, target, eps, generator=torch.Generator().manual_seed(4)))
+
+
+def test_each_phase_runs_with_its_own_contexts() -> None:
+    """The official pipeline encodes the mask's, the inversion's and the sampling's prompts to different lengths."""
+    x0, *_, eps = setup(torch.float32)
+    g = torch.Generator().manual_seed(7)
+    lengths = {"mask": 5, "inversion": 7, "sampling": 9}
+    mask_pair, inversion_pair, sampling_pair = (
+        [torch.randn(1, t, CONTEXT_SHAPE[-1], generator=g) for _ in range(2)] for t in lengths.values())
+    seen: list[int] = []
+
+    def recording(latents: torch.Tensor, t: int, context: torch.Tensor) -> torch.Tensor:
+        seen.append(context.shape[1])
+        return eps(latents, t, context)
+
+    contexts = DdpmContexts(*mask_pair, *inversion_pair, *sampling_pair)
+    ddpm_inversion_edit(x0, contexts, recording, steps=6, generator=torch.Generator().manual_seed(0))
+    assert seen == [5] + [7] * 6 + [9] * 6
+    with pytest.raises(ValueError, match="contexts differ"):
+        ddpm_inversion_edit(x0, DdpmContexts(*mask_pair, inversion_pair[0], sampling_pair[1], *sampling_pair), eps)
 
 
 def test_mask_without_guidance_batches_only_the_two_prompts() -> None:
@@ -203,7 +267,8 @@ def test_outside_the_mask_only_the_unconditional_prediction_drives_sampling() ->
 def test_one_eps_call_per_step_and_progress_over_all_calls() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
     progress: list[tuple[int, int]] = []
-    ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12, on_step=lambda *p: progress.append(p))
+    ddpm_inversion_edit(x0, DdpmContexts.shared(source, target, uncond), eps, steps=12,
+                        on_step=lambda *p: progress.append(p))
     timesteps = ddpm_edit_timesteps(12, 25)
     assert eps.calls == [(20, 500)] + [(2, t) for t in timesteps] * 2
     assert progress == [(done, 25) for done in range(1, 26)]
@@ -213,8 +278,8 @@ def test_without_mask_sampling_is_plain_cfg_and_skips_the_mask_call() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
     progress: list[tuple[int, int]] = []
     edited, mask = ddpm_inversion_edit(
-        x0, source, target, uncond, eps, steps=12, use_mask=False, generator=torch.Generator().manual_seed(0),
-        on_step=lambda *p: progress.append(p),
+        x0, DdpmContexts.shared(source, target, uncond), eps, steps=12, use_mask=False,
+        generator=torch.Generator().manual_seed(0), on_step=lambda *p: progress.append(p),
     )
     assert torch.equal(mask, torch.ones(1, 1, 6, 6))
     assert progress == [(done, 24) for done in range(1, 25)] and len(eps.calls) == 24
@@ -229,7 +294,7 @@ def test_seeded_generator_makes_edits_deterministic() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
 
     def edit(seed: int) -> torch.Tensor:
-        return ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12,
+        return ddpm_inversion_edit(x0, DdpmContexts.shared(source, target, uncond), eps, steps=12,
                                    generator=torch.Generator().manual_seed(seed))[0]
 
     assert torch.equal(edit(3), edit(3))
@@ -245,18 +310,19 @@ def test_cancel_from_on_step_leaves_inputs_untouched_and_no_state_behind() -> No
             raise InterruptedError("cancelled")
 
     with pytest.raises(InterruptedError):
-        ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12, generator=torch.Generator().manual_seed(0),
-                            on_step=cancel)
+        ddpm_inversion_edit(x0, DdpmContexts.shared(source, target, uncond), eps, steps=12,
+                            generator=torch.Generator().manual_seed(0), on_step=cancel)
     assert len(eps.calls) == 20 and torch.equal(x0, kept)
-    again = ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12, generator=torch.Generator().manual_seed(0))
-    fresh = ddpm_inversion_edit(x0, source, target, uncond, LocalEps(torch.float32, eps.window), steps=12,
+    contexts = DdpmContexts.shared(source, target, uncond)
+    again = ddpm_inversion_edit(x0, contexts, eps, steps=12, generator=torch.Generator().manual_seed(0))
+    fresh = ddpm_inversion_edit(x0, contexts, LocalEps(torch.float32, eps.window), steps=12,
                                 generator=torch.Generator().manual_seed(0))
     assert torch.equal(again[0], fresh[0]) and torch.equal(again[1], fresh[1])
 
 
 def test_works_in_the_latent_dtype() -> None:
     x0, source, target, uncond, eps = setup(torch.bfloat16)
-    edited, mask = ddpm_inversion_edit(x0, source, target, uncond, eps, steps=12,
+    edited, mask = ddpm_inversion_edit(x0, DdpmContexts.shared(source, target, uncond), eps, steps=12,
                                        generator=torch.Generator().manual_seed(0))
     assert edited.dtype == mask.dtype == torch.bfloat16 and torch.isfinite(edited).all()
 
@@ -264,7 +330,7 @@ def test_works_in_the_latent_dtype() -> None:
 def test_contexts_of_different_length_are_rejected() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
     with pytest.raises(ValueError, match="contexts differ"):
-        ddpm_inversion_edit(x0, source, target[:, :3], uncond, eps, steps=12)
+        ddpm_inversion_edit(x0, DdpmContexts.shared(source, target[:, :3], uncond), eps, steps=12)
     with pytest.raises(ValueError, match="contexts differ"):
         edit_friendly_inversion(x0, source, uncond[:, :3], eps, steps=12)
     assert eps.calls == []
@@ -273,15 +339,15 @@ def test_contexts_of_different_length_are_rejected() -> None:
 def test_batch_other_than_one_is_rejected() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
     with pytest.raises(ValueError, match="one image at a time"):
-        ddpm_inversion_edit(torch.cat([x0, x0]), source, target, uncond, eps, steps=12)
+        ddpm_inversion_edit(torch.cat([x0, x0]), DdpmContexts.shared(source, target, uncond), eps, steps=12)
     with pytest.raises(ValueError, match="expected \\[1,T,C\\]"):
-        ddpm_inversion_edit(x0, torch.cat([source, source]), target, uncond, eps, steps=12)
+        ddpm_inversion_edit(x0, DdpmContexts.shared(torch.cat([source, source]), target, uncond), eps, steps=12)
 
 
 def test_skip_out_of_range_is_rejected_before_any_eps_call() -> None:
     x0, source, target, uncond, eps = setup(torch.float32)
     with pytest.raises(ValueError, match="skip is"):
-        ddpm_inversion_edit(x0, source, target, uncond, eps, skip=100)
+        ddpm_inversion_edit(x0, DdpmContexts.shared(source, target, uncond), eps, skip=100)
     assert eps.calls == []
 
 

@@ -271,6 +271,58 @@ def test_needs_probs_false_for_full_resolution_self_attention_at_512(tokenize, e
         assert control.needs_probs(True, 8 * 8, "mid") == (step < 20)
 
 
+def sd15_attention_layers(latent_side: int) -> list[tuple[str, int]]:
+    """(place, queries) of SD1.5's attention layers in call order at a square latent: down levels 1, 1/2, 1/4 (two
+    transformers each), mid 1/8, up levels 1/4, 1/2, 1 (three each)."""
+    side = [-(-latent_side // f) for f in (1, 2, 4, 8)]
+    return ([("down", side[level] ** 2) for level in (0, 0, 1, 1, 2, 2)] + [("mid", side[3] ** 2)]
+            + [("up", side[level] ** 2) for level in (2, 2, 2, 1, 1, 1, 0, 0, 0)])
+
+
+def official_p2p_layers(layers: list[tuple[str, int]]) -> tuple[list[int], list[int]]:
+    """PnPInversion's absolute rule, by layer index: self-attention replaced where Nq <= 32²; LocalBlend reads
+    `down_cross[2:4] + up_cross[:3]` of the cross maps its store keeps (Nq <= 32²)."""
+    replaced = [index for index, (_, queries) in enumerate(layers) if queries <= 32**2]
+    down = [index for index in replaced if layers[index][0] == "down"]
+    up = [index for index in replaced if layers[index][0] == "up"]
+    return replaced, down[2:4] + up[:3]
+
+
+def pack_p2p_layers(control, layers: list[tuple[str, int]], latent_side: int) -> tuple[list[int], list[int]]:
+    """The layers whose self-attention the controller replaces (inside its window) and whose cross maps it blends."""
+    control.begin_edit(50, (latent_side, latent_side))
+    control.begin_step(0)
+    for place, queries in layers:
+        control.edit_probs(random_probs(queries, 77, seed=queries, rows=3), True, place, HEADS)
+    control.settle()
+    replaced = [index for index, (_, queries) in enumerate(layers) if control.needs_probs(False, queries, "down")]
+    blended = [index for index, (place, queries) in enumerate(layers) if control.is_store_layer(True, queries, place)]
+    return replaced, blended
+
+
+def test_resolution_rule_equals_pnpinversions_absolute_limits_at_512(tokenize, edit_group) -> None:
+    """At 512² (latent 64, PnPInversion's only size: load_512 crops to it) the relative rule (self-attention at 1/2
+    resolution or coarser, LocalBlend at 1/4) picks the layers of the official limits (<= 32² queries, 16×16 maps)."""
+    control = build_p2p_controller(edit_group, tokenize, prompts=EDIT_PROMPTS[:2], blend_words=("cat", "hat"))
+    layers = sd15_attention_layers(64)
+    replaced, blended = pack_p2p_layers(control, layers, 64)
+    assert (replaced, blended) == official_p2p_layers(layers)
+    assert [layers[index][1] for index in blended] == [16 * 16] * 5
+
+
+@pytest.mark.parametrize(("latent_side", "only_official", "only_pack"), [(32, [0, 1, 13, 14, 15], []),
+                                                                         (96, [], [2, 3, 10, 11, 12])])
+def test_resolution_rules_differ_away_from_512(tokenize, edit_group, latent_side, only_official, only_pack) -> None:
+    """docs/fidelity.md: at 256² the absolute limit also replaces the full-resolution self-attention, at 768² it leaves
+    the 48² layers the relative rule replaces (and the official LocalBlend has no 16×16 maps there, so it fails)."""
+    control = build_p2p_controller(edit_group, tokenize, prompts=EDIT_PROMPTS[:2], blend_words=("cat", "hat"))
+    layers = sd15_attention_layers(latent_side)
+    replaced, _ = pack_p2p_layers(control, layers, latent_side)
+    official, _ = official_p2p_layers(layers)
+    assert sorted(set(official) - set(replaced)) == only_official
+    assert sorted(set(replaced) - set(official)) == only_pack
+
+
 def test_local_blend_falls_back_to_the_coarsest_cross_attention_of_a_small_unet(tokenize, edit_group) -> None:
     control = build_p2p_controller(edit_group, tokenize, prompts=EDIT_PROMPTS[:2], blend_words=("cat", "hat"))
     control.begin_edit(10, (8, 12))

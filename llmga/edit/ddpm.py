@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -77,13 +77,15 @@ class SdeDpmSolver2M:
         x_next = (σ_next/σ_t)·e^{−h}·x_t + α_next(1−e^{−2h})·(D0 + ½·D1) + σ_next·√(1−e^{−2h})·z,
         D1 = (h/h_0)·(D0 − D_previous step), h_0 = λ_t − λ_previous step
 
-    D1 is dropped (first order) on the first step and, below 15 steps, on the last one (diffusers' lower_order_final).
+    D1 is dropped (first order) on the first step and, with lower_order_final, below 15 steps on the last one
+    (diffusers' rule, which the official sampling follows and its inversion, `compute_noise_sde_dpm_pp_2nd`, does not).
     Call `step`, `solve_noise` or `mean_and_std` once per timestep, in order: the object keeps the previous D.
     Coefficients are computed in float64 from the float32 ᾱ and applied in the latent dtype.
     """
 
-    def __init__(self, timesteps: Sequence[int]) -> None:
+    def __init__(self, timesteps: Sequence[int], lower_order_final: bool = True) -> None:
         self.timesteps = [int(t) for t in timesteps]
+        self.lower_order_final = lower_order_final
         self._alphas = sd15_alphas_cumprod().to(torch.float64)
         self._index = 0
         self._previous: torch.Tensor | None = None
@@ -108,7 +110,7 @@ class SdeDpmSolver2M:
         data = (x_t - sigma_t * eps_value) / alpha_t
         decay = 1.0 - math.exp(-2.0 * h)
         mean = (sigma_next / sigma_t * math.exp(-h)) * x_t + (alpha_next * decay) * data
-        first_order_final = i == count - 1 and count < LOWER_ORDER_FINAL_BELOW
+        first_order_final = self.lower_order_final and i == count - 1 and count < LOWER_ORDER_FINAL_BELOW
         if self._previous is not None and not first_order_final:
             r0 = (lambda_t - self._level(self.timesteps[i - 1])[2]) / h
             mean = mean + 0.5 * (alpha_next * decay) * ((1.0 / r0) * (data - self._previous))
@@ -146,6 +148,39 @@ class DdpmInversion:
     timesteps: list[int]
     latents: torch.Tensor
     noise_maps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DdpmContexts:
+    """The prompt contexts of each phase of `ddpm_inversion_edit`, each [1,T,C]: one T within a phase (it runs in one
+    UNet batch), possibly another in each phase (the official pipeline encodes each phase its own way, see
+    `llmga.edit.official`).
+
+    mask_source, mask_target: DiffEdit's pair; inversion_source, inversion_uncond: the inversion's CFG pair;
+    target, target_uncond: the sampling's CFG pair.
+    """
+
+    mask_source: torch.Tensor
+    mask_target: torch.Tensor
+    inversion_source: torch.Tensor
+    inversion_uncond: torch.Tensor
+    target: torch.Tensor
+    target_uncond: torch.Tensor
+
+    @classmethod
+    def shared(cls, source: torch.Tensor, target: torch.Tensor, uncond: torch.Tensor) -> DdpmContexts:
+        """One encoding for every phase: source, target and uncond [1,T,C] of one T."""
+        return cls(source, target, source, uncond, target, uncond)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> DdpmContexts:
+        """Every context on `device` in `dtype`."""
+        return DdpmContexts(*(getattr(self, field.name).to(device, dtype) for field in fields(self)))
+
+    def check(self, x0: torch.Tensor) -> None:
+        """Raise ValueError (naming the input) unless x0 is [1,C,h,w] and each phase's pair shares its [T,C]."""
+        check_edit_inputs(x0, source_context=self.mask_source, target_context=self.mask_target)
+        check_edit_inputs(x0, source_context=self.inversion_source, uncond_context=self.inversion_uncond)
+        check_edit_inputs(x0, target_context=self.target, uncond_context=self.target_uncond)
 
 
 def _randn(shape: Sequence[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -188,12 +223,16 @@ def threshold_difference_map(difference: torch.Tensor, threshold_ratio: float = 
 def diffedit_mask(x0: torch.Tensor, source_context: torch.Tensor, target_context: torch.Tensor, eps: EpsFn, *,
                   num_maps: int = MASK_NUM_MAPS, encode_strength: float = MASK_ENCODE_STRENGTH,
                   guidance: float = MASK_GUIDANCE, threshold_ratio: float = MASK_THRESHOLD_RATIO,
-                  steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None) -> torch.Tensor:
+                  steps: int = DEFAULT_STEPS, generator: torch.Generator | None = None,
+                  x0_std: torch.Tensor | None = None) -> torch.Tensor:
     """Where the target prompt changes the noise prediction: a binary latent mask [1,1,h,w] (0/1 in x0's dtype).
 
     x0: [1,4,h,w] clean latent; contexts: [1,T,C], one T. x0 is noised `num_maps` times (one [num_maps,4,h,w] draw)
-    to `diffedit_timestep(steps, encode_strength)`. The mask is |ε̂_target − ε̂_source| with ε̂ = ε_u + g·(ε_c − ε_u),
-    averaged over the maps and channels and binarized by `threshold_difference_map`. The unconditional prediction
+    to `diffedit_timestep(steps, encode_strength)`. x0_std: [1,4,h,w], the VAE posterior's std × its scaling factor;
+    given, each map starts from its own posterior sample x0 + x0_std·n (one [num_maps,4,h,w] draw before the noise),
+    as the official `prepare_image_latents` samples the posterior; None, every map starts from x0 (the mean).
+    The mask is |ε̂_target − ε̂_source| with ε̂ = ε_u + g·(ε_c − ε_u), averaged over the maps and channels and
+    binarized by `threshold_difference_map`. The unconditional prediction
     cancels in that difference (it is g·|ε_target − ε_source|), so one eps call on [source, target] × num_maps
     suffices where the official code runs 4 × num_maps rows; the official CFG arithmetic gives the same mask.
     """
@@ -202,6 +241,8 @@ def diffedit_mask(x0: torch.Tensor, source_context: torch.Tensor, target_context
         raise ValueError(f"num_maps is {num_maps}, expected a positive number of noise draws")
     t = diffedit_timestep(steps, encode_strength)
     latents = x0.expand(num_maps, -1, -1, -1)
+    if x0_std is not None:
+        latents = latents + x0_std.to(x0.device, x0.dtype) * _randn(latents.shape, x0, generator)
     noisy = _add_noise(latents, _randn(latents.shape, x0, generator), t)
     context = torch.cat([c.expand(num_maps, -1, -1) for c in (source_context, target_context)])
     source, target = eps(torch.cat([noisy, noisy]), t, context).to(x0.dtype).chunk(2)
@@ -213,18 +254,19 @@ def diffedit_mask(x0: torch.Tensor, source_context: torch.Tensor, target_context
 def edit_friendly_inversion(x0: torch.Tensor, source_context: torch.Tensor, uncond_context: torch.Tensor, eps: EpsFn,
                             *, steps: int = DEFAULT_STEPS, skip: float = DEFAULT_SKIP,
                             guidance: float = SOURCE_GUIDANCE, generator: torch.Generator | None = None,
-                            on_step: StepCallback | None = None) -> DdpmInversion:
+                            on_step: StepCallback | None = None, lower_order_final: bool = True) -> DdpmInversion:
     """Edit-friendly DDPM inversion of a clean latent: the x_t and the noise maps z_t that reproduce them.
 
     x0: [1,4,h,w]; contexts: [1,T,C], one T. Every x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·n_t with its own draw n_t (drawn from
     the smallest t up, one [1,4,h,w] draw each). Then, from the noisiest step down, ε̂ = ε_u + g·(ε_src − ε_u) (one eps
     call on [uncond, source] per step) and `SdeDpmSolver2M.solve_noise` give z_t with step(x_t, ε̂, z_t) = x_{t−1};
-    the rebuilt x_{t−1} replaces the drawn one. on_step(done, steps) runs after each eps call.
+    the rebuilt x_{t−1} replaces the drawn one. on_step(done, steps) runs after each eps call. lower_order_final:
+    the solver's rule for the last step below 15 steps (False: second order, as the official inversion solves it).
     """
     check_edit_inputs(x0, source_context=source_context, uncond_context=uncond_context)
     timesteps = ddpm_edit_timesteps(steps, skip)
     latents = [x0] + [_add_noise(x0, _randn(x0.shape, x0, generator), t) for t in reversed(timesteps)]
-    solver = SdeDpmSolver2M(timesteps)
+    solver = SdeDpmSolver2M(timesteps, lower_order_final)
     noise_maps = []
     for i, t in enumerate(timesteps):
         k = steps - i
@@ -279,38 +321,42 @@ def _shifted(on_step: StepCallback | None, offset: int, total: int) -> Callable[
     return report
 
 
-def ddpm_inversion_edit(x0: torch.Tensor, source_context: torch.Tensor, target_context: torch.Tensor,
-                        uncond_context: torch.Tensor, eps: EpsFn, *, steps: int = DEFAULT_STEPS,
+def ddpm_inversion_edit(x0: torch.Tensor, contexts: DdpmContexts, eps: EpsFn, *, steps: int = DEFAULT_STEPS,
                         skip: float = DEFAULT_SKIP, source_guidance: float = SOURCE_GUIDANCE,
                         target_guidance: float = TARGET_GUIDANCE, mask_threshold_ratio: float = MASK_THRESHOLD_RATIO,
                         use_mask: bool = True, generator: torch.Generator | None = None,
-                        on_step: StepCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        on_step: StepCallback | None = None, x0_std: torch.Tensor | None = None,
+                        official_last_step: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """LLMGA's editing method end to end: returns (edited x0 [1,4,h,w], mask [1,1,h,w]) in x0's dtype.
 
-    x0: [1,4,h,w] clean latent (VAE mode × 0.18215 in the official code); contexts: [1,T,C], all one T (the mask batches
-    all three). Runs `diffedit_mask` (if use_mask; else the mask is all ones and sampling is plain CFG), then
-    `edit_friendly_inversion` with the source prompt, then `ddpm_edit_sample` with the target prompt, drawing all
-    noise from `generator` in that order. on_step(done, total) runs after every eps call, total = 2·steps (+1 for the
-    mask); an exception raised from it stops the edit with nothing changed.
+    x0: [1,4,h,w] clean latent (VAE mode × 0.18215 in the official code); contexts: each phase's prompts
+    (`DdpmContexts`). Runs `diffedit_mask` (if use_mask, from the posterior samples of x0_std when given; else the
+    mask is all ones and sampling is plain CFG), then `edit_friendly_inversion` with the source prompt, then
+    `ddpm_edit_sample` with the target prompt, drawing all noise from `generator` in that order. official_last_step:
+    below 15 steps the inversion solves the last step at second order while sampling takes it at first order, as the
+    official pipeline does (so the picture is not rebuilt exactly); False: both at first order. on_step(done, total)
+    runs after every eps call, total = 2·steps (+1 for the mask); an exception raised from it stops the edit with
+    nothing changed.
     """
-    check_edit_inputs(x0, source_context=source_context, target_context=target_context, uncond_context=uncond_context)
+    contexts.check(x0)
     ddpm_edit_timesteps(steps, skip)  # reject bad settings before the first eps call
     offset = 1 if use_mask else 0
     total = offset + 2 * steps
     mask = None
     if use_mask:
         mask = diffedit_mask(
-            x0, source_context, target_context, eps,
-            threshold_ratio=mask_threshold_ratio, generator=generator,
+            x0, contexts.mask_source, contexts.mask_target, eps,
+            threshold_ratio=mask_threshold_ratio, generator=generator, x0_std=x0_std,
         )
         if on_step is not None:
             on_step(1, total)
     inversion = edit_friendly_inversion(
-        x0, source_context, uncond_context, eps, steps=steps, skip=skip, guidance=source_guidance,
-        generator=generator, on_step=_shifted(on_step, offset, total),
+        x0, contexts.inversion_source, contexts.inversion_uncond, eps, steps=steps, skip=skip,
+        guidance=source_guidance, generator=generator, on_step=_shifted(on_step, offset, total),
+        lower_order_final=not official_last_step,
     )
     edited = ddpm_edit_sample(
-        inversion.latents[-1], inversion.noise_maps, target_context, uncond_context, eps,
+        inversion.latents[-1], inversion.noise_maps, contexts.target, contexts.target_uncond, eps,
         timesteps=inversion.timesteps, guidance=target_guidance, mask=mask,
         on_step=_shifted(on_step, offset + steps, total),
     )

@@ -23,8 +23,8 @@ OFFICIAL_SIZE = 512  # cli-sd15-editing.py: centre crop to a square, then resize
 
 
 def official_crop(image: Image.Image, size: int = OFFICIAL_SIZE) -> Image.Image:
-    """cli-sd15-editing.py `crop_image`: the centred square of the short side, resized to size x size (bicubic,
-    PIL's default filter there)."""
+    """cli-sd15-editing.py `crop_image`: the centred square of the short side (offset (long - short) // 2), resized to
+    size x size (bicubic, PIL's default filter there)."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
@@ -51,12 +51,14 @@ def controlled_eps_for(unet):
     return controlled_eps
 
 
-def encode_image(vae, image: torch.Tensor) -> torch.Tensor:
-    """image [1,H,W,3] float in [0,1] (H, W multiples of 8) -> latent [1,4,H/8,W/8] float32 (mean × scaling)."""
+def encode_image(vae, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """image [1,H,W,3] float in [0,1] (H, W multiples of 8) -> the VAE posterior's (mean, std), each [1,4,H/8,W/8]
+    float32 × the scaling factor; the mean is the latent that is edited (the official `mode()`)."""
     pixels = image.movedim(-1, 1).to(vae.device, vae.dtype) * 2.0 - 1.0
     with torch.no_grad():
-        latent = vae.encode(pixels).latent_dist.mean
-    return latent.float() * vae.config.scaling_factor
+        posterior = vae.encode(pixels).latent_dist
+    scale = vae.config.scaling_factor
+    return posterior.mean.float() * scale, posterior.std.float() * scale
 
 
 def decode_latent(vae, latent: torch.Tensor) -> torch.Tensor:
@@ -71,9 +73,10 @@ def edit_image(pipe, image: Image.Image, source_prompt: str, target_prompt: str,
     """Edit `image` (any size: padded to multiples of 8 and cropped back) -> (edited image, mask image, result)."""
     padded, size = pad_to_latent_multiple(pil_to_tensor(image))
     device = pipe.unet.device
-    x0 = encode_image(pipe.vae, padded).to(device)
+    x0, x0_std = (latent.to(device) for latent in encode_image(pipe.vae, padded))
     result = edit_latent(x0, source_prompt, target_prompt, text=text_binding(pipe),
-                         controlled_eps=controlled_eps_for(pipe.unet), settings=settings, on_step=on_step)
+                         controlled_eps=controlled_eps_for(pipe.unet), settings=settings, on_step=on_step,
+                         x0_std=x0_std)
     mask = mask_to_pil(latent_mask_to_image(result.mask.cpu(), size)[0])
     if result.unchanged:
         return image.convert("RGB"), mask, result

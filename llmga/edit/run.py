@@ -6,10 +6,11 @@ binding supplies three things:
 - `text`: the long-prompt encoder's `tokenize` / `encode` and the special ids (`TextBinding`);
 - `controlled_eps(control)`: a context manager giving `eps(latents, t, context)` with every attention layer routed
   through `control` (None: stock attention) — diffusers processors or ComfyUI attention patches;
-- the latent `x0` [1,4,h,w] (VAE latent × 0.18215).
+- the latent `x0` [1,4,h,w] (VAE latent × 0.18215) and, for the official DDPM mask, the VAE posterior's std.
 
 Source, target and the empty (unconditional) prompt are encoded together (`encode_prompt_group`), so all three
-contexts share one length T and batch into one UNet call per step, for prompts of up to 300 tokens.
+contexts share one length T and batch into one UNet call per step, for prompts of up to 300 tokens. With
+`official`, the prompts are encoded as the reference code does instead (`llmga.edit.official`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class EditSettings:
     prompt_mode: str = "llmga"
     max_chunks: int = LLMGA_MAX_CHUNKS
     seed: int = 0
+    # The reference code's behaviour (prompt_mode and max_chunks then do not apply): for ddpm_inversion the official
+    # pipeline's encodings per phase, DiffEdit on posterior samples, its last-step solver orders; for
+    # direct_inversion_p2p PnPInversion's 77-token prompts. See `llmga.edit.official`.
+    official: bool = False
 
     def check(self) -> None:
         """Raise ValueError naming the first setting out of range and what it accepts."""
@@ -109,10 +114,12 @@ def check_prompts(source_prompt: str, target_prompt: str) -> bool:
 
 def encode_edit_prompts(source_prompt: str, target_prompt: str, text: TextBinding,
                         settings: EditSettings) -> PromptGroup:
-    """[source, target, ""] encoded together: conds [1,T,C] of one length T."""
-    return encode_prompt_group((source_prompt, target_prompt, ""), text.tokenize, text.encode,
-                               mode=settings.prompt_mode, bos=text.bos, eos=text.eos, pad=text.pad,
-                               max_chunks=settings.max_chunks)
+    """[source, target, ""] encoded together: conds [1,T,C] of one length T (official: PnPInversion's 77 ids)."""
+    from .official import P2P_CHUNKS, P2P_MODE
+
+    mode, chunks = (P2P_MODE, P2P_CHUNKS) if settings.official else (settings.prompt_mode, settings.max_chunks)
+    return encode_prompt_group((source_prompt, target_prompt, ""), text.tokenize, text.encode, mode=mode,
+                               bos=text.bos, eos=text.eos, pad=text.pad, max_chunks=chunks)
 
 
 def build_controller(group: PromptGroup, prompts: tuple[str, str], text: TextBinding,
@@ -137,39 +144,58 @@ def edit_latent(
     controlled_eps: ControlledEps,
     settings: EditSettings,
     on_step: StepCallback | None = None,
+    x0_std: torch.Tensor | None = None,
 ) -> EditResult:
-    """Edit one clean latent x0 [1,4,h,w] from `source_prompt` (what it shows) towards `target_prompt`."""
+    """Edit one clean latent x0 [1,4,h,w] from `source_prompt` (what it shows) towards `target_prompt`.
+
+    x0_std: [1,4,h,w], the VAE posterior's std × scaling factor, which the official DDPM mask samples with (used with
+    `settings.official` only; None: the mask starts from x0 itself).
+    """
     settings.check()
     if x0.ndim != 4 or x0.shape[0] != 1 or x0.shape[1] != 4:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}, expected [1, 4, h, w]: edit one SD1.5 latent at a time")
     full = torch.ones(1, 1, *x0.shape[-2:], dtype=x0.dtype, device=x0.device)
     if check_prompts(source_prompt, target_prompt):
         return EditResult(latent=x0, mask=torch.zeros_like(full), unchanged=True)
+    if settings.method == "ddpm_inversion":
+        return _ddpm_edit(x0, source_prompt, target_prompt, text, controlled_eps, settings, on_step, x0_std)
+
     group = encode_edit_prompts(source_prompt, target_prompt, text, settings)
     source, target, uncond = (e.cond.to(x0.device, x0.dtype) for e in group.encoded)
     warnings = group.truncation_warnings(("source", "target"))
+    control = build_controller(group, (source_prompt, target_prompt), text, settings)
+    with controlled_eps(control) as eps:
+        edited, _ = direct_inversion_edit(x0, source, target, uncond, eps, settings.steps, settings.guidance,
+                                          control, on_step=on_step)
+    mask = getattr(control, "mask", None)
+    mask = full if mask is None else mask.to(x0.device, x0.dtype)
+    return EditResult(latent=edited, mask=mask, warnings=warnings)
 
-    if settings.method == "direct_inversion_p2p":
-        control = build_controller(group, (source_prompt, target_prompt), text, settings)
-        with controlled_eps(control) as eps:
-            edited, _ = direct_inversion_edit(x0, source, target, uncond, eps, settings.steps, settings.guidance,
-                                              control, on_step=on_step)
-        mask = getattr(control, "mask", None)
-        mask = full if mask is None else mask.to(x0.device, x0.dtype)
-        return EditResult(latent=edited, mask=mask, warnings=warnings)
 
-    from .ddpm import ddpm_inversion_edit
+def _ddpm_edit(x0: torch.Tensor, source_prompt: str, target_prompt: str, text: TextBinding,
+               controlled_eps: ControlledEps, settings: EditSettings, on_step: StepCallback | None,
+               x0_std: torch.Tensor | None) -> EditResult:
+    """`edit_latent` for ddpm_inversion: the prompts encoded once for every phase, or each phase as the official
+    pipeline encodes it."""
+    from .ddpm import DdpmContexts, ddpm_inversion_edit
+    from .official import official_ddpm_contexts
 
+    if settings.official:
+        contexts, warnings = official_ddpm_contexts(source_prompt, target_prompt, text)
+    else:
+        group = encode_edit_prompts(source_prompt, target_prompt, text, settings)
+        contexts = DdpmContexts.shared(*(e.cond for e in group.encoded))
+        warnings = group.truncation_warnings(("source", "target"))
+    contexts = contexts.to(x0.device, x0.dtype)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     with controlled_eps(None) as eps:
         edited, mask = ddpm_inversion_edit(
-            x0, source, target, uncond, eps, steps=settings.steps, skip=settings.skip,
-            source_guidance=settings.source_guidance, target_guidance=settings.guidance,
-            mask_threshold_ratio=settings.mask_threshold_ratio, use_mask=settings.use_mask, generator=generator,
-            on_step=on_step,
+            x0, contexts, eps, steps=settings.steps, skip=settings.skip, source_guidance=settings.source_guidance,
+            target_guidance=settings.guidance, mask_threshold_ratio=settings.mask_threshold_ratio,
+            use_mask=settings.use_mask, generator=generator, on_step=on_step,
+            x0_std=x0_std if settings.official else None, official_last_step=settings.official,
         )
-    mask = full if mask is None else mask.to(x0.device, x0.dtype)
-    return EditResult(latent=edited, mask=mask, warnings=warnings)
+    return EditResult(latent=edited, mask=mask.to(x0.device, x0.dtype), warnings=warnings)
 
 
 def pad_to_latent_multiple(image: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
