@@ -1,9 +1,14 @@
-"""Host tests of the assistant nodes in a real ComfyUI: load, chat with an image and a mask, continue, cancel."""
+"""Host tests of the assistant nodes in a real ComfyUI: load, chat with an image and a mask, continue, cancel; the
+settings a chat used, the official precision and the Chinese phrasings of an llmga-cn checkpoint."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
+
+from llmga.mllm.tasks import TEXTEXTEND_PROMPT_BEHIND_ZH, TEXTEXTEND_PROMPT_ZH
 
 pytestmark = pytest.mark.host
 
@@ -13,16 +18,17 @@ def released(fixture) -> str:
     return f"binxia/{fixture.path.name}"
 
 
-def load_node(model: str) -> dict:
+def load_node(model: str, dtype: str = "fp32") -> dict:
     return {"class_type": "LLMGALoadAssistant", "inputs": {
-        "model": model, "dtype": "fp32", "device": "cpu", "quantization": "none", "attention": "sdpa",
+        "model": model, "dtype": dtype, "device": "cpu", "quantization": "none", "attention": "sdpa",
         "template": "auto", "allow_download": False}}
 
 
 def chat_node(message: str, task: str, *, history=None, image=None, mask=None, max_new_tokens=24, seed=3,
-              temperature=0.7) -> dict:
+              temperature=0.7, top_p=0.0, **optional) -> dict:
+    """A Chat node; top_p 0 (the default) and the optional inputs left out: the checkpoint's sampling settings."""
     inputs = {"assistant": ["1", 0], "message": message, "task": task, "seed": seed, "temperature": temperature,
-              "top_p": 1.0, "max_new_tokens": max_new_tokens, "keep_loaded": True}
+              "top_p": top_p, "max_new_tokens": max_new_tokens, "keep_loaded": True, **optional}
     for name, link in (("history", history), ("image", image), ("mask", mask)):
         if link is not None:
             inputs[name] = link
@@ -134,3 +140,42 @@ def test_chat_streams_its_reply_into_the_node(comfy, host_assistant):
     assert len(streamed) >= 2  # several updates while generating, not one at the end
     assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:], strict=False))
     assert streamed[-1].strip() == outputs["3"]["text"][0]
+
+
+def test_chat_reports_the_settings_it_used(comfy, host_assistant):
+    """Left at 0, top_p, top_k and repetition_penalty are the checkpoint's (Qwen2's generation_config.json)."""
+    graph = {"1": load_node(released(host_assistant)),
+             "2": chat_node("a red fox", "text_to_image", max_new_tokens=4, seed=41), "3": preview(["2", 0])}
+    assert comfy.run(graph)["2"]["text"][0] == (
+        "temperature 0.7, top_p 0.8 (checkpoint), top_k 20 (checkpoint), repetition_penalty 1.1 (checkpoint), "
+        "seed 41, max_new_tokens 4; phrasing en")
+    graph["2"] = chat_node("a red fox", "text_to_image", max_new_tokens=4, seed=41, top_p=0.5, top_k=3,
+                           repetition_penalty=1.0)
+    assert comfy.run(graph)["2"]["text"][0] == ("temperature 0.7, top_p 0.5, top_k 3, repetition_penalty 1, seed 41, "
+                                                "max_new_tokens 4; phrasing en")
+
+
+def test_official_precision_chats_on_the_cpu(comfy, host_assistant):
+    """dtype official: the LLM in fp16 and the tower's own fp32 weights from models/clip_vision."""
+    graph = {"1": load_node(released(host_assistant), dtype="official"),
+             "2": chat_node("a red fox", "text_to_image", max_new_tokens=4, temperature=0.0), "3": preview(["2", 4])}
+    outputs = comfy.run(graph)
+    assert outputs["2"]["text"][0].startswith("greedy (temperature 0), repetition_penalty 1.1 (checkpoint)")
+    assert "text" in outputs["3"]
+
+
+def test_an_llmga_cn_checkpoint_asked_in_chinese_gets_chinese_phrasings(comfy, host_assistant):
+    name = "llmga-cn-Qwen2-0.5B-full-finetune"
+    shutil.copytree(host_assistant.path, host_assistant.path.parent / name, dirs_exist_ok=True)
+    graph = {"1": load_node(f"binxia/{name}"),
+             "2": chat_node("一只猫坐在窗台上", "text_to_image", max_new_tokens=4, placement="before"),
+             "3": preview(["2", 3])}
+    outputs = comfy.run(graph)
+    assert outputs["2"]["text"][0].endswith("; phrasing zh")
+    history = outputs["3"]["text"][0]
+    assert any(f"{phrase} 一只猫坐在窗台上" in history for phrase in TEXTEXTEND_PROMPT_ZH)
+    graph["2"] = chat_node("一只猫坐在窗台上", "text_to_image", max_new_tokens=4, language="en")
+    outputs = comfy.run(graph)
+    assert outputs["2"]["text"][0].endswith("; phrasing en")
+    assert not any(phrase in outputs["3"]["text"][0] for phrase in (*TEXTEXTEND_PROMPT_ZH,
+                                                                    *TEXTEXTEND_PROMPT_BEHIND_ZH))

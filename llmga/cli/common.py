@@ -134,13 +134,13 @@ def check_assistant_numbers(args: argparse.Namespace) -> None:
     --repetition-penalty that is not a positive number, or a --max-new-tokens below 1."""
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise InputError(f"--temperature is {args.temperature} but must be 0 (greedy) or more")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise InputError(f"--top-p is {args.top_p} but must be in (0, 1]")
-    if args.top_k is not None and args.top_k < 0:
-        raise InputError(f"--top-k is {args.top_k} but must be 0 (no limit) or more")
-    if args.repetition_penalty is not None and not (math.isfinite(args.repetition_penalty)
-                                                    and args.repetition_penalty > 0):
-        raise InputError(f"--repetition-penalty is {args.repetition_penalty} but must be more than 0 (1: none)")
+    top_p, top_k, penalty = (getattr(args, name, None) for name in ("top_p", "top_k", "repetition_penalty"))
+    if top_p is not None and not 0 < top_p <= 1:
+        raise InputError(f"--top-p is {top_p} but must be in (0, 1]")
+    if top_k is not None and top_k < 0:
+        raise InputError(f"--top-k is {top_k} but must be 0 (no limit) or more")
+    if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
+        raise InputError(f"--repetition-penalty is {penalty} but must be more than 0 (1: none)")
     if args.max_new_tokens < 1:
         raise InputError(f"--max-new-tokens is {args.max_new_tokens} but must be 1 or more")
 
