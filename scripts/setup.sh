@@ -8,8 +8,42 @@
 #     for such a host gets torch==2.9.1 + torchvision==0.24.1 + torchaudio 2.9 instead;
 #   - the host's requirements (without torch*), requirements.txt and requirements-dev.txt.
 # Prints the venv's python as its last line.
+#
+# `setup.sh --lowest-transformers` sets up the second, small venv instead (LLMGA_LOWEST_VENV, default
+# .cache/venv-lowest-transformers), where scripts/test.sh runs the parity tests (tests/lowest_transformers.txt) on the
+# oldest transformers requirements.txt allows: that exact version, the tokenizers it takes, LOWEST_TORCH_SPEC
+# (default torch==2.13.0, a CPU build), the rest of requirements.txt and pytest; no ComfyUI, no torchvision.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+if [ "${1:-}" = --lowest-transformers ]; then
+  venv=${LLMGA_LOWEST_VENV:-$root/.cache/venv-lowest-transformers}
+  lowest=$(sed -n 's/^transformers>=\([0-9.]*\).*/\1/p' "$root/requirements.txt")
+  if [ -z "$lowest" ]; then
+    echo "setup: error: requirements.txt has no 'transformers>=X' line to take the lowest version from" >&2
+    exit 2
+  fi
+  spec="${LOWEST_TORCH_SPEC:-torch==2.13.0} transformers==$lowest"
+  if [ ! -x "$venv/bin/python" ]; then
+    echo "setup: creating $venv (parity tests on transformers $lowest)" >&2
+    "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv "$venv"
+  fi
+  py=$venv/bin/python
+  # The other runtime requirements as requirements.txt bounds them, and what the tests themselves import.
+  others=$(grep -v -e '^transformers' -e '^#' -e '^$' "$root/requirements.txt" | sed 's/ *#.*//')
+  tools=$(grep -E '^(pytest|pytest-timeout|packaging)[<>=! ]' "$root/requirements-dev.txt" | sed 's/ *#.*//')
+  stamp=$(printf '%s\n' "$spec" "$others" "$tools" | sha256sum | cut -c1-16)
+  if [ "$(cat "$venv/.llmga-requirements" 2>/dev/null)" != "$stamp" ]; then
+    echo "setup: installing $spec and the other requirements into $venv" >&2
+    # shellcheck disable=SC2086
+    "$py" -m pip --disable-pip-version-check install --quiet $spec $others $tools
+    echo "$stamp" > "$venv/.llmga-requirements"
+  fi
+  "$py" -c "import torch, transformers, diffusers, pytest; assert transformers.__version__ == '$lowest'" >/dev/null
+  echo "$py"
+  exit 0
+fi
+
 venv=${LLMGA_VENV:-$root/.venv}
 
 if [ ! -x "$venv/bin/python" ]; then
