@@ -9,11 +9,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
+from test_long_prompt import ref_weighted_embeddings
 
 from llmga.cli import main
-from llmga.edit.pipeline import controlled_eps_for, edit_image, official_crop, text_binding
+from llmga.edit.ddpm import ddpm_inversion_edit
+from llmga.edit.official import official_ddpm_contexts
+from llmga.edit.pipeline import controlled_eps_for, edit_image, encode_image, official_crop, text_binding
 from llmga.edit.run import EditSettings, edit_latent, latent_mask_to_image, pad_to_latent_multiple
-from llmga.sd.pipelines import load_sd15_pipeline
+from llmga.sd.convert import vae_diffusers_to_ldm
+from llmga.sd.pipelines import SDPipelineError, load_sd15_pipeline, load_vae
 
 SOURCE = "a photo of a cat sitting on a wooden bench in a park, " * 6  # > 77 tokens: two chunks
 TARGET = "a photo of a dog sitting on a wooden bench in a park, " * 6
@@ -74,6 +79,115 @@ def test_ddpm_inversion_edits_and_returns_the_diffedit_mask(pipe) -> None:
     assert calls[1:] == [2] * 8  # after the mask call: inversion and sampling, [uncond, cond] per step
     assert torch.equal(result.latent, again.latent)  # seeded
     assert result.mask.shape == (1, 1, 6, 8) and set(result.mask.unique().tolist()) <= {0.0, 1.0}
+
+
+# --- official mode ----------------------------------------------------------------------------------------------
+
+
+def ref_encode_text(pipe, prompt: str) -> torch.Tensor:
+    """The official pipeline's `encode_text`: padded to 77 without truncation, then cut to the first 77 ids."""
+    ids = pipe.tokenizer(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids[:, :77]
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def test_official_ddpm_encodes_each_phase_as_the_official_pipeline(pipe) -> None:
+    contexts, warnings = official_ddpm_contexts(SOURCE, TARGET, text_binding(pipe))
+    source_ids = pipe.tokenizer(SOURCE).input_ids
+    assert len(source_ids) - 2 > 76  # the inversion keeps BOS + 76 tokens: no end token
+    torch.testing.assert_close(contexts.inversion_source, ref_encode_text(pipe, SOURCE), rtol=0, atol=1e-5)
+    torch.testing.assert_close(contexts.inversion_uncond, ref_encode_text(pipe, ""), rtol=0, atol=1e-5)
+    mask_source, mask_target = ref_weighted_embeddings(pipe.tokenizer, pipe.text_encoder, SOURCE, TARGET, 3)
+    target, target_uncond = ref_weighted_embeddings(pipe.tokenizer, pipe.text_encoder, TARGET, "", 4)
+    for ours, expected in ((contexts.mask_source, mask_source), (contexts.mask_target, mask_target),
+                           (contexts.target, target), (contexts.target_uncond, target_uncond)):
+        assert ours.shape == expected.shape == (1, 154, 768)  # lpw: 77 per chunk, BOS/EOS kept
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    assert warnings == [f"inversion: source prompt: dropped {len(source_ids) - 2 - 76} tokens past the 76-token "
+                        "limit"]
+
+
+def test_official_ddpm_edit_is_the_official_composition(pipe) -> None:
+    """edit_latent(official): the per-phase contexts, the posterior std for the mask, the official last step."""
+    x0 = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    std = 0.1 * torch.rand(1, 4, 6, 8, generator=torch.Generator().manual_seed(1))
+    settings = EditSettings(method="ddpm_inversion", steps=3, seed=2, official=True)
+    result = edit_latent(x0, SOURCE, TARGET, text=text_binding(pipe), controlled_eps=controlled_eps_for(pipe.unet),
+                         settings=settings, x0_std=std)
+    contexts, warnings = official_ddpm_contexts(SOURCE, TARGET, text_binding(pipe))
+    with controlled_eps_for(pipe.unet)(None) as eps:
+        expected, mask = ddpm_inversion_edit(x0, contexts, eps, steps=3, generator=torch.Generator().manual_seed(2),
+                                             x0_std=std, official_last_step=True)
+    assert torch.equal(result.latent, expected) and torch.equal(result.mask, mask) and result.warnings == warnings
+    default = EditSettings(method="ddpm_inversion", steps=3, seed=2)
+    ignored = edit_latent(x0, SOURCE, TARGET, text=text_binding(pipe), controlled_eps=controlled_eps_for(pipe.unet),
+                          settings=default, x0_std=std)
+    plain = edit_latent(x0, SOURCE, TARGET, text=text_binding(pipe), controlled_eps=controlled_eps_for(pipe.unet),
+                        settings=default)
+    assert torch.equal(ignored.latent, plain.latent)  # the default path edits from the posterior mean alone
+    assert not torch.equal(plain.latent, result.latent)
+
+
+def test_official_p2p_cuts_the_prompts_to_77_tokens(pipe) -> None:
+    """PnPInversion tokenizes with truncation to 77 ids: T = 77, and what is cut is said."""
+    x0 = torch.randn(1, 4, 6, 8, generator=torch.Generator().manual_seed(0))
+    lengths: list[int] = []
+    inner = controlled_eps_for(pipe.unet)
+
+    @contextmanager
+    def recording(control):
+        with inner(control) as eps:
+            yield lambda latents, t, context: lengths.append(context.shape[1]) or eps(latents, t, context)
+
+    result = edit_latent(x0, SOURCE, TARGET, text=text_binding(pipe), controlled_eps=recording,
+                         settings=EditSettings(steps=2, official=True))
+    dropped = len(pipe.tokenizer(SOURCE).input_ids) - 2 - 75
+    assert set(lengths) == {77}
+    assert result.warnings == [f"{role} prompt: dropped {dropped} tokens past the 75-token limit"
+                               for role in ("source", "target")]
+
+
+def test_encode_image_gives_the_posterior_mean_and_std(pipe, picture) -> None:
+    padded, _ = pad_to_latent_multiple(torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255)[None])
+    mean, std = encode_image(pipe.vae, padded)
+    with torch.no_grad():
+        posterior = pipe.vae.encode(padded.movedim(-1, 1) * 2 - 1).latent_dist
+    torch.testing.assert_close(mean, posterior.mean * 0.18215)
+    torch.testing.assert_close(std, posterior.std * 0.18215)
+
+
+@pytest.fixture(scope="module")
+def other_vae(pipe, tmp_path_factory):
+    """The fixture VAE with every weight shifted, in the three layouts a user may have: a diffusers folder (as
+    stabilityai/sd-vae-ft-mse), a single safetensors file and a .ckpt wrapping its state dict (as the -original
+    release); returns (folder, safetensors file, ckpt file, state dict)."""
+    root = tmp_path_factory.mktemp("vae")
+    state = {key: value + 0.01 for key, value in pipe.vae.state_dict().items()}
+    vae = type(pipe.vae).from_config(pipe.vae.config)
+    vae.load_state_dict(state)
+    vae.save_pretrained(root / "sd-vae-ft-mse")
+    single = {key: value.contiguous() for key, value in vae_diffusers_to_ldm(state).items()}
+    save_file(single, root / "vae-ft-mse-840000-ema-pruned.safetensors")
+    torch.save({"state_dict": single}, root / "vae-ft-mse-840000-ema-pruned.ckpt")
+    return root / "sd-vae-ft-mse", root / "vae-ft-mse-840000-ema-pruned.safetensors", \
+        root / "vae-ft-mse-840000-ema-pruned.ckpt", state
+
+
+@pytest.mark.parametrize("layout", [0, 1, 2])
+def test_load_vae_reads_each_layout(pipe, sd15_models, other_vae, layout) -> None:
+    vae = load_vae(other_vae[layout], sd15_models.diffusers, pipe)
+    loaded = vae.state_dict()
+    assert vae.dtype == pipe.vae.dtype and set(loaded) == set(other_vae[3])
+    assert all(torch.allclose(loaded[key], value, rtol=0, atol=1e-6) for key, value in other_vae[3].items())
+
+
+def test_load_vae_refuses_what_is_no_sd15_vae(pipe, sd15_models, tmp_path) -> None:
+    save_file({"weight": torch.zeros(2, 2)}, tmp_path / "odd.safetensors")
+    with pytest.raises(SDPipelineError, match="odd.safetensors could not be loaded as an SD1.5 VAE"):
+        load_vae(tmp_path / "odd.safetensors", sd15_models.diffusers, pipe)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(SDPipelineError, match="empty.safetensors is empty"):
+        load_vae(tmp_path / "empty.safetensors", sd15_models.diffusers, pipe)
 
 
 def test_target_equal_to_source_returns_the_input_without_running_the_unet(pipe) -> None:
@@ -180,3 +294,56 @@ def test_edit_cli_says_so_when_the_assistant_gives_no_target_prompt(sd15_models,
     assert code == 2
     assert "the assistant's reply to the instruction is empty" in capsys.readouterr().err
     assert not list(tmp_path.glob("edit-*.png"))
+
+
+@pytest.mark.parametrize("option", [["--encoding", "lpw"], ["--no-crop"]])
+def test_edit_cli_official_refuses_what_it_fixes(sd15_models, picture, tmp_path, capsys, option) -> None:
+    picture.save(tmp_path / "in.png")
+    assert main(["edit", "--official", *option, "--image", str(tmp_path / "in.png"), "--sd",
+                 str(sd15_models.diffusers), "--source-prompt", "a cat", "--target-prompt", "a dog", "--out",
+                 str(tmp_path / "out.png")]) == 2
+    assert f"--official edits as the reference code, which fixes what {option[0]} sets" in capsys.readouterr().err
+
+
+def test_edit_cli_official_ddpm_says_when_sd_vae_ft_mse_is_missing(picture, tmp_path, capsys) -> None:
+    picture.save(tmp_path / "in.png")
+    (tmp_path / "models" / "vae").mkdir(parents=True)
+    assert main(["edit", "--official", "--method", "ddpm_inversion", "--image", str(tmp_path / "in.png"),
+                 "--models-dir", str(tmp_path / "models"), "--sd", "absent", "--source-prompt", "a cat",
+                 "--target-prompt", "a dog"]) == 2
+    error = capsys.readouterr().err
+    assert "note: the official editing decodes with stabilityai/sd-vae-ft-mse, which is not in" in error
+    assert "using the model's own VAE" in error and "error: model 'absent'" in error
+
+
+def test_edit_cli_vae_names_a_missing_file(picture, tmp_path, capsys) -> None:
+    picture.save(tmp_path / "in.png")
+    assert main(["edit", "--vae", "nowhere.safetensors", "--image", str(tmp_path / "in.png"), "--models-dir",
+                 str(tmp_path), "--source-prompt", "a cat", "--target-prompt", "a dog"]) == 2
+    assert "--vae nowhere.safetensors is neither a file or folder nor in" in capsys.readouterr().err
+
+
+def test_edit_cli_official_crops_to_512_and_swaps_in_the_vae(sd15_models, picture, other_vae, tmp_path,
+                                                             monkeypatch) -> None:
+    """The CLI's wiring, with the edit itself stood in for (edit_latent's official path is tested above)."""
+    import llmga.edit.pipeline as edit_pipeline
+
+    calls: list = []
+
+    def recording_edit(pipe, image, source, target, settings, on_step=None):
+        calls.append((pipe.vae.state_dict(), image.size, settings))
+        return image, Image.new("L", image.size), type("Result", (), {"unchanged": False})()
+
+    monkeypatch.setattr(edit_pipeline, "edit_image", recording_edit)
+    (tmp_path / "models" / "vae").mkdir(parents=True)
+    (tmp_path / "models" / "vae" / other_vae[1].name).symlink_to(other_vae[1])
+    picture.save(tmp_path / "in.png")
+    out = tmp_path / "edited.png"
+    assert main(["edit", "--official", "--method", "ddpm_inversion", "--models-dir", str(tmp_path / "models"),
+                 "--image", str(tmp_path / "in.png"), "--sd", str(sd15_models.diffusers), "--source-prompt", SOURCE,
+                 "--target-prompt", TARGET, "--device", "cpu", "--dtype", "fp32", "--out", str(out)]) == 0
+    ((vae_weights, size, settings),) = calls
+    assert size == (512, 512) and settings.official and settings.method == "ddpm_inversion"
+    assert all(torch.allclose(vae_weights[key], value, atol=1e-6) for key, value in other_vae[3].items())
+    recorded = json.loads(Image.open(out).text["llmga_settings"])
+    assert (recorded["official"], recorded["encoding"], recorded["vae"]) == (True, "official", other_vae[1].name)
