@@ -20,6 +20,7 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io, ui
 
 from ..llmga.edit.attention import AttentionControl, controlled_attention
+from ..llmga.edit.official import posterior_std
 from ..llmga.edit.options import CONTROLLERS, METHODS
 from ..llmga.edit.run import (
     EditSettings,
@@ -105,6 +106,30 @@ def comfy_controlled_eps(model, control: AttentionControl | None) -> Iterator:
     yield eps
 
 
+@contextmanager
+def recorded_posterior(vae) -> Iterator[list[torch.Tensor]]:
+    """While `vae.encode` runs, the VAE posterior's moments of each encoder call (ComfyUI's encode returns only the
+    mean): a forward hook on the layer that outputs them (quant_conv, or the encoder where there is none)."""
+    model = vae.first_stage_model
+    layer = getattr(model, "quant_conv", None) or model.encoder
+    moments: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, output: moments.append(output.detach().float().cpu()))
+    try:
+        yield moments
+    finally:
+        handle.remove()
+
+
+def encode_with_std(vae, pixels: torch.Tensor, latent_format) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """pixels [1,H,W,3] -> (the latent x0, the posterior's std at the latent's scale, for the official DiffEdit mask;
+    None when the VAE encoded in tiles, which it does only when one pass does not fit the memory)."""
+    with recorded_posterior(vae) as moments:
+        x0 = latent_format.process_in(vae.encode(pixels)).float()
+    if len(moments) != 1 or moments[0].shape[-2:] != x0.shape[-2:]:
+        return x0, None
+    return x0, posterior_std(moments[0]) * latent_format.scale_factor
+
+
 def _words(text: str) -> tuple[str, ...]:
     return tuple(word for word in text.replace(",", " ").split() if word)
 
@@ -167,6 +192,13 @@ class InversionEdit(io.ComfyNode):
                            "inference pipelines)."),
             io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                          tooltip="ddpm_inversion: seed of the noise maps and the mask noise."),
+            io.Boolean.Input("official", default=False, optional=True,
+                             tooltip="Edit as the reference code (prompt_mode is then not used). ddpm_inversion: as "
+                             "cli-sd15-editing.py, each phase's own prompt encoding (the inversion's source cut to "
+                             "77 tokens, lpw at 3 chunks for the mask and 4 for sampling), the DiffEdit mask from VAE "
+                             "posterior samples and the official last-step orders. direct_inversion_p2p: as "
+                             "PnPInversion, prompts cut to 77 tokens. For the official picture, crop it to 512x512 "
+                             "and load sd-vae-ft-mse (the edit_official_ddpm workflow does both)."),
         ], outputs=[
             io.Image.Output("edited_image", display_name="image"),
             io.Mask.Output("edit_mask", display_name="mask",
@@ -178,13 +210,14 @@ class InversionEdit(io.ComfyNode):
     def execute(cls, model, clip, vae, image: torch.Tensor, source_prompt: str, target_prompt: str, method: str,
                 steps: int, cfg: float, source_cfg: float, skip: int, controller: str, cross_replace: float,
                 self_replace: float, blend_threshold: float, prompt_mode: str, seed: int,
-                blend_source_words: str = "", blend_target_words: str = "") -> io.NodeOutput:
+                blend_source_words: str = "", blend_target_words: str = "", official: bool = False) -> io.NodeOutput:
         settings = EditSettings(
             method=method, steps=steps, guidance=cfg, source_guidance=source_cfg, skip=skip, controller=controller,
             cross_replace=cross_replace, self_replace=self_replace,
             blend_words=blend_words(blend_source_words, blend_target_words), blend_threshold=blend_threshold,
-            prompt_mode=prompt_mode, max_chunks=LLMGA_MAX_CHUNKS, seed=seed,
+            prompt_mode=prompt_mode, max_chunks=LLMGA_MAX_CHUNKS, seed=seed, official=official,
         )
+        sampled_mask = official and method == "ddpm_inversion"
         with reported_as("LLMGA Inversion Edit"):
             settings.check()
             if clip is None:
@@ -205,10 +238,15 @@ class InversionEdit(io.ComfyNode):
             with reported_as("LLMGA Inversion Edit"):
                 comfy.model_management.load_models_gpu(
                     [model], memory_required=model.memory_required([4, 4, *latent_hw]))
-                x0 = model.model.latent_format.process_in(vae.encode(padded[index : index + 1])).float()
+                x0, x0_std = encode_with_std(vae, padded[index : index + 1], model.model.latent_format)
+                if sampled_mask and x0_std is None:
+                    logger.warning("LLMGA Inversion Edit: the VAE encoded in tiles, so the DiffEdit mask starts from "
+                                   "the posterior mean instead of samples")
                 result = edit_latent(x0.to(model.load_device), source_prompt, target_prompt, text=text,
                                      controlled_eps=lambda control: comfy_controlled_eps(model, control),
-                                     settings=settings, on_step=on_step)
+                                     settings=settings, on_step=on_step,
+                                     x0_std=x0_std.to(model.load_device) if sampled_mask and x0_std is not None
+                                     else None)
             if result.unchanged:
                 images.append(image[index : index + 1])
                 masks.append(torch.zeros(1, *image.shape[1:3]))
@@ -217,7 +255,7 @@ class InversionEdit(io.ComfyNode):
             decoded = vae.decode(model.model.latent_format.process_out(result.latent.cpu()))
             images.append(decoded[:, : size[0], : size[1], :3].to(image.dtype).cpu())
             masks.append(latent_mask_to_image(result.mask.cpu(), size))
-            report = [f"{method}: {steps} steps"] + result.warnings
+            report = [f"{method}{' (official)' if official else ''}: {steps} steps"] + result.warnings
         for message in report[1:]:
             logger.warning("LLMGA Inversion Edit: %s", message)
         return io.NodeOutput(torch.cat(images), torch.cat(masks), ui=ui.PreviewText("\n".join(report)))

@@ -197,7 +197,8 @@ def edit_nodes(method: str, instruction: str, *, official: bool = False) -> list
     """The official two-turn editing flow (cli-sd15-editing.py): turn 0 'Generate a similar image' with the picture
     gives the source prompt, turn 1 the bare instruction gives the target prompt; each reply is parsed like the
     official code (no tags: the whole reply), then LLMGA Inversion Edit edits the picture. official: the picture is
-    also centre-cropped to a 512x512 square first (ImageScale) and the VAE is sd-vae-ft-mse (VAELoader), as there."""
+    also centre-cropped to a 512x512 square first (ImageScale), the VAE is sd-vae-ft-mse (VAELoader) and the edit
+    node's `official` is on (each phase's prompt encoding, the sampled DiffEdit mask), as there."""
     picture, vae = ((15, 0), (16, 0)) if official else ((4, 0), (10, 2))
     official_nodes = [
         Node(15, "ImageScale", (40, 980), {"upscale_method": "lanczos", "width": EDIT_SIZE, "height": EDIT_SIZE,
@@ -216,7 +217,7 @@ def edit_nodes(method: str, instruction: str, *, official: bool = False) -> list
         Node(8, "LLMGAExtractGenerationPrompt", (880, 720), {"no_tag_fallback": "whole reply"}, {"reply": (6, 4)},
              title="Target prompt", size=(340, 120)),
         Node(10, "LLMGALoadSD15", (880, 100), {"model": SD_T2I}, size=(340, 100)),
-        Node(11, "LLMGAInversionEdit", (1280, 100), {"method": method},
+        Node(11, "LLMGAInversionEdit", (1280, 100), {"method": method, "official": official},
              {"model": (10, 0), "clip": (10, 1), "vae": vae, "image": picture, "source_prompt": (7, 0),
               "target_prompt": (8, 0)}, size=(360, 620)),
         Node(12, "SaveImage", (1680, 100), {"filename_prefix": "llmga_edit"}, {"images": (11, 0)}, size=(400, 420)),
@@ -233,7 +234,9 @@ EDIT_NOTE = ("\n\nAs in the official editing CLI, the first **LLMGA Chat** descr
 EDIT_OFFICIAL_NOTE = ("\n\nAs there, the picture is centre-cropped to a 512×512 square (**Square 512x512**) and "
                       "encoded and decoded with `sd-vae-ft-mse` (**sd-vae-ft-mse**): save "
                       f"`{EDIT_VAE}` from https://huggingface.co/stabilityai/sd-vae-ft-mse-original in "
-                      "`models/vae/` (or connect the SD loader's VAE instead).")
+                      "`models/vae/` (or connect the SD loader's VAE instead). **LLMGA Inversion Edit** has "
+                      "*official* on: each phase encodes the prompts as the official pipeline (the inversion's source "
+                      "prompt cut to 77 tokens) and the DiffEdit mask starts from VAE posterior samples.")
 
 MODELS_NOTE = ("\n\nModels: an LLMGA assistant in `models/LLM/` and LLMGA's SD1.5 in `models/diffusers/` — the "
                "released `binxia/…` names are downloaded on first use when the loaders' *allow_download* is on.")

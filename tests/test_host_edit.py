@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytestmark = pytest.mark.host
@@ -124,3 +125,39 @@ def test_inpainting_model_is_refused(comfy, sd15_models, edit_input):
 def test_cancel_stops_an_edit(comfy, sd15_models, edit_input):
     prompt_id = comfy.queue(edit_graph(edit_input[0], sd15_models.checkpoint.name, steps=1000))
     assert "execution_interrupted" in comfy.cancel(prompt_id, after=1.0, what="the edit")
+
+
+def test_official_ddpm_records_the_posterior_std(comfy, sd15_models, edit_input):
+    """encode_with_std: x0 is ComfyUI's VAE encoding (the posterior mean) and std = exp(logvar / 2), both at the
+    latent scale, from the moments the encoder and quant_conv give."""
+    from safetensors.torch import load_file
+
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": sd15_models.checkpoint.name}},
+             "2": {"class_type": "LoadImage", "inputs": {"image": edit_input[0]}},
+             "3": {"class_type": "ImageCrop", "inputs": {"image": ["2", 0], "width": 56, "height": 40, "x": 0,
+                                                         "y": 0}},
+             "4": {"class_type": "LLMGATestEditPosterior",
+                   "inputs": {"vae": ["1", 2], "model": ["1", 0], "image": ["3", 0], "name": "posterior"}}}
+    comfy.run(graph)
+    out = load_file(comfy.output_dir / "posterior.safetensors")
+    assert out["x0"].shape == out["std"].shape == (1, 4, 5, 7)
+    torch.testing.assert_close(out["x0"], out["mean"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(out["std"], torch.exp(0.5 * out["logvar"]) * 0.18215, rtol=1e-5, atol=1e-7)
+    assert out["std"].std() > 0  # a real per-element std, not a constant
+
+
+def test_official_mode_edits_as_the_reference_code(comfy, sd15_models, edit_input):
+    """official: another encoding of the long prompts (and for ddpm_inversion the sampled mask), so another picture;
+    the node says so and names what the 77-token cuts dropped."""
+    name, pixels = edit_input
+    results = {}
+    for method in ("ddpm_inversion", "direct_inversion_p2p"):
+        for official in (False, True):
+            outputs = comfy.run(edit_graph(name, sd15_models.checkpoint.name, method=method, steps=3,
+                                           official=official))
+            results.setdefault((method, official), []).append(saved(comfy, outputs, "4"))
+            report = outputs["3"]["text"][0]
+            assert report.startswith(f"{method} (official): 3 steps" if official else f"{method}: 3 steps")
+            if official:
+                assert "dropped" in report  # the prompts are over 77 tokens: what was cut is said
+        assert not np.array_equal(results[(method, True)][0], results[(method, False)][0])

@@ -82,6 +82,7 @@ def test_inpainting_feeds_the_unet_a_binary_mask_and_never_blends(name):
 def test_official_ddpm_edit_crops_to_a_512_square_and_uses_sd_vae_ft_mse():
     graph = twin("edit_official_ddpm")
     [edit] = nodes_of(graph, "LLMGAInversionEdit")
+    assert edit["inputs"]["method"] == "ddpm_inversion" and edit["inputs"]["official"] is True
     vae = linked(graph, edit, "vae")
     assert vae["class_type"] == "VAELoader" and vae["inputs"]["vae_name"] == "vae-ft-mse-840000-ema-pruned.safetensors"
     square = linked(graph, edit, "image")
@@ -91,6 +92,7 @@ def test_official_ddpm_edit_crops_to_a_512_square_and_uses_sd_vae_ft_mse():
     similar = next(chat for chat in nodes_of(graph, "LLMGAChat") if chat["inputs"]["task"] == "similar_image")
     assert linked(graph, similar, "image") is square
     [plain] = nodes_of(twin("edit_instruction"), "LLMGAInversionEdit")
+    assert plain["inputs"]["official"] is False  # the paper's method with the pack's long prompts
     assert twin("edit_instruction")[plain["inputs"]["vae"][0]]["class_type"] == "LLMGALoadSD15"
 
 

@@ -93,5 +93,38 @@ class EditAttentionParityForTest:
         return {"ui": {"text": (str(PassThrough.layers),)}}
 
 
+class EditPosteriorForTest:
+    """Runs the pack's `encode_with_std` (nodes/edit.py) on an image and, independently, the VAE's encoder and
+    quant_conv by hand; saves the pack's (x0, std) and the hand-made (mean, logvar), all at the latent scale."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": ("VAE",), "model": ("MODEL",), "image": ("IMAGE",),
+                             "name": ("STRING", {"default": "posterior"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def run(self, vae, model, image, name):
+        import comfy.model_management
+
+        edit = pack_module("nodes.edit")
+        latent_format = model.model.latent_format
+        x0, std = edit.encode_with_std(vae, image[:1, :, :, :3], latent_format)
+        comfy.model_management.load_models_gpu([vae.patcher])
+        pixels = (image[:1, :, :, :3].movedim(-1, 1) * 2 - 1).to(vae.device, vae.vae_dtype)
+        first_stage = vae.first_stage_model
+        with torch.no_grad():
+            moments = first_stage.quant_conv(first_stage.encoder(pixels)).float().cpu()
+        mean, logvar = moments.chunk(2, dim=1)
+        tensors = {"x0": x0.contiguous(), "std": std.contiguous(), "mean": (mean * latent_format.scale_factor).contiguous(),
+                   "logvar": logvar.contiguous()}
+        save_file(tensors, os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors"))
+        return {"ui": {"text": (name,)}}
+
+
 NODE_CLASS_MAPPINGS = {"LLMGATestSaveConditioning": SaveConditioningForTest,
-                       "LLMGATestEditAttentionParity": EditAttentionParityForTest}
+                       "LLMGATestEditAttentionParity": EditAttentionParityForTest,
+                       "LLMGATestEditPosterior": EditPosteriorForTest}
