@@ -1,4 +1,5 @@
-"""Session fixtures: the ComfyUI host folder, tiny SD1.5 models in real formats, and a running ComfyUI server."""
+"""Session fixtures: the ComfyUI host folder, tiny SD1.5 and SDXL models in real formats, and a running ComfyUI
+server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from comfy_server import ComfyServer
 from comfyui_host import resolve_comfyui
 from fixtures.mllm import FAMILIES, MLLMFixture, build_clip_vision_tower, build_llmga_checkpoint
 from fixtures.sd15 import SD15Fixtures, build_sd15_fixtures
+from fixtures.sdxl import SDXLFixtures, build_sdxl_fixtures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,6 +42,15 @@ def sd15_models(comfy_base_dir: Path, clip_tokenizer_dir: Path) -> SD15Fixtures:
     """Tiny random-weight SD1.5 models (single file, diffusers folder, inpainting, ControlNet), written
     straight into the test server's models folder so host graphs can name them."""
     return build_sd15_fixtures(comfy_base_dir / "models", tokenizer_dir=clip_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def sdxl_models(comfy_base_dir: Path, clip_tokenizer_dir: Path) -> SDXLFixtures:
+    """Tiny random-weight SDXL models (diffusers folders t2i and 9-channel inpainting, single file) and files shaped
+    like an SDXL refiner, SD2, SD3 and Flux, written into the test server's models folder (where a running server
+    finds them) the first time a test asks: ~30 s and ~4.5 GB (full-size text encoders), so sessions that never use
+    SDXL pay nothing."""
+    return build_sdxl_fixtures(comfy_base_dir / "models", tokenizer_dir=clip_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,13 @@
-"""Rename Stable Diffusion 1.x weights from the diffusers layout to the original single-file (LDM) layout.
+"""Rename Stable Diffusion 1.x and SDXL weights from the diffusers layout to the original single-file (LDM / SGM)
+layout.
 
 Every converter takes a diffusers state dict (name -> tensor) and returns a new dict keyed as in the
-original CompVis / lllyasviel files, without their outer prefix (`model.diffusion_model.`,
-`first_stage_model.`, `cond_stage_model.`, `control_model.`). Tensors are passed through unchanged except
-the VAE attention projections, which the original layout stores as 1x1 convolutions. A key that no rule
-covers raises `KeyError` rather than being dropped, so a layout this module does not know (SDXL
-embeddings, class labels, …) fails loudly.
+original CompVis / Stability / lllyasviel files, without their outer prefix (`model.diffusion_model.`,
+`first_stage_model.`, `cond_stage_model.`, `conditioner.embedders.N.`, `control_model.`). Tensors are passed
+through unchanged except the VAE attention projections, which the original layout stores as 1x1 convolutions,
+and SDXL's OpenCLIP text encoder, whose attention projections are stacked and whose text projection is
+transposed. A key that no rule covers raises `KeyError` rather than being dropped, so a layout this module does
+not know (class labels, other embeddings, …) fails loudly.
 
 The renaming is driven by a table from diffusers module prefixes (`down_blocks.0.resnets.1`) to LDM
 module prefixes (`input_blocks.2.0`), built from the model config, plus per-module tables that rename the
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 StateDict = dict[str, Tensor]
@@ -81,6 +84,9 @@ def _encoder_table(config: Mapping[str, Any]) -> tuple[Table, int]:
         "mid_block.attentions.0": ("middle_block.1", _SAME),
         "mid_block.resnets.1": ("middle_block.2", _UNET_RESNET),
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL's pooled-text-and-size embedding, LDM's label_emb
+        table["add_embedding.linear_1"] = ("label_emb.0.0", _SAME)
+        table["add_embedding.linear_2"] = ("label_emb.0.2", _SAME)
     layers = _layers_per_block(config)
     index = 1
     for level, count in enumerate(layers):
@@ -114,7 +120,8 @@ def _decoder_table(config: Mapping[str, Any]) -> Table:
 def unet_diffusers_to_ldm(sd: Mapping[str, Tensor], config: Mapping[str, Any]) -> StateDict:
     """diffusers `UNet2DConditionModel` state dict + its config (`block_out_channels`, `layers_per_block`,
     `up_block_types`) -> original UNet keys without `model.diffusion_model.` (`time_embed.0.weight`,
-    `input_blocks.1.1.proj_in.weight`, `middle_block.2.…`, `output_blocks.…`, `out.2.weight`)."""
+    `input_blocks.1.1.proj_in.weight`, `middle_block.2.…`, `output_blocks.…`, `out.2.weight`; SDXL's
+    `label_emb.0.0.weight`). Transformer blocks keep their inner names, so any depth per block converts."""
     table, _ = _encoder_table(config)
     table.update(_decoder_table(config))
     return _apply(sd, table)
@@ -179,13 +186,73 @@ def vae_diffusers_to_ldm(sd: Mapping[str, Tensor]) -> StateDict:
     return {key: value[:, :, None, None] if value.ndim == 2 else value for key, value in _apply(sd, table).items()}
 
 
-# --- text encoder and whole checkpoint -------------------------------------------------------------------
+# --- text encoders and whole checkpoints ------------------------------------------------------------------
+
+# transformers CLIP encoder layer -> OpenCLIP residual block (the attention input projections are stacked apart)
+_OPEN_CLIP_LAYER: Renames = {
+    "self_attn.out_proj": "attn.out_proj",
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+}
+_ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")  # stacked in this order into OpenCLIP's in_proj
 
 
 def text_encoder_diffusers_to_ldm(sd: Mapping[str, Tensor]) -> StateDict:
     """transformers `CLIPTextModel` state dict (keys with or without the `text_model.` prefix) -> original
     keys without `cond_stage_model.` (`transformer.text_model.encoder.layers.0.…`)."""
     return {"transformer.text_model." + key.removeprefix("text_model."): value for key, value in sd.items()}
+
+
+def text_encoder_diffusers_to_open_clip(sd: Mapping[str, Tensor]) -> StateDict:
+    """transformers `CLIPTextModelWithProjection` state dict (SDXL's `text_encoder_2`, OpenCLIP ViT-bigG; keys with
+    or without `text_model.`) -> OpenCLIP text-tower keys as SDXL single files hold them after
+    `conditioner.embedders.1.model.`: `token_embedding.weight`, `positional_embedding`,
+    `transformer.resblocks.N.attn.in_proj_weight` ([3*width, width], q, k, v stacked) and `in_proj_bias`,
+    `…attn.out_proj`, `…ln_1`, `…ln_2`, `…mlp.c_fc`, `…mlp.c_proj`, `ln_final`, and `text_projection`
+    ([width, projection], the transpose of the Linear weight). The `position_ids` buffer is dropped."""
+    out: StateDict = {}
+    stacked: dict[str, dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        name = key.removeprefix("text_model.")
+        if name.endswith("position_ids"):
+            continue
+        if name == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif name == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif name.startswith("final_layer_norm."):
+            out["ln_final." + name.removeprefix("final_layer_norm.")] = value
+        elif name == "text_projection.weight":
+            out["text_projection"] = value.t().contiguous()
+        elif name.startswith("encoder.layers."):
+            layer, _, rest = name.removeprefix("encoder.layers.").partition(".")
+            block = f"transformer.resblocks.{layer}"
+            module, _, parameter = rest.rpartition(".")
+            if module.startswith("self_attn.") and module.removeprefix("self_attn.") in _ATTENTION_INPUTS:
+                stacked.setdefault(f"{block}.attn.in_proj_{parameter}", {})[module.removeprefix("self_attn.")] = value
+            else:
+                out[f"{block}.{_rename_open_clip(rest)}"] = value
+        else:
+            raise KeyError(f"no OpenCLIP name for text encoder key {key!r}")
+    for target, parts in stacked.items():
+        if set(parts) != set(_ATTENTION_INPUTS):
+            raise KeyError(f"{target}: the text encoder holds only {sorted(parts)} of q_proj, k_proj, v_proj")
+        out[target] = torch.cat([parts[name] for name in _ATTENTION_INPUTS])
+    return out
+
+
+def _rename_open_clip(rest: str) -> str:
+    """`self_attn.out_proj.weight` -> `attn.out_proj.weight`, `mlp.fc1.bias` -> `mlp.c_fc.bias`, …"""
+    for old, new in _OPEN_CLIP_LAYER.items():
+        if rest.startswith(old + "."):
+            return new + rest[len(old) :]
+    raise KeyError(f"no OpenCLIP name for text encoder layer weight {rest!r}")
+
+
+def _single_file(parts: tuple[tuple[str, StateDict], ...]) -> StateDict:
+    return {prefix + key: value for prefix, sd in parts for key, value in sd.items()}
 
 
 def sd15_single_file_state_dict(
@@ -196,9 +263,27 @@ def sd15_single_file_state_dict(
 ) -> StateDict:
     """Assemble an SD1.5 single-file checkpoint (`model.diffusion_model.*`, `first_stage_model.*`,
     `cond_stage_model.*`) from the diffusers UNet (+ config), VAE and CLIP text encoder state dicts."""
-    parts = (
+    return _single_file((
         ("model.diffusion_model.", unet_diffusers_to_ldm(unet_sd, unet_config)),
         ("first_stage_model.", vae_diffusers_to_ldm(vae_sd)),
         ("cond_stage_model.", text_encoder_diffusers_to_ldm(text_encoder_sd)),
-    )
-    return {prefix + key: value for prefix, sd in parts for key, value in sd.items()}
+    ))
+
+
+def sdxl_single_file_state_dict(
+    unet_sd: Mapping[str, Tensor],
+    unet_config: Mapping[str, Any],
+    vae_sd: Mapping[str, Tensor],
+    text_encoder_sd: Mapping[str, Tensor],
+    text_encoder_2_sd: Mapping[str, Tensor],
+) -> StateDict:
+    """Assemble an SDXL single-file checkpoint in Stability's layout (`model.diffusion_model.*`,
+    `first_stage_model.*`, `conditioner.embedders.0.transformer.text_model.*` for CLIP ViT-L and
+    `conditioner.embedders.1.model.*` for OpenCLIP ViT-bigG) from the diffusers UNet (+ config), VAE and the two
+    text encoders' state dicts."""
+    return _single_file((
+        ("model.diffusion_model.", unet_diffusers_to_ldm(unet_sd, unet_config)),
+        ("first_stage_model.", vae_diffusers_to_ldm(vae_sd)),
+        ("conditioner.embedders.0.", text_encoder_diffusers_to_ldm(text_encoder_sd)),
+        ("conditioner.embedders.1.model.", text_encoder_diffusers_to_open_clip(text_encoder_2_sd)),
+    ))
