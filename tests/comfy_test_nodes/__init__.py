@@ -119,8 +119,8 @@ class EditPosteriorForTest:
         with torch.no_grad():
             moments = first_stage.quant_conv(first_stage.encoder(pixels)).float().cpu()
         mean, logvar = moments.chunk(2, dim=1)
-        tensors = {"x0": x0.contiguous(), "std": std.contiguous(), "mean": (mean * latent_format.scale_factor).contiguous(),
-                   "logvar": logvar.contiguous()}
+        mean = (mean * latent_format.scale_factor).contiguous()
+        tensors = {"x0": x0.contiguous(), "std": std.contiguous(), "mean": mean, "logvar": logvar.contiguous()}
         save_file(tensors, os.path.join(folder_paths.get_output_directory(), f"{name}.safetensors"))
         return {"ui": {"text": (name,)}}
 
