@@ -7,7 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from .assistant import Chat, LoadAssistant
 from .canvas import OutpaintCanvas, PasteBack
 from .edit import InversionEdit
-from .long_prompt import LongPromptEncode
+from .long_prompt import LongPromptEncode, LongPromptEncodeSDXL
 from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
 from .restore import DiffRIRRestore, LoadDiffRIR
@@ -16,8 +16,8 @@ from .sd_loader import LoadSD15
 register_model_folders()
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LoadSD15, OutpaintCanvas, PasteBack, InversionEdit,
-    LoadDiffRIR, DiffRIRRestore,
+    LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LongPromptEncodeSDXL, LoadSD15, OutpaintCanvas,
+    PasteBack, InversionEdit, LoadDiffRIR, DiffRIRRestore,
 ]
 
 
