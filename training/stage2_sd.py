@@ -1,7 +1,8 @@
-r"""Stage 2 of LLMGA: fine-tune the UNet of an SD1.5 diffusers folder on images and long (MLLM-style) prompts.
+r"""Stage 2 of LLMGA: fine-tune the UNet of an SD1.5 or SDXL diffusers folder on images and long (MLLM-style) prompts.
 
     accelerate launch --config_file training/configs/accelerate/multi_gpu.yaml \
         -m training.stage2_sd --config training/configs/stage2_t2i.yaml
+    accelerate launch -m training.stage2_sd --config training/configs/stage2_sdxl_inpaint.yaml
     python -m training.stage2_sd --config training/configs/stage2_inpaint.yaml --set max_train_steps=100
 
 What it reproduces (llmga/diffusers/train_text_to_image.py and train_text_to_image_inpaint.py, run by
@@ -16,6 +17,18 @@ scripts/train_llmga_s2_sd15_{t2i,inpaint}.sh):
   mask 1 = hole, `masked_image = image * (1 - mask)`, masks of the official mix (training/data/masks.py, with its
   25% all-ones masks), 5% empty prompts;
 - the result is the base folder with the new `unet/` (what `load_sd15_pipeline` and `LLMGA Load SD1.5` read).
+
+SDXL (`family: sdxl`; train_text_to_image_sdxl.py and train_text_to_image_sdxl_inpainting.py, run by
+scripts/train_llmga_s2_sdxl_{t2i,inpaint}.sh), the same but:
+- captions encoded by both text encoders as the official SDXL training does (`llmga.prompt.long_prompt_xl.
+  encode_sdxl_prompt_batch`: k shared by the batch, hidden_states[-2] of both on channels, [B, 75k + 2, 2048], the
+  pooled embedding of encoder 2's last window; an empty caption is encoded as text);
+- the UNet's size micro-conditioning `time_ids` = (original height, width, crop top, left, resolution, resolution)
+  per sample, in the mixed-precision dtype; `crop_coords` says how a flipped sample's crop offset is taken
+  (training/data/datasets.py `crop_training_image`; the default is LLMGA's);
+- the VAE runs in float32 (the official script keeps SDXL's VAE, which overflows in float16, in float32 always);
+- inpainting: the same masks, masked image and 9-channel input as SD1.5 (dataset_inpainting_sdxl.py), 5% empty
+  captions; text-to-image drops none (dataset_text2img_sdxl.py).
 
 Deviations: images are converted to RGB; `center_crop: false` gives a random crop (the official datasets always
 center-crop); besides the released T2I/train.json the data may be a user's captioned images (training/data/
@@ -38,38 +51,45 @@ from accelerate import Accelerator, DistributedType
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import EMAModel, compute_snr
-from PIL import Image
 from torch.utils.data import DataLoader
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from llmga.devices import mixed_precision_dtype
-from llmga.images import pil_to_tensor
-from llmga.prompt.clip_binding import TransformersCLIP
+from llmga.errors import one_line
+from llmga.model_files import read_config
+from llmga.prompt.clip_binding import TransformersCLIP, sdxl_caption_embeddings
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
 from llmga.sd.loading import FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
 from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
 
 from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
-from .data.datasets import DataError, open_training_image, read_t2i, read_user_captions
+from .data.datasets import DataError, crop_training_image, open_training_image, read_t2i, read_user_captions
 from .data.masks import MIXES, SD_INPAINT_MASKS, draw_mask
 from .loop import MicroStep, TrainingRun, TrainResult
 
 MaskFn = Callable[[int, int, np.random.Generator], np.ndarray]
 TASK_CHANNELS = {"t2i": T2I_CHANNELS, "inpaint": INPAINT_CHANNELS}
+FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+# The parts of an SDXL diffusers folder (stabilityai/stable-diffusion-xl-base-1.0's layout).
+SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+SDXL_EXAMPLE_CONFIG = "training/configs/stage2_sdxl_t2i.yaml"
 
 
 @dataclass
 class Stage2Config:
-    """Stage-2 settings; defaults are scripts/train_llmga_s2_sd15_t2i.sh (and diffusers' defaults it relies on)."""
+    """Stage-2 settings; defaults are scripts/train_llmga_s2_sd15_t2i.sh (and diffusers' defaults it relies on);
+    training/configs/stage2_sdxl_*.yaml hold the SDXL scripts' values."""
 
-    pretrained_model: str  # an SD1.5 diffusers folder: 4-channel UNet for t2i, 9-channel for inpaint
+    pretrained_model: str  # a diffusers folder of `family`: 4-channel UNet for t2i, 9-channel for inpaint
     train_data: str  # T2I/train.json (released), a .jsonl of {"image", "caption"}, or a folder of image + .txt
     output_dir: str  # checkpoints, logs, and the trained diffusers folder
     image_root: str | None = None  # where T2I/train.json's image paths start (the official ./data/imgs)
     task: Literal["t2i", "inpaint"] = "t2i"
+    family: Literal["sd15", "sdxl"] = "sd15"  # what pretrained_model is: SD1.5 (one CLIP) or SDXL (two, micro-cond.)
     resolution: int = 512
     center_crop: bool = True  # the official datasets always center-crop; false: random crop
     random_flip: bool = True
+    crop_coords: Literal["llmga", "diffusers"] = "llmga"  # SDXL: a flipped sample's crop_top_left (crop_training_image)
     train_batch_size: int = 32  # per process
     gradient_accumulation_steps: int = 1
     max_train_steps: int = 50000
@@ -114,6 +134,9 @@ class Stage2Config:
         schedulers = [s.value for s in SchedulerType]
         if self.lr_scheduler not in schedulers:
             raise ValueError(f"lr_scheduler {self.lr_scheduler!r} is not one of {', '.join(schedulers)}")
+        if self.family == "sd15" and self.crop_coords != "llmga":
+            raise ValueError("crop_coords is SDXL's size conditioning, which SD1.5 has not: leave it at llmga or set "
+                             "family: sdxl")
         if Path(self.output_dir).resolve() == Path(self.pretrained_model).resolve():
             raise ValueError("output_dir must not be the pretrained_model folder: the trained model is written there")
 
@@ -140,28 +163,6 @@ def read_image_prompt_rows(source: str | Path, image_root: str | Path | None = N
     return rows
 
 
-def image_tensor(image: Image.Image, resolution: int, center_crop: bool, flip: bool,
-                 rng: np.random.Generator) -> torch.Tensor:
-    """The official transform: shorter side to `resolution` (bilinear, torchvision's rounding), a square crop (center
-    or random), optional horizontal flip (p 0.5), to [3, res, res] float in [-1, 1]."""
-    image = image.convert("RGB")
-    width, height = image.size
-    if width <= height:
-        size = (resolution, int(resolution * height / width))
-    else:
-        size = (int(resolution * width / height), resolution)
-    image = image.resize(size, Image.Resampling.BILINEAR)
-    spare_x, spare_y = size[0] - resolution, size[1] - resolution
-    if center_crop:
-        left, top = int(round(spare_x / 2.0)), int(round(spare_y / 2.0))
-    else:
-        left, top = int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
-    image = image.crop((left, top, left + resolution, top + resolution))
-    if flip and rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return pil_to_tensor(image)[0].permute(2, 0, 1) * 2.0 - 1.0
-
-
 def sd_mask_maker(mix_name: str) -> MaskFn:
     """make_mask(height, width, rng) drawing from a mix of training/data/masks.py (the official stage-2 one is
     "llmga_sd_inpaint": strokes 0.25 / boxes 0.25 / outpainting 0.5, then 25% all-ones masks)."""
@@ -176,7 +177,8 @@ def sd_mask_maker(mix_name: str) -> MaskFn:
 
 class ImagePromptDataset(EpochDataset):
     """Items {"pixel_values": [3, R, R] in [-1, 1], "prompt": str}, plus for inpainting "mask": [1, R, R] in {0, 1}
-    and "masked_image": pixel_values * (1 - mask). Random choices come from `sample_rng(seed, epoch, index)`."""
+    and "masked_image": pixel_values * (1 - mask), and for SDXL "original_size" and "crop_top_left" (LongTensor [2],
+    (height, width) and (top, left)). Random choices come from `sample_rng(seed, epoch, index)`."""
 
     def __init__(self, rows: Sequence[tuple[Path, str]], config: Stage2Config, make_mask: MaskFn | None) -> None:
         self.rows = list(rows)
@@ -192,8 +194,13 @@ class ImagePromptDataset(EpochDataset):
         path, prompt = self.rows[index]
         if rng.random() < c.caption_dropout:
             prompt = ""
-        pixels = image_tensor(open_training_image(path), c.resolution, c.center_crop, c.random_flip, rng)
+        cropped = crop_training_image(open_training_image(path), c.resolution, center_crop=c.center_crop,
+                                      flip=c.random_flip, rng=rng, crop_coords=c.crop_coords)
+        pixels = cropped.pixels
         item = {"pixel_values": pixels, "prompt": prompt}
+        if c.family == "sdxl":
+            item.update(original_size=torch.tensor(cropped.original_size),
+                        crop_top_left=torch.tensor(cropped.crop_top_left))
         if self.make_mask is not None:
             mask = np.asarray(self.make_mask(c.resolution, c.resolution, rng), dtype=np.float32)
             if mask.shape != (c.resolution, c.resolution):
@@ -214,34 +221,96 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass
 class SDParts:
+    """A base model's parts; SDXL's second text encoder and tokenizer are None for SD1.5."""
+
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
     vae: AutoencoderKL
     unet: UNet2DConditionModel
     noise_scheduler: DDPMScheduler
+    tokenizer_2: CLIPTokenizer | None = None
+    text_encoder_2: CLIPTextModelWithProjection | None = None
 
 
-def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None = None) -> SDParts:
-    """The parts of an SD1.5 diffusers folder on the CPU in float32, after checking that its UNet fits `task`
-    (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
+def _check_family(folder: Path, family: str) -> None:
+    """ConfigError when the UNet config of `folder` says it is the other family (SDXL's marks its size conditioning,
+    `addition_embed_type: text_time`); a missing or broken config is left to the family's own checks."""
     try:
-        channels = unet_channels(Path(folder))
-        check_sd15_weights(Path(folder), FULL_PRECISION_WEIGHTS)  # whole, safe, and what the configs describe
-    except (SDPipelineError, SD15LoadError) as error:
-        raise ConfigError(f"pretrained_model: {error}") from error
+        unet = read_config(folder / "unet" / "config.json", ConfigError, "")
+    except ConfigError:
+        return
+    found = "sdxl" if unet.get("addition_embed_type") == "text_time" else "sd15"
+    if found != family:
+        example = SDXL_EXAMPLE_CONFIG if found == "sdxl" else "training/configs/stage2_t2i.yaml"
+        raise ConfigError(f"pretrained_model {folder} is an {FAMILY_NAMES[found]} model, but family is {family}: set "
+                          f"family: {found} (as {example} does) or choose an {FAMILY_NAMES[family]} folder")
+
+
+def _sdxl_channels(folder: Path) -> int:
+    """The UNet's input channels of the SDXL diffusers folder `folder`, after checking that its parts are there."""
+    if not folder.is_dir():
+        raise ConfigError(f"pretrained_model {folder} is not a folder: give an SDXL diffusers folder such as "
+                          "stabilityai/stable-diffusion-xl-base-1.0 downloaded with huggingface-cli")
+    missing = [name for name in ("model_index.json", *SDXL_PARTS) if not (folder / name).exists()]
+    if missing:
+        raise ConfigError(f"pretrained_model {folder} lacks {', '.join(missing)}: an SDXL diffusers folder holds "
+                          f"model_index.json and {', '.join(SDXL_PARTS)}; download it again")
+    return read_config(folder / "unet" / "config.json", ConfigError, "download the model again").get(
+        "in_channels", T2I_CHANNELS)
+
+
+def _load_sdxl_parts(folder: Path) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, AutoencoderKL]:
+    """SDXL's frozen parts (text encoders and VAE), a failure of any in one line naming it."""
+    loaders = (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection),
+               ("vae", AutoencoderKL))
+    loaded = []
+    for part, model_class in loaders:
+        try:
+            loaded.append(model_class.from_pretrained(folder, subfolder=part))
+        except Exception as error:  # any type for a damaged part: OSError, ValueError, safetensors' own errors
+            raise ConfigError(f"pretrained_model {folder}: {part} could not be loaded ({type(error).__name__}: "
+                              f"{one_line(error)}): download the model again") from error
+    return tuple(loaded)
+
+
+def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None = None,
+                  family: Literal["sd15", "sdxl"] = "sd15") -> SDParts:
+    """The parts of an SD1.5 or SDXL (`family`) diffusers folder on the CPU in float32, after checking that it is
+    that family and its UNet fits `task` (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves
+    the frozen parts whole."""
+    folder = Path(folder)
+    _check_family(folder, family)
+    if family == "sdxl":
+        channels = _sdxl_channels(folder)
+    else:
+        try:
+            channels = unet_channels(folder)
+            check_sd15_weights(folder, FULL_PRECISION_WEIGHTS)  # whole, safe, and what the configs describe
+        except (SDPipelineError, SD15LoadError) as error:
+            raise ConfigError(f"pretrained_model: {error}") from error
     if channels != TASK_CHANNELS[task]:
-        other = next(name for name, n in TASK_CHANNELS.items() if n == channels)
+        other = next((name for name, n in TASK_CHANNELS.items() if n == channels), None)
+        if other is None:
+            raise ConfigError(f"pretrained_model {folder} has a {channels}-channel UNet; stage 2 trains "
+                              f"{T2I_CHANNELS}-channel (t2i) and {INPAINT_CHANNELS}-channel (inpaint) UNets")
         raise ConfigError(f"pretrained_model {folder} has a {channels}-channel UNet, which trains task '{other}', "
                           f"not '{task}': set task: {other} or choose a {TASK_CHANNELS[task]}-channel model")
+    second = {}
     with frozen_model_context(accelerator) if accelerator is not None else contextlib.nullcontext():
-        text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
+        if family == "sdxl":
+            text_encoder, text_encoder_2, vae = _load_sdxl_parts(folder)
+            second = dict(text_encoder_2=text_encoder_2,
+                          tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"))
+        else:
+            text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+            vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     return SDParts(
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         text_encoder=text_encoder,
         vae=vae,
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32),
         noise_scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
+        **second,
     )
 
 
@@ -250,6 +319,29 @@ def encode_batch_prompts(clip: TransformersCLIP, prompts: Sequence[str], max_chu
     group = encode_prompt_group(prompts, clip.tokenize, clip.encode, mode="llmga", bos=clip.bos, eos=clip.eos,
                                 pad=clip.pad, max_chunks=max_chunks)
     return torch.cat([encoded.cond for encoded in group.encoded])
+
+
+def sdxl_time_ids(original_sizes: torch.Tensor, crop_top_lefts: torch.Tensor, resolution: int) -> torch.Tensor:
+    """SDXL's size micro-conditioning of a batch, as train_text_to_image_sdxl.py's compute_time_ids makes it:
+    original_sizes [B, 2] (height, width), crop_top_lefts [B, 2] (top, left) -> [B, 6] float32 rows
+    (height, width, top, left, resolution, resolution), the target size being the training resolution."""
+    target = torch.tensor([resolution, resolution]).expand(original_sizes.shape[0], 2)
+    return torch.cat([original_sizes, crop_top_lefts, target.to(original_sizes.device)], dim=1).float()
+
+
+def unet_conditioning(parts: SDParts, batch: dict[str, Any], config: Stage2Config
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The UNet's text conditioning of a batch: SD1.5 (context [B, T, 768], None); SDXL (context [B, T, 2048],
+    {"text_embeds": pooled [B, 1280], "time_ids": [B, 6]}), the captions encoded as `encode_sdxl_prompt_batch` does
+    and the time ids in the text encoders' (the mixed-precision) dtype, as the official script casts them."""
+    if parts.text_encoder_2 is None:
+        clip = TransformersCLIP(parts.text_encoder, parts.tokenizer)
+        return encode_batch_prompts(clip, batch["prompt"], config.max_chunks), None
+    encoded = sdxl_caption_embeddings(parts.text_encoder, parts.text_encoder_2, parts.tokenizer, parts.tokenizer_2,
+                                      batch["prompt"], max_chunks=config.max_chunks)
+    time_ids = sdxl_time_ids(batch["original_size"], batch["crop_top_left"], config.resolution)
+    time_ids = time_ids.to(encoded.embeddings.device, parts.text_encoder.dtype)
+    return encoded.embeddings, {"text_embeds": encoded.pooled, "time_ids": time_ids}
 
 
 def denoising_loss(parts: SDParts, unet: torch.nn.Module, batch: dict[str, Any], config: Stage2Config,
@@ -272,15 +364,14 @@ def denoising_loss(parts: SDParts, unet: torch.nn.Module, batch: dict[str, Any],
         masked = masked * vae.config.scaling_factor
         mask = F.interpolate(batch["mask"].to(device, dtype), size=latents.shape[-2:])
         model_input = torch.cat([model_input, mask, masked], dim=1)
-    context = encode_batch_prompts(TransformersCLIP(parts.text_encoder, parts.tokenizer), batch["prompt"],
-                                   config.max_chunks)
+    context, added_conditions = unet_conditioning(parts, batch, config)
     if scheduler.config.prediction_type == "epsilon":
         target = noise
     elif scheduler.config.prediction_type == "v_prediction":
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise ConfigError(f"unsupported prediction_type {scheduler.config.prediction_type!r} in the scheduler config")
-    prediction = unet(model_input, timesteps, context).sample
+    prediction = unet(model_input, timesteps, context, added_cond_kwargs=added_conditions).sample
     if config.snr_gamma is None:
         return F.mse_loss(prediction.float(), target.float(), reduction="mean")
     snr = compute_snr(scheduler, timesteps)
@@ -289,6 +380,20 @@ def denoising_loss(parts: SDParts, unet: torch.nn.Module, batch: dict[str, Any],
     weights = torch.clamp(snr, max=config.snr_gamma) / snr
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (loss * weights).mean()
+
+
+def place_frozen_parts(parts: SDParts, device: torch.device, weight_dtype: torch.dtype) -> None:
+    """Freeze the VAE and text encoder(s) and move them to `device`, as the official scripts: SD1.5's in the
+    mixed-precision dtype (as loaded without mixed precision); SDXL's text encoders in that dtype and its VAE in
+    float32 whatever the precision (train_text_to_image_sdxl.py: SDXL's VAE overflows in float16)."""
+    if parts.text_encoder_2 is None:
+        cast = weight_dtype if weight_dtype != torch.float32 else None
+        placed = [(parts.vae, cast), (parts.text_encoder, cast)]
+    else:
+        placed = [(parts.text_encoder, weight_dtype), (parts.text_encoder_2, weight_dtype), (parts.vae, torch.float32)]
+    for model, dtype in placed:
+        model.requires_grad_(False)
+        model.to(device, dtype=None if dtype == model.dtype else dtype)  # diffusers warns of any dtype given
 
 
 # --- training ------------------------------------------------------------------------------------------------------
@@ -308,13 +413,9 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     if config.use_ema and sharded:
         raise ConfigError("use_ema needs the whole UNet on every process: use DDP or DeepSpeed ZeRO-2, or set "
                           "use_ema: false for ZeRO-3 / FSDP")
-    parts = load_sd_parts(config.pretrained_model, config.task, accelerator)
+    parts = load_sd_parts(config.pretrained_model, config.task, accelerator, config.family)
     weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
-    for frozen in (parts.vae, parts.text_encoder):
-        frozen.requires_grad_(False)
-        frozen.to(accelerator.device)
-        if weight_dtype != torch.float32:
-            frozen.to(dtype=weight_dtype)
+    place_frozen_parts(parts, accelerator.device, weight_dtype)
     unet = parts.unet
     unet.train()
     if config.gradient_checkpointing:
@@ -359,7 +460,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     def write() -> str:
         write_sd15_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
                           state_dict)
-        return f"wrote the trained SD1.5 folder to {config.output_dir}"
+        return f"wrote the trained {FAMILY_NAMES[config.family]} folder to {config.output_dir}"
 
     return run.finish(write)
 

@@ -14,7 +14,8 @@ Image paths in the jsons are relative to an image folder (`--image_folder2` for 
 for LLaVA). `alpaca_gpt4_sharegpt_en_clean2.json` is loaded but never indexed by the official TextDataset, so it is
 not listed. A user's own data: a folder of images with same-stem `.txt` captions, or a JSONL file of
 {"image", "caption"} lines. Readers check every record up front and raise DataError naming the file, the record and
-the field; images are opened only when a sample is made (`load_training_image`).
+the field; images are opened only when a sample is made (`load_training_image`; stage 2 crops with
+`crop_training_image`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
+import torch
 from PIL import Image
 
-from llmga.images import ImageInputError, open_image
+from llmga.images import ImageInputError, open_image, pil_to_tensor
 
 Turn = tuple[str, str]  # (user message, assistant reply)
 
@@ -277,3 +281,51 @@ def load_training_image(path: str | Path, *, crop: bool = False, size: int = TRA
     left = int(round((image.width - size) / 2.0))
     top = int(round((image.height - size) / 2.0))
     return image.crop((left, top, left + size, top + size))
+
+
+@dataclass(frozen=True)
+class CroppedImage:
+    """A stage-2 training image and what SDXL's size micro-conditioning reads of it.
+
+    pixels: [3, R, R] float in [-1, 1]; original_size: (height, width) before the resize; crop_top_left: (top, left)
+    of the crop, as the conditioning takes it (see `crop_training_image`); flipped: whether it was mirrored."""
+
+    pixels: torch.Tensor
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    flipped: bool
+
+
+def crop_training_image(image: Image.Image, resolution: int, *, center_crop: bool, flip: bool,
+                        rng: np.random.Generator, crop_coords: Literal["llmga", "diffusers"] = "llmga") -> CroppedImage:
+    """The official stage-2 transform: shorter side to `resolution` (bilinear, torchvision's `Resize(int)` rounding),
+    a square crop (centre, torchvision's rounding, or random), a horizontal flip with p 0.5 when `flip`, to [-1, 1].
+
+    Random draws, in this order whatever `crop_coords` says: the crop's left then top offset (random crop only), then
+    the flip. crop_coords, how a flipped sample is cropped and its `crop_top_left` taken:
+    - "llmga": crop, then flip, and the left offset becomes `resolution - left` (LLMGA's dataset_*_sdxl.py and the
+      train_text_to_image_sdxl.py of diffusers 0.2x it copies; SD1.5's datasets crop then flip too);
+    - "diffusers": flip, then crop the mirrored image at the drawn offsets, which are the conditioning (diffusers'
+      train_text_to_image_sdxl.py today).
+    """
+    image = image.convert("RGB")
+    original_size = (image.height, image.width)
+    if image.width <= image.height:
+        size = (resolution, int(resolution * image.height / image.width))
+    else:
+        size = (int(resolution * image.width / image.height), resolution)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    spare_x, spare_y = size[0] - resolution, size[1] - resolution
+    if center_crop:
+        left, top = int(round(spare_x / 2.0)), int(round(spare_y / 2.0))
+    else:
+        left, top = int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
+    flipped = flip and rng.random() < 0.5
+    if flipped and crop_coords == "diffusers":
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if flipped and crop_coords == "llmga":
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        left = resolution - left  # the official `x1 = image.width - x1`, taken after the crop
+    pixels = pil_to_tensor(image)[0].permute(2, 0, 1) * 2.0 - 1.0
+    return CroppedImage(pixels, original_size, (top, left), flipped)
