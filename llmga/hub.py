@@ -31,7 +31,9 @@ RELEASED_MLLMS = (
     "llmga-cn-Qwen2-0.5B-full-finetune",
     "llmga-llama-2-7b-chat-full-finetune",
 )
-RELEASED_SD = ("llmga-sd15-t2i-v2", "llmga-sd15-inpainting-v2")
+RELEASED_SD15 = ("llmga-sd15-t2i-v2", "llmga-sd15-inpainting-v2")
+RELEASED_SDXL = ("llmga-sdxl-t2i", "llmga-sdxl-inpainting-v2")  # the latter a 9-channel inpainting UNet
+RELEASED_SD = RELEASED_SD15 + RELEASED_SDXL
 # The vision tower of every released LLMGA checkpoint (the official scripts' --vision_tower).
 CLIP_VISION_REPO = "openai/clip-vit-large-patch14-336"
 
@@ -54,6 +56,8 @@ REVISIONS: dict[str, str | None] = {
     "binxia/llmga-llama-2-7b-chat-full-finetune": None,  # unpinned: no commit hash found
     "binxia/llmga-sd15-t2i-v2": None,  # unpinned: full hash of upload 5456962 not found
     "binxia/llmga-sd15-inpainting-v2": None,  # unpinned: full hash of upload 9cd1e8a not found
+    "binxia/llmga-sdxl-t2i": None,  # unpinned: full hash of upload dd9d49e not found
+    "binxia/llmga-sdxl-inpainting-v2": "ca4fe1734170820f99f5e13c94b5dee72872a3dd",
 }
 
 # DiffRIR's weights are not on the hub (a Google Drive folder linked from the README, file names unpublished):
@@ -66,6 +70,8 @@ DIFFRIR_DOWNLOAD = ("DiffRIR's weights are not on the Hugging Face hub: download
 MLLM_FILES = "config.json, model*.safetensors (+ model.safetensors.index.json), tokenizer files"
 SD_FILES = "model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/"
 SD_PATTERNS = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+SDXL_FILES = "model_index.json, unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, scheduler/"
+SDXL_PATTERNS = [*SD_PATTERNS, "text_encoder_2/*", "tokenizer_2/*"]
 CLIP_VISION_PATTERNS = ["*.json", "*.safetensors"]
 
 
@@ -145,15 +151,25 @@ def resolve_model(name_or_path: str | Path, folders: Sequence[Path], *, allow_do
     local = find_local(known, folders)
     if local is not None:
         return local
-    is_sd = known in RELEASED_SD
+    files, patterns = released_files(known)
     if not allow_download or offline() or not folders:
         why = "downloads are off" if not allow_download else "HF_HUB_OFFLINE is set" if offline() else "no folder"
-        kind = "diffusers" if is_sd else "LLM"
+        kind = "diffusers" if known in RELEASED_SD else "LLM"
         raise ModelNotFoundError(
             f"{HUB_OWNER}/{known} is not downloaded ({why}). Searched {searched} for a folder named "
-            f"{known!r} holding {SD_FILES if is_sd else MLLM_FILES}. Download it "
+            f"{known!r} holding {files}. Download it "
             f"({download_command(f'{HUB_OWNER}/{known}', f'<models>/{kind}/{known}')}) or allow downloads.")
-    return download(known, Path(folders[0]), SD_PATTERNS if is_sd else None)
+    return download(known, Path(folders[0]), patterns)
+
+
+def released_files(known: str) -> tuple[str, list[str] | None]:
+    """What a complete folder of the released checkpoint `known` holds (for messages) and the file patterns to
+    download (None: all; an SD pipeline needs no safety checker or feature extractor)."""
+    if known in RELEASED_SDXL:
+        return SDXL_FILES, SDXL_PATTERNS
+    if known in RELEASED_SD15:
+        return SD_FILES, SD_PATTERNS
+    return MLLM_FILES, None
 
 
 def _local_model(text: str, folders: Sequence[Path], allow_paths: bool) -> Path | None:

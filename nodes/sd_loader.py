@@ -1,24 +1,27 @@
-"""LLMGA Load SD1.5: an SD1.5 model (the released LLMGA diffusers folders, any SD1.5 diffusers folder or single-file
-checkpoint) as ComfyUI's native MODEL, CLIP and VAE."""
+"""LLMGA Load SD1.5 and LLMGA Load SDXL: a model of the family (the released LLMGA diffusers folders, any diffusers
+folder or single-file checkpoint of the family) as ComfyUI's native MODEL, CLIP and VAE."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import comfy.latent_formats
 import comfy.sd
 import folder_paths
 from comfy_api.latest import io
 
-from ..llmga.hub import HUB_OWNER, RELEASED_SD, model_entry, released_name, resolve_model
-from ..llmga.sd.loading import SD15LoadError, check_sd15_single_file, read_sd15_folder
+from ..llmga.hub import HUB_OWNER, RELEASED_SD, RELEASED_SD15, RELEASED_SDXL, model_entry, released_name, resolve_model
+from ..llmga.sd.loading import SD15, SDXL, SDFamily, SDLoadError, check_single_file, read_folder
 from .errors import reported_as
 from .model_folders import model_folders
 from .schema import pack_schema
 
-RELEASED_CHOICES = [f"{HUB_OWNER}/{name}" for name in RELEASED_SD]
 # Where a released model sits inside a diffusers folder (llmga.hub.find_local); such a copy is offered under its
 # released name only, so a workflow that names it works before and after the download.
 RELEASED_COPIES = {copy for name in RELEASED_SD for copy in (name, f"{HUB_OWNER}--{name}", f"{HUB_OWNER}/{name}")}
+# What ComfyUI must have made of a model of each family (its latent format), and the diffusers pipeline to try it in.
+LATENT_FORMATS = {SD15.kind: comfy.latent_formats.SD15, SDXL.kind: comfy.latent_formats.SDXL}
+PIPELINES = {SD15.kind: "StableDiffusionPipeline", SDXL.kind: "StableDiffusionXLPipeline"}
 
 
 def diffusers_folder_names() -> list[str]:
@@ -32,10 +35,10 @@ def diffusers_folder_names() -> list[str]:
     return sorted(names)
 
 
-def sd15_model_choices() -> list[str]:
-    """The released LLMGA SD1.5 models by name, then local diffusers folders, then single-file checkpoints."""
+def sd_model_choices(released: tuple[str, ...]) -> list[str]:
+    """The `released` LLMGA models by name, then local diffusers folders, then single-file checkpoints."""
     local = [name for name in diffusers_folder_names() if name not in RELEASED_COPIES]
-    return RELEASED_CHOICES + local + folder_paths.get_filename_list("checkpoints")
+    return [f"{HUB_OWNER}/{name}" for name in released] + local + folder_paths.get_filename_list("checkpoints")
 
 
 def _model_folder(name: str, allow_download: bool) -> Path | None:
@@ -49,29 +52,32 @@ def _model_folder(name: str, allow_download: bool) -> Path | None:
     return None
 
 
-def load_sd15(name: str, allow_download: bool) -> tuple:
-    """(MODEL, CLIP, VAE) of the model `name` from sd15_model_choices(); any other name (from any client) is refused
-    with the same error, whether or not such a path exists."""
+def load_sd(name: str, family: SDFamily, allow_download: bool) -> tuple:
+    """(MODEL, CLIP, VAE) of the model `name` from sd_model_choices(), which must be of `family`; any other name
+    (from any client) is refused with the same error, whether or not such a path exists."""
     embeddings = folder_paths.get_folder_paths("embeddings")
     folder = _model_folder(name, allow_download)
     if folder is not None:
-        state_dict = read_sd15_folder(folder)
-        loaded = comfy.sd.load_state_dict_guess_config(state_dict, output_vae=True, output_clip=True,
+        loaded = comfy.sd.load_state_dict_guess_config(read_folder(folder, family), output_vae=True,
+                                                       output_clip=True, embedding_directory=embeddings)
+        where = folder
+    else:
+        # Only a file ComfyUI lists in its checkpoints folders (symlinks followed), never a path made from `name`.
+        listed = name in folder_paths.get_filename_list("checkpoints")
+        path = folder_paths.get_full_path("checkpoints", name) if listed else None
+        if path is None:
+            searched = [str(p) for p in model_folders("diffusers") + model_folders("checkpoints")]
+            raise SDLoadError(f"{name!r} is neither a diffusers folder nor a checkpoint file in {searched}: refresh "
+                              "the node list (press r) and choose again")
+        check_single_file(path, family)
+        loaded = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
                                                        embedding_directory=embeddings)
-        if loaded is None or loaded[1] is None:
-            raise SD15LoadError(f"ComfyUI did not recognise the SD1.5 model in {folder}: check that it loads with "
-                                "diffusers' StableDiffusionPipeline")
-        return loaded[:3]
-    # Only a file ComfyUI lists in its checkpoints folders (symlinks followed), never a path made from `name`.
-    listed = name in folder_paths.get_filename_list("checkpoints")
-    path = folder_paths.get_full_path("checkpoints", name) if listed else None
-    if path is None:
-        searched = [str(p) for p in model_folders("diffusers") + model_folders("checkpoints")]
-        raise SD15LoadError(f"{name!r} is neither a diffusers folder nor a checkpoint file in {searched}: refresh the "
-                            "node list (press r) and choose again")
-    check_sd15_single_file(path)
-    return comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True,
-                                                 embedding_directory=embeddings)[:3]
+        where = path
+    recognised = loaded is not None and loaded[1] is not None
+    if not recognised or not isinstance(loaded[0].model.latent_format, LATENT_FORMATS[family.kind]):
+        raise SDLoadError(f"ComfyUI did not recognise the {family.name} model in {where}: check that it loads with "
+                          f"diffusers' {PIPELINES[family.kind]}")
+    return loaded[:3]
 
 
 class LoadSD15(io.ComfyNode):
@@ -82,7 +88,7 @@ class LoadSD15(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return pack_schema(cls, "LLMGALoadSD15", "LLMGA Load SD1.5", "loaders", inputs=[
-            io.Combo.Input("model", options=sd15_model_choices(),
+            io.Combo.Input("model", options=sd_model_choices(RELEASED_SD15),
                            tooltip="binxia/… : a released LLMGA SD1.5 model, downloaded into models/diffusers "
                            "when missing; otherwise a diffusers folder (with model_index.json) from "
                            "models/diffusers or a single-file checkpoint from models/checkpoints."),
@@ -99,5 +105,34 @@ class LoadSD15(io.ComfyNode):
     @classmethod
     def execute(cls, model: str, allow_download: bool) -> io.NodeOutput:
         with reported_as("LLMGA Load SD1.5"):
-            loaded = load_sd15(model, allow_download)
+            loaded = load_sd(model, SD15, allow_download)
+        return io.NodeOutput(*loaded)
+
+
+class LoadSDXL(io.ComfyNode):
+    """Load an SDXL base model as MODEL, CLIP and VAE: the released LLMGA SDXL models (downloaded on first use when
+    allowed), a diffusers folder in models/diffusers or a checkpoint in models/checkpoints. llmga-sdxl-inpainting-v2
+    has a 9-channel UNet: feed it with InpaintModelConditioning."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return pack_schema(cls, "LLMGALoadSDXL", "LLMGA Load SDXL", "loaders", inputs=[
+            io.Combo.Input("model", options=sd_model_choices(RELEASED_SDXL),
+                           tooltip="binxia/… : a released LLMGA SDXL model, downloaded into models/diffusers "
+                           "when missing; otherwise an SDXL diffusers folder (with model_index.json) from "
+                           "models/diffusers or an SDXL single-file checkpoint from models/checkpoints."),
+            io.Boolean.Input("allow_download", default=True,
+                             tooltip="Download a released model that is not found locally. Off, or "
+                             "HF_HUB_OFFLINE=1: only local files are used."),
+        ], outputs=[
+            io.Model.Output(tooltip="The SDXL UNet, for KSampler."),
+            io.Clip.Output(tooltip="Both SDXL text encoders (CLIP ViT-L and OpenCLIP ViT-bigG), for LLMGA Long "
+                           "Prompt Encode (SDXL) or CLIPTextEncodeSDXL."),
+            io.Vae.Output(tooltip="The SDXL VAE, for VAEDecode, VAEEncode and InpaintModelConditioning."),
+        ])
+
+    @classmethod
+    def execute(cls, model: str, allow_download: bool) -> io.NodeOutput:
+        with reported_as("LLMGA Load SDXL"):
+            loaded = load_sd(model, SDXL, allow_download)
         return io.NodeOutput(*loaded)
