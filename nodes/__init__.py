@@ -11,13 +11,13 @@ from .long_prompt import LongPromptEncode, LongPromptEncodeSDXL
 from .model_folders import register_model_folders
 from .prompt import ExtractGenerationPrompt
 from .restore import DiffRIRRestore, LoadDiffRIR
-from .sd_loader import LoadSD15
+from .sd_loader import LoadSD15, LoadSDXL
 
 register_model_folders()
 
 NODES: list[type[io.ComfyNode]] = [
     LoadAssistant, Chat, ExtractGenerationPrompt, LongPromptEncode, LongPromptEncodeSDXL, LoadSD15, OutpaintCanvas,
-    PasteBack, InversionEdit, LoadDiffRIR, DiffRIRRestore,
+    LoadSDXL, PasteBack, InversionEdit, LoadDiffRIR, DiffRIRRestore,
 ]
 
 
