@@ -94,12 +94,14 @@ def fixed_loss(folder: Path, config: Stage2Config) -> float:
 
 @pytest.fixture(scope="module")
 def trained(models, image_folder, tmp_path_factory):
-    """task -> (config, TrainResult) after a few steps, one run per task for the module."""
+    """task -> (config, TrainResult) after a few steps, one run per task for the module; inpainting under bf16 mixed
+    precision (CPU autocast) with the VAE in float32, as the official runs."""
     runs = {}
     for task, model in models.items():
         reset_accelerate()
         config = make_config(model, image_folder, tmp_path_factory.mktemp(f"stage2_sdxl_{task}"), task=task,
-                             caption_dropout=0.05 if task == "inpaint" else 0.0)
+                             caption_dropout=0.05 if task == "inpaint" else 0.0,
+                             mixed_precision="bf16" if task == "inpaint" else "no")
         runs[task] = (config, train(config))
     reset_accelerate()
     return runs

@@ -30,9 +30,12 @@ scripts/train_llmga_s2_sdxl_{t2i,inpaint}.sh), the same but:
 - inpainting: the same masks, masked image and 9-channel input as SD1.5 (dataset_inpainting_sdxl.py), 5% empty
   captions; text-to-image drops none (dataset_text2img_sdxl.py).
 
-Deviations: images are converted to RGB; `center_crop: false` gives a random crop (the official datasets always
-center-crop); besides the released T2I/train.json the data may be a user's captioned images (training/data/
-datasets.py); random draws come from per-sample / per-step generators so resuming is exact.
+Deviations: images are converted to RGB (the official SDXL datasets paste transparent ones on white);
+`center_crop: false` gives a random crop (the official datasets always center-crop); besides the released
+T2I/train.json the data may be a user's captioned images (training/data/datasets.py; the official SDXL runs also
+swapped in LAION's short prompt for 5% of the samples, which this data lacks); random draws come from per-sample /
+per-step generators so resuming is exact; the written folder keeps the base's frozen parts as they are (the official
+SDXL scripts save them in the training dtype).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from llmga.errors import one_line
 from llmga.model_files import read_config
 from llmga.prompt.clip_binding import TransformersCLIP, sdxl_caption_embeddings
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
-from llmga.sd.loading import FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
+from llmga.sd.loading import FAMILIES, FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
 from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
 
 from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
@@ -69,7 +72,6 @@ from .loop import MicroStep, TrainingRun, TrainResult
 
 MaskFn = Callable[[int, int, np.random.Generator], np.ndarray]
 TASK_CHANNELS = {"t2i": T2I_CHANNELS, "inpaint": INPAINT_CHANNELS}
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
 # The parts of an SDXL diffusers folder (stabilityai/stable-diffusion-xl-base-1.0's layout).
 SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 SDXL_EXAMPLE_CONFIG = "training/configs/stage2_sdxl_t2i.yaml"
@@ -242,8 +244,8 @@ def _check_family(folder: Path, family: str) -> None:
     found = "sdxl" if unet.get("addition_embed_type") == "text_time" else "sd15"
     if found != family:
         example = SDXL_EXAMPLE_CONFIG if found == "sdxl" else "training/configs/stage2_t2i.yaml"
-        raise ConfigError(f"pretrained_model {folder} is an {FAMILY_NAMES[found]} model, but family is {family}: set "
-                          f"family: {found} (as {example} does) or choose an {FAMILY_NAMES[family]} folder")
+        raise ConfigError(f"pretrained_model {folder} is an {FAMILIES[found].name} model, but family is {family}: set "
+                          f"family: {found} (as {example} does) or choose an {FAMILIES[family].name} folder")
 
 
 def _sdxl_channels(folder: Path) -> int:
@@ -275,9 +277,9 @@ def _load_sdxl_parts(folder: Path) -> tuple[CLIPTextModel, CLIPTextModelWithProj
 
 def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None = None,
                   family: Literal["sd15", "sdxl"] = "sd15") -> SDParts:
-    """The parts of an SD1.5 or SDXL (`family`) diffusers folder on the CPU in float32, after checking that it is
-    that family and its UNet fits `task` (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves
-    the frozen parts whole."""
+    """The parts of an SD1.5 or SDXL (`family`) diffusers folder on the CPU, the UNet in float32 and the frozen parts
+    as stored (`place_frozen_parts` sets their dtype), after checking that it is that family and its UNet fits `task`
+    (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
     folder = Path(folder)
     _check_family(folder, family)
     if family == "sdxl":
@@ -460,7 +462,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     def write() -> str:
         write_sd15_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
                           state_dict)
-        return f"wrote the trained {FAMILY_NAMES[config.family]} folder to {config.output_dir}"
+        return f"wrote the trained {FAMILIES[config.family].name} folder to {config.output_dir}"
 
     return run.finish(write)
 
