@@ -4,6 +4,8 @@
         --setting "SD1.5 + short caption=models/diffusers/stable-diffusion-v1-5:caption" ...
     python -m llmga eval inpaint places_val/ --num 2000 --setting "LLMGA=binxia/llmga-sd15-inpainting-v2:assistant" \\
         --mllm <assistant> --diffrir DiffRIR=models/diffrir/DiffRIRS2_GAN_x1.pth
+    python -m llmga eval t2i captions_val2014.json --num 5000 --reference coco_val2014/ --mllm <assistant> \\
+        --setting "LLMGA SDXL + refined prompt=binxia/llmga-sdxl-t2i:refined"     # 1024x1024, 50 steps, CFG 5.0
     python -m llmga eval edit edits.jsonl --clip models/eval/clip-vit-base-patch32 --dino models/dino-vits16
     python -m llmga eval restore held_out/ --diffrir models/diffrir/DiffRIRS2_GAN_x1.pth
 
@@ -42,7 +44,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "report.png (with matplotlib) in --out and resumes where it stopped. See docs/evaluation.md.")
     tasks = evaluate.add_subparsers(dest="eval_task", required=True)
     _add_t2i_arguments(tasks.add_parser(
-        "t2i", help="Table 1: FID, IS and CLIP score of SD1.5 images from COCO captions (optionally refined)",
+        "t2i", help="Table 1: FID, IS and CLIP score of SD1.5 / SDXL images from COCO captions (optionally refined)",
         description="Generate one image per caption for every --setting (resumable), then score FID against "
         "--reference, Inception Score (10 splits) and CLIP score (ViT-B/32, against the short caption)."))
     _add_inpaint_arguments(tasks.add_parser(
@@ -100,10 +102,13 @@ def _add_generation_arguments(parser: argparse.ArgumentParser, setting_help: str
     --max-new-tokens: greedy by default, reproducible)."""
     parser.add_argument("--setting", action="append", default=[], help=setting_help)
     add_assistant_arguments(parser, required=False, temperature=0.0, other_kinds=MODELS_KINDS)
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps (official: 50)")
-    parser.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance (official: 7.5)")
-    parser.add_argument("--negative", default="", help="negative prompt (official: empty)")
-    parser.add_argument("--encoding", choices=("llmga", "lpw"), default="llmga", help="long-prompt encoding")
+    official = "default: the official value for each setting's model"
+    parser.add_argument("--steps", type=int, help=f"denoising steps ({official}: 50; SDXL inpainting 30)")
+    parser.add_argument("--cfg", type=float, help=f"classifier-free guidance ({official}: 7.5; SDXL text to image "
+                        "5.0)")
+    parser.add_argument("--negative", default="", help="negative prompt (official: none)")
+    parser.add_argument("--encoding", choices=("llmga", "lpw"), default="llmga",
+                        help="SD1.5's long-prompt encoding (SDXL has one, llmga)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per SD call and assistant replies per batch")
 def _add_t2i_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("captions", type=Path, help="COCO captions JSON (captions_val2014.json) or a text file, one "
@@ -115,11 +120,12 @@ def _add_t2i_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", default="fid,is,clip", help="comma-separated: fid, is, clip (default all)")
     parser.add_argument("--fid-size", type=int, default=256,
                         help="square size images are resized to for FID and IS (default 256; 0: as generated)")
-    parser.add_argument("--width", type=int, default=512, help="image width (default 512)")
-    parser.add_argument("--height", type=int, default=512, help="image height (default 512)")
-    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 1: MODEL an SD1.5 folder or "
-                              "released name, PROMPT caption (the short caption) or refined (the assistant's "
-                              "prompt; needs --mllm), e.g. \"SD1.5 + short caption=models/sd15:caption\"")
+    parser.add_argument("--width", type=int, help="image width (default: the official 512; SDXL 1024)")
+    parser.add_argument("--height", type=int, help="image height (default: the official 512; SDXL 1024)")
+    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 1: MODEL an SD1.5 or SDXL "
+                              "text-to-image folder or released name, PROMPT caption (the short caption) or "
+                              "refined (the assistant's prompt; needs --mllm), e.g. \"SD1.5 + short caption="
+                              "models/sd15:caption\"")
     _add_run_arguments(parser, "t2i", ("inception", "clip"))
 
 
@@ -135,9 +141,11 @@ def _add_inpaint_arguments(parser: argparse.ArgumentParser) -> None:
                         help="[LABEL=]PATH of DiffRIR weights, repeatable: every setting is also scored restored by "
                              "each (Table 4 compares them); PATH a file or a name in <models dir>/diffrir/")
     parser.add_argument("--metrics", default="fid,lpips,ssim", help="comma-separated: fid, lpips, ssim (default all)")
-    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 3: MODEL an SD1.5 inpainting "
-                              "folder or released name, PROMPT plain (--prompt) or assistant (the assistant's "
-                              "inpaint/outpaint prompt; needs --mllm)")
+    parser.add_argument("--strength", type=float, help="SDXL inpainting: how far the picture under the mask is "
+                        "noised, in (0, 1] (default: the official 0.8); SD1.5 repaints from pure noise")
+    _add_generation_arguments(parser, "LABEL=MODEL:PROMPT, repeatable, one row of Table 3: MODEL an SD1.5 or SDXL "
+                              "inpainting folder or released name (SDXL works at 1024x1024, resized back), PROMPT "
+                              "plain (--prompt) or assistant (the assistant's inpaint/outpaint prompt; needs --mllm)")
     _add_run_arguments(parser, "inpaint", ("inception", "lpips-vgg", "lpips-lin"))
 
 

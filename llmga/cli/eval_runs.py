@@ -93,19 +93,35 @@ def _diffrir_restorers(args: argparse.Namespace) -> list:
 
 
 def _sd_loader(args: argparse.Namespace, inpainting: bool) -> Callable[[str], object]:
-    from ..sd.pipelines import load_sd15_pipeline
+    from ..sd.pipelines import load_sd_pipeline
 
     def load(model: str):
         path = model_path(model, args.models_dir, "diffusers", args.allow_download)
-        return load_sd15_pipeline(path, inpainting=inpainting, device=args.device, dtype=args.dtype)
+        return load_sd_pipeline(path, inpainting=inpainting, device=args.device, dtype=args.dtype)
 
     return load
 
 
-def _check_models_exist(args: argparse.Namespace, models: list[str]) -> None:
-    """Resolve every SD model before anything runs, so a typo fails in a second, not after the first setting."""
-    for model in dict.fromkeys(models):
-        model_path(model, args.models_dir, "diffusers", args.allow_download)
+def _with_generations(args: argparse.Namespace, settings: list, inpainting: bool,
+                      generation_for: Callable[[object], object]) -> tuple[list, object]:
+    """Resolve every setting's SD model before anything runs (a typo fails in a second, not after the first setting),
+    check it (`check_sd_task`, `check_family_options`) and give it `generation_for(official)`, the run's options with
+    those left out taken from its official script (`official_sampling` of its family). Returns the settings, each
+    carrying its generation where it differs from the first's, and the first's (the run's)."""
+    from dataclasses import replace
+
+    from ..sd.official import official_sampling
+    from ..sd.pipelines import check_family_options, check_sd_task, read_sd_model
+
+    generations = []
+    for setting in settings:
+        model = read_sd_model(model_path(setting.model, args.models_dir, "diffusers", args.allow_download))
+        check_sd_task(model, inpainting)
+        check_family_options(model, encoding=args.encoding, strength=getattr(args, "strength", None))
+        generations.append(generation_for(official_sampling(model.family, inpainting)))
+    run = generations[0]
+    return [replace(setting, generation=None if generation == run else generation)
+            for setting, generation in zip(settings, generations, strict=True)], run
 
 
 def _assistant_first(args: argparse.Namespace, used: bool, wrap: type, ask: Callable[[Callable, str], object]):
@@ -125,9 +141,14 @@ def _assistant_first(args: argparse.Namespace, used: bool, wrap: type, ask: Call
 def _check_generation(args: argparse.Namespace, uses_assistant: bool, prompt: str) -> None:
     if uses_assistant and args.mllm is None:
         raise InputError(f"a setting uses the {prompt}: give the assistant with --mllm")
-    check_at_least(args.steps, 1, "--steps")
+    if args.steps is not None:
+        check_at_least(args.steps, 1, "--steps")
     check_at_least(args.batch_size, 1, "--batch-size")
-    check_at_least(args.cfg, 0, "--cfg")
+    if args.cfg is not None:
+        check_at_least(args.cfg, 0, "--cfg")
+    strength = getattr(args, "strength", None)
+    if strength is not None and not 0 < strength <= 1:
+        raise InputError(f"--strength is {strength} but must be in (0, 1] (1: pure noise; SDXL's official 0.8)")
     check_assistant_numbers(args)
     check_at_least(args.metric_batch_size, 1, "--metric-batch-size")
 
@@ -170,7 +191,10 @@ def _run_t2i(args: argparse.Namespace) -> int:
     check_at_least(args.fid_size, 0, "--fid-size", " (0: as generated)")
     check_size(args.width, args.height)
     captions = read_t2i_captions(args.captions, args.num, args.seed)
-    _check_models_exist(args, [setting.model for setting in settings])
+    settings, generation = _with_generations(args, settings, False, lambda official: T2IGeneration(
+        steps=args.steps or official.steps, cfg=official.cfg if args.cfg is None else args.cfg,
+        width=args.width or official.size, height=args.height or official.size, negative=args.negative,
+        seed=args.seed, encoding=args.encoding, batch_size=args.batch_size))
     cache = _feature_cache(args)
     scoring = T2IMetrics(inception=_inception(args) if {"fid", "is"} & set(metrics) else None,
                          with_is="is" in metrics, cache=cache, fid_size=args.fid_size or None,
@@ -182,12 +206,9 @@ def _run_t2i(args: argparse.Namespace) -> int:
         clip = load_clip(_metric_weights(args, "clip"), _metric_device(args), with_text=True)
         scoring.clip_image = clip_image_extractor(clip)
         scoring.clip_text = clip_text_embedder(clip, cache.folder / "clip_text" / f"{scoring.clip_image.name}.npz")
-    generation = T2IGeneration(steps=args.steps, cfg=args.cfg, width=args.width, height=args.height,
-                               negative=args.negative, seed=args.seed, encoding=args.encoding,
-                               batch_size=args.batch_size)
     name, refiner = _assistant_first(args, refined, AssistantRefiner, lambda refine, assistant: refine_captions(
         captions, args.out / "refined.jsonl", refine, assistant=assistant, batch_size=args.batch_size))
-    generator = PipelineGenerator(_sd_loader(args, inpainting=False), generation)
+    generator = PipelineGenerator(_sd_loader(args, inpainting=False), generation, settings)
     _print_done(run_t2i_eval(settings, captions, args.out, generate_fn=generator, metrics=scoring, refine_fn=refiner,
                              assistant=name, generation=generation,
                              reference=args.reference if "fid" in metrics else None))
@@ -201,7 +222,6 @@ def _run_inpaint(args: argparse.Namespace) -> int:
     from ..eval.backends import AssistantPrompter, PipelineInpainter
     from ..eval.features import pick_images
     from ..eval.inpaint import (
-        InpaintGeneration,
         InpaintMetrics,
         assistant_prompts,
         parse_inpaint_setting,
@@ -222,21 +242,32 @@ def _run_inpaint(args: argparse.Namespace) -> int:
     with_assistant = any(setting.prompt == "assistant" for setting in settings)
     _check_generation(args, with_assistant, "assistant's prompt")
     images = pick_images(args.images, args.num, args.seed)
-    _check_models_exist(args, [setting.model for setting in settings])
+    settings, generation = _with_generations(args, settings, True,
+                                             lambda official: _inpaint_generation(args, official))
     scoring = InpaintMetrics(inception=_inception(args) if "fid" in metrics else None,
                              lpips=_lpips(args) if "lpips" in metrics else None, ssim="ssim" in metrics,
                              cache=_feature_cache(args), batch_size=args.metric_batch_size,
                              device=_metric_device(args))
     restorers = _diffrir_restorers(args)
     sets = prepare_inpaint_set(images, args.out / "data", mask_types, size=args.size, seed=args.seed)
-    generation = InpaintGeneration(steps=args.steps, cfg=args.cfg, plain_prompt=args.prompt, negative=args.negative,
-                                   seed=args.seed, encoding=args.encoding)
     name, prompter = _assistant_first(args, with_assistant, AssistantPrompter, lambda prompt, assistant: (
         assistant_prompts(sets, args.out / "prompts.jsonl", prompt, assistant=assistant, batch_size=args.batch_size)))
-    inpainter = PipelineInpainter(_sd_loader(args, inpainting=True), generation)
+    inpainter = PipelineInpainter(_sd_loader(args, inpainting=True), generation, settings)
     _print_done(run_inpaint_eval(settings, sets, args.out, inpaint_fn=inpainter, metrics=scoring, prompt_fn=prompter,
                                  assistant=name, restorers=restorers, generation=generation))
     return 0
+
+
+def _inpaint_generation(args: argparse.Namespace, official):
+    """The inpainting generation of a setting whose official script is `official`: the options given, else its."""
+    from ..eval.inpaint import InpaintGeneration
+    from ..sd.pipelines import check_strength
+
+    steps = args.steps or official.steps
+    strength = official.strength if args.strength is None else args.strength
+    check_strength(strength, steps)
+    return InpaintGeneration(steps=steps, cfg=official.cfg if args.cfg is None else args.cfg, strength=strength,
+                            plain_prompt=args.prompt, negative=args.negative, seed=args.seed, encoding=args.encoding)
 
 
 # --- restore -------------------------------------------------------------------------------------------------------

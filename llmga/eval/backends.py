@@ -1,4 +1,4 @@
-"""The library's models bound to the evaluation loops' injected functions: the SD1.5 pipeline as `generate_fn` /
+"""The library's models bound to the evaluation loops' injected functions: the SD1.5 / SDXL pipelines as `generate_fn` /
 `inpaint_fn`, the assistant as `refine_fn` / `prompt_fn` (loaded on first use: `LazyAssistant`), DiffRIR as a
 `Restorer`, CLIP as the text embedder.
 
@@ -16,6 +16,7 @@ import numpy as np
 from ..devices import free_memory
 from ..files import save_npz_atomic
 from .inpaint import InpaintGeneration, Restorer
+from .runs import Setting
 from .t2i import T2IGeneration, TextEmbedFn
 
 if TYPE_CHECKING:
@@ -26,10 +27,14 @@ def text_to_image_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, n
                         cfg: float, width: int, height: int, mode: str = "llmga") -> list[Image.Image]:
     """One image per (prompt, seed) in as few pipeline calls as possible: prompts whose long-prompt encodings have the
     same length run together, each with its own seeded CPU generator, so every image is the one `text_to_image`
-    makes alone from that seed (up to floating-point rounding of the batched UNet)."""
-    import torch
-
-    from ..sd.pipelines import encode_prompts, is_inpainting_pipeline, seeded_generator, text_to_image
+    makes alone from that seed (up to floating-point rounding of the batched UNet). SD1.5 and SDXL pipelines alike."""
+    from ..sd.pipelines import (
+        encode_prompts,
+        is_inpainting_pipeline,
+        pipeline_embeddings,
+        seeded_generator,
+        text_to_image,
+    )
 
     if is_inpainting_pipeline(pipe):  # paints a blank canvas, one image at a time
         return [text_to_image(pipe, prompt, negative, steps=steps, cfg=cfg, seed=seed, width=width, height=height,
@@ -39,12 +44,9 @@ def text_to_image_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, n
     for index, result in enumerate(encoded):
         groups.setdefault(result.length, []).append(index)
     images: list = [None] * len(prompts)
-    dtype, device = pipe.text_encoder.dtype, pipe.device
     for indices in groups.values():
-        positive = torch.cat([encoded[i].positive.cond for i in indices]).to(device, dtype)
-        negative_cond = torch.cat([encoded[i].negative.cond for i in indices]).to(device, dtype)
-        out = pipe(prompt_embeds=positive, negative_prompt_embeds=negative_cond, num_inference_steps=steps,
-                   guidance_scale=cfg, width=width, height=height,
+        embeddings = pipeline_embeddings(pipe, *(encoded[i] for i in indices))
+        out = pipe(**embeddings, num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                    generator=[seeded_generator(seeds[i]) for i in indices]).images
         for i, image in zip(indices, out, strict=True):
             images[i] = image
@@ -75,32 +77,38 @@ class _PipelineHolder:
 
 
 class PipelineGenerator(_PipelineHolder):
-    """`generate_fn` of run_t2i_eval on the library's SD1.5 pipeline, batched (`text_to_image_batch`)."""
+    """`generate_fn` of run_t2i_eval on the library's SD pipelines, batched (`text_to_image_batch`), each model with
+    the generation of the settings that name it (`Setting.generation`), else `generation`."""
 
-    def __init__(self, load: Callable[[str], object], generation: T2IGeneration) -> None:
+    def __init__(self, load: Callable[[str], object], generation: T2IGeneration,
+                 settings: Sequence[Setting] = ()) -> None:
         super().__init__(load)
         self.generation = generation
+        self.generations = {setting.model: setting.generation for setting in settings if setting.generation}
 
     def __call__(self, model: str, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
-        g = self.generation
+        g = self.generations.get(model, self.generation)
         return text_to_image_batch(self.pipeline(model), prompts, seeds, negative=g.negative, steps=g.steps,
                                    cfg=g.cfg, width=g.width, height=g.height, mode=g.encoding)
 
 
 class PipelineInpainter(_PipelineHolder):
-    """`inpaint_fn` of run_inpaint_eval on the library's SD1.5 inpainting pipeline (`sd.pipelines.inpaint`: at the
-    image's size, pasted back onto the input)."""
+    """`inpaint_fn` of run_inpaint_eval on the library's SD inpainting pipelines (`sd.pipelines.inpaint`: SD1.5 at the
+    crop's size, SDXL at 1024x1024 resized back; pasted onto the input), each model with the generation of
+    the settings that name it, else `generation`."""
 
-    def __init__(self, load: Callable[[str], object], generation: InpaintGeneration) -> None:
+    def __init__(self, load: Callable[[str], object], generation: InpaintGeneration,
+                 settings: Sequence[Setting] = ()) -> None:
         super().__init__(load)
         self.generation = generation
+        self.generations = {setting.model: setting.generation for setting in settings if setting.generation}
 
     def __call__(self, model: str, image: Image.Image, mask: np.ndarray, prompt: str, seed: int) -> Image.Image:
         from ..sd.pipelines import inpaint
 
-        g = self.generation
+        g = self.generations.get(model, self.generation)
         return inpaint(self.pipeline(model), image, mask, prompt, g.negative, steps=g.steps, cfg=g.cfg, seed=seed,
-                       mode=g.encoding)[0]
+                       mode=g.encoding, strength=g.strength)[0]
 
 
 class _AssistantReplies:

@@ -11,11 +11,13 @@ its generator (`llmga.masks.EVAL_MASKS`: LaMa thin = narrow, medium, thick = wid
 (seed, image index, mask type), and are written in LaMa's naming, `data/<type>/<stem>_crop000.png` and
 `<stem>_crop000_mask000.png`, so every run (and DiffRIR's own inference script) sees the same set.
 
-Each setting inpaints every masked crop with an SD1.5 inpainting model, prompted with a fixed text (LaMa's protocol
-has none; default "") or with the assistant's prompt for the masked picture (its inpaint/outpaint task); each
-restorer (DiffRIR weights) then restores those results. Results go to `results/<row>/<type>/<stem>_crop000_mask000.png`
-(LaMa's prediction naming) and are skipped when present. Metrics per row and mask type: FID of the results against
-the crops (whole set, Inception at 512), LPIPS (VGG, per image, mean) and SSIM (per image, mean).
+Each setting inpaints every masked crop with an SD1.5 or SDXL inpainting model (an SDXL row at its official
+strength 0.8 and 1024x1024, the result resized back to the crop, unless told otherwise), prompted with a fixed text
+(LaMa's protocol has none; default "") or with the assistant's prompt for the masked picture (its inpaint/outpaint
+task); each restorer (DiffRIR weights) then restores those results. Results go to
+`results/<row>/<type>/<stem>_crop000_mask000.png` (LaMa's prediction naming) and are skipped when present. Metrics per
+row and mask type: FID of the results against the crops (whole set, Inception at 512), LPIPS (VGG, per image, mean)
+and SSIM (per image, mean).
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ from ..masks import EVAL_MASKS, MaskGenerator
 from ..prompt import parse_reply
 from .pairs import EvalInputError
 from .report import RunResult, Table, write_report
-from .runs import Generation, JsonlCache, Setting, check_run_settings, check_unique_names, parse_setting_spec, slug
+from .runs import (
+    Generation,
+    JsonlCache,
+    Setting,
+    check_run_settings,
+    check_unique_names,
+    parse_setting_spec,
+    setting_generation,
+    slug,
+)
 from .scoring import LpipsFn, pair_values
 
 if TYPE_CHECKING:
@@ -69,7 +80,7 @@ class InpaintItem:
         return self.mask.name
 
 
-InpaintSetting = Setting  # a row of Table 3: an SD1.5 inpainting model; its prompt is one of PROMPT_SOURCES
+InpaintSetting = Setting  # a row of Table 3: an SD inpainting model; its prompt is one of PROMPT_SOURCES
 
 
 @dataclass(frozen=True)
@@ -83,9 +94,16 @@ class Restorer:
 @dataclass(frozen=True)
 class InpaintGeneration(Generation):
     """How every result is made: `Generation`, with `plain_prompt` for the "plain" settings (LaMa's protocol has no
-    text: empty by default); item i of a mask type uses seed + i in every setting."""
+    text: empty by default); item i of a mask type uses seed + i in every setting. strength: how far the picture
+    under the mask is noised (1, SD1.5's; SDXL's official 0.8). SD works at the library's size (SD1.5: the crop's;
+    SDXL: 1024x1024, the official size), the result resized back to the crop."""
 
     plain_prompt: str = ""
+    strength: float = 1.0
+
+    def summary(self) -> str:
+        """"50 steps, CFG 7.5", with ", strength 0.8" below 1."""
+        return super().summary() + (f", strength {self.strength}" if self.strength != 1 else "")
 
 
 @dataclass
@@ -240,7 +258,7 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
         prompts = assistant_prompts(sets, out_dir / "prompts.jsonl", prompt_fn, assistant=assistant,
                                     progress=progress)
     for setting in settings:
-        recipe = {"model": setting.model, "prompt": setting.prompt, **asdict(generation),
+        recipe = {"model": setting.model, "prompt": setting.prompt, **asdict(setting_generation(setting, generation)),
                   "assistant": assistant if setting.prompt == "assistant" else None}
         _make_results(out_dir / "results" / slug(setting.name), recipe, sets, setting.name, progress,
                       lambda item, index, s=setting: inpaint_fn(
@@ -275,6 +293,8 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
     notes = [f"{report['protocol']['images']} images, one mask per image and type, crops of the images' size "
              "(512 by default); FID of the results against the crops at their size; LPIPS (VGG v0.1) and SSIM per "
              "image, averaged."]
+    notes += [f"{setting.name}: {setting.generation.summary()}." for setting in settings
+              if setting.generation not in (None, generation)]
     notes.append("By mask area: the same scores per bin of mask coverage (LaMa's breakdown; `by_area` in report.json "
                  "also counts the images of each bin); FID only for bins of 2 or more images.")
     metric = "LPIPS" if metrics.lpips is not None else "SSIM" if metrics.ssim else "FID"

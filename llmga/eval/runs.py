@@ -15,12 +15,15 @@ from .pairs import EvalInputError
 
 @dataclass(frozen=True)
 class Setting:
-    """A row of a table: a label, the SD1.5 model (folder or released name) and where its prompt comes from (one of
-    the task's PROMPT_SOURCES: t2i "caption" / "refined", inpaint "plain" / "assistant")."""
+    """A row of a table: a label, the SD model (an SD1.5 or SDXL folder or released name), where its prompt comes
+    from (one of the task's PROMPT_SOURCES: t2i "caption" / "refined", inpaint "plain" / "assistant") and, where it
+    is not the run's, how its images are made (e.g. an SDXL row's official steps, CFG, size and strength in a run of
+    SD1.5 rows)."""
 
     name: str
     model: str
     prompt: str
+    generation: Generation | None = None
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,16 @@ class Generation:
     cfg: float = 7.5
     negative: str = ""
     seed: int = 0
-    encoding: str = "llmga"  # the long-prompt encoding (llmga or lpw)
+    encoding: str = "llmga"  # the long-prompt encoding (llmga or lpw; SDXL has llmga only)
+
+    def summary(self) -> str:
+        """"50 steps, CFG 7.5"."""
+        return f"{self.steps} steps, CFG {self.cfg}"
+
+
+def setting_generation(setting: Setting, generation: Generation) -> Generation:
+    """How `setting`'s images are made: its own generation, else the run's."""
+    return setting.generation or generation
 
 
 def split_label(text: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Text-to-image evaluation (LLMGA Table 1): captions -> (assistant-refined) prompts -> SD1.5 images -> FID, IS, CLIP.
+"""Text-to-image evaluation (LLMGA Table 1): captions -> (assistant-refined) prompts -> SD images -> FID, IS, CLIP.
 
     captions = read_t2i_captions("captions_val2014.json", num=30000, seed=0)
     settings = [T2ISetting("SD1.5 + short caption", "models/sd15", "caption"),
@@ -12,8 +12,9 @@ splits of the generated set, CLIP score (100 * cosine, ViT-B/32) of each image a
 
 Generation is injected (`generate_fn(model, prompts, seeds) -> images`, `refine_fn(captions) -> replies`), so the
 loop runs on any backend; `backends.PipelineGenerator` and `backends.AssistantRefiner` bind it to the library's
-SD1.5 pipeline and assistant. Every image is written atomically as it is made, and a resumed run skips images
-already on disk; refinements are kept in `refined.jsonl` and computed once.
+SD1.5 / SDXL pipelines and assistant. A setting may carry its own generation (`Setting.generation`: an SDXL row's
+official 1024x1024, CFG 5.0 beside SD1.5 rows). Every image is written atomically as it is made, and a resumed run
+skips images already on disk; refinements are kept in `refined.jsonl` and computed once.
 """
 
 from __future__ import annotations
@@ -30,7 +31,16 @@ from ..files import save_image_atomic
 from ..prompt import parse_reply
 from .pairs import EvalInputError
 from .report import RunResult, Table, write_report
-from .runs import Generation, JsonlCache, Setting, check_run_settings, check_unique_names, parse_setting_spec, slug
+from .runs import (
+    Generation,
+    JsonlCache,
+    Setting,
+    check_run_settings,
+    check_unique_names,
+    parse_setting_spec,
+    setting_generation,
+    slug,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -70,6 +80,10 @@ class T2IGeneration(Generation):
     width: int = 512
     height: int = 512
     batch_size: int = 4
+
+    def summary(self) -> str:
+        """"512x512, 50 steps, CFG 7.5"."""
+        return f"{self.width}x{self.height}, {super().summary()}"
 
 
 @dataclass
@@ -235,7 +249,7 @@ def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], ou
     made = {}
     for setting in settings:
         folder = out_dir / "images" / slug(setting.name)
-        recipe = {"model": setting.model, "prompt": setting.prompt, **asdict(generation)}
+        recipe = {"model": setting.model, "prompt": setting.prompt, **asdict(setting_generation(setting, generation))}
         recipe.pop("batch_size")
         if setting.prompt == "refined":
             recipe["assistant"] = assistant
@@ -252,7 +266,7 @@ def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], ou
     if refined:
         report["refinement"] = {"assistant": assistant,
                                 "without_prompt": sum(not row["has_prompt"] for row in refined.values())}
-    files = write_report(out_dir, report, [table], notes=_notes(report))
+    files = write_report(out_dir, report, [table], notes=_notes(report, settings, generation))
     return RunResult(report, files)
 
 
@@ -301,11 +315,13 @@ def _protocol(captions: Sequence[Caption], metrics: T2IMetrics, generation: T2IG
             "assistant": assistant or None, **asdict(generation)}
 
 
-def _notes(report: dict) -> list[str]:
+def _notes(report: dict, settings: Sequence[T2ISetting], generation: T2IGeneration) -> list[str]:
     protocol = report["protocol"]
     size = f"{protocol['fid_size']}x{protocol['fid_size']}" if protocol["fid_size"] else "their own size"
     parts = [f"N = {protocol['captions']} captions, one image each, {protocol['width']}x{protocol['height']}, "
              f"{protocol['steps']} steps, CFG {protocol['cfg']}, seeds from {protocol['seed']}"]
+    parts += [f"{setting.name}: {setting.generation.summary()}" for setting in settings
+              if setting.generation not in (None, generation)]
     if protocol["fid_features"]:
         against = f"FID against {protocol['reference']} and " if protocol["reference"] else ""
         parts.append(f"{against}IS with the pytorch-fid Inception ({protocol['fid_features']}) on images at {size}")

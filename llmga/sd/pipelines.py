@@ -1,18 +1,30 @@
-"""Stable Diffusion 1.5 text-to-image, inpainting and outpainting on diffusers, with LLMGA's long-prompt encoding.
+"""Stable Diffusion 1.5 and SDXL text-to-image, inpainting and outpainting on diffusers, with LLMGA's long-prompt
+encodings.
 
-`load_sd15_pipeline` builds a diffusers pipeline from an SD1.5 folder (llmga-sd15-t2i-v2, llmga-sd15-inpainting-v2,
-any SD1.5 diffusers folder). Prompts go through `llmga.prompt.long_prompt` (up to 300 tokens, "llmga" or "lpw"
-mode) and reach diffusers as `prompt_embeds` / `negative_prompt_embeds`. Images go in and come out as PIL images;
-masks are [H, W] floats in [0, 1] (or PIL images), 1 / white where new content is painted.
+`load_sd_pipeline` builds a diffusers pipeline from a diffusers folder of either family, told apart by its configs
+(`read_sd_model`: SDXL's size embedding, 2048-wide cross-attention, second text encoder), never by its name:
+SD1.5 (llmga-sd15-t2i-v2, llmga-sd15-inpainting-v2, any SD1.5 folder; `load_sd15_pipeline`) or SDXL (llmga-sdxl-t2i,
+llmga-sdxl-inpainting-v2 with its 9-channel UNet, any SDXL base folder; `load_sdxl_pipeline`). Prompts go through
+`llmga.prompt.long_prompt` (SD1.5: up to 300 tokens, "llmga" or "lpw" mode) or `llmga.prompt.long_prompt_xl` (SDXL:
+the encoding LLMGA's SDXL models were trained with, which the official SDXL pipelines also run; no negative prompt
+gives zero negative embeddings, as `force_zeros_for_empty_prompt`) and reach diffusers' stock pipelines as
+`prompt_embeds` / `negative_prompt_embeds` (and SDXL's `pooled_prompt_embeds` / `negative_pooled_prompt_embeds`).
+Images go in and come out as PIL images; masks are [H, W] floats in [0, 1] (or PIL images), 1 / white where new
+content is painted.
 
-The official CLIs (cli-sd15.py, cli-sd15-inpainting.py) use 50 steps, guidance 7.5, negative "" and the scheduler
-saved with the model (PNDM for the released ones); callers pass those (the `python -m llmga` commands default to
-them). `llmga.sd.official` reproduces those scripts (their `--official` mode). Where this module differs from them:
-- no safety checker is loaded (the released folders name one; the official scripts ran it);
-- the prompt encoding is a choice: "llmga" (the default here), the one the SD UNet was trained with, or "lpw";
-- inpainting runs at the image's own size rounded to multiples of 8 (the official script stretches every input to
-  512x512 and returns 512x512), and the result is pasted back onto the input, so unmasked pixels are the input's
-  bit for bit (the official script keeps the VAE round trip everywhere);
+The official CLIs' settings (`llmga.sd.official.official_sampling`: cli-sd15.py 50 steps, guidance 7.5, 512x512;
+cli-sdxl.py 50 steps, 5.0, 1024x1024; cli-sdxl-inpainting.py 30 steps, 7.5, strength 0.8, 1024x1024) are what
+callers pass (the `python -m llmga` commands default to them); every run uses the scheduler saved with the model
+(PNDM for the released SD1.5 folders, Euler for the SDXL ones); SDXL's micro-conditioning (original and target size
+the output's, crop (0, 0)) is what the stock pipelines compute, as the official ones do. `llmga.sd.official`
+reproduces the scripts (their `--official` mode). Where this module differs from them:
+- no safety checker (SD1.5) or invisible watermark (SDXL) is loaded (the released SD1.5 folders name a checker the
+  official scripts ran; the SDXL watermark needs a package the official code does not install);
+- the SD1.5 prompt encoding is a choice: "llmga" (the default here), the one the SD UNet was trained with, or "lpw";
+- SD1.5 inpainting runs at the image's own size rounded to multiples of 8 (the official script stretches every input
+  to 512x512 and returns 512x512), SDXL inpainting at the pipeline's default 1024x1024 as the official script; either
+  result is resized back to the input's size and pasted back onto it, so unmasked pixels are the input's bit for bit
+  (the official scripts keep the VAE round trip everywhere);
 - seeds drive a CPU `torch.Generator`, so a seed gives the same image on any device (up to kernel differences).
 """
 
@@ -20,29 +32,60 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 
 from ..devices import device_and_dtype
 from ..errors import one_line
-from ..hub import SD_FILES
+from ..hub import SD_FILES, SDXL_FILES
 from ..images import mask_array, pil_to_tensor, tensor_to_pil
 from ..model_files import load_weights, read_config, state_dict_of
-from ..prompt.clip_binding import TransformersCLIP
+from ..prompt.clip_binding import TransformersCLIP, sdxl_long_prompt_embeddings
 from ..prompt.long_prompt import LPW_INPAINT_MAX_CHUNKS, LongPromptResult, encode_long_prompts
+from ..prompt.long_prompt_xl import SDXLLongPromptResult
 from . import canvas
 from .canvas import SD15_LATENT_SCALE, outpaint_canvas
-from .loading import FULL_PRECISION_WEIGHTS, SD15_CONTEXT_DIM, SD15LoadError, check_sd15_weights
+from .loading import (
+    FAMILIES,
+    FULL_PRECISION_WEIGHTS,
+    KINDS,
+    SD15_CONTEXT_DIM,
+    SDXL_PART_WEIGHTS,
+    SD15LoadError,
+    _config_kind,
+    check_sd15_weights,
+)
 
 logger = logging.getLogger(__name__)
 
-SDPipeline = StableDiffusionPipeline | StableDiffusionInpaintPipeline
+
+class _EmptyFp32ListFilter(logging.Filter):
+    """Drops diffusers' warning that a model has modules to keep in float32 when the list it names is empty: diffusers
+    0.3x/0.4x logs it on every `.to(dtype)`, and the SDXL pipelines cast their VAE on each call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []." not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFp32ListFilter())
+
+SDPipeline = (StableDiffusionPipeline | StableDiffusionInpaintPipeline | StableDiffusionXLPipeline
+              | StableDiffusionXLInpaintPipeline)
+PromptEncoding = LongPromptResult | SDXLLongPromptResult
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_PIPELINE_PARTS = (*PIPELINE_PARTS, "text_encoder_2", "tokenizer_2")
 # The configs diffusers reads besides those of the weighted parts (which `check_sd15_weights` reads).
 PIPELINE_CONFIGS = ("model_index.json", "scheduler/scheduler_config.json")
 REFETCH = "download the model again (an interrupted download leaves parts missing)"
@@ -55,6 +98,11 @@ INPAINT_CHANNELS = 9
 MASK_THRESHOLD = 0.5
 # The gray of a blank canvas (InpaintModelConditioning's value for masked pixels).
 BLANK_GRAY = 0.5
+# SDXL prompts have one encoding (train_text_to_image_sdxl*.py and pipeline_stable_diffusion_xl*_lpw.py agree).
+SDXL_ENCODING = "llmga"
+# Released names the messages suggest for each (family, inpainting).
+EXAMPLE_MODELS = {("sd15", False): "binxia/llmga-sd15-t2i-v2", ("sd15", True): "binxia/llmga-sd15-inpainting-v2",
+                  ("sdxl", False): "binxia/llmga-sdxl-t2i", ("sdxl", True): "binxia/llmga-sdxl-inpainting-v2"}
 
 
 class SDPipelineError(ValueError):
@@ -65,31 +113,117 @@ class SDPipelineError(ValueError):
 
 
 def is_inpainting_pipeline(pipe: SDPipeline) -> bool:
-    return isinstance(pipe, StableDiffusionInpaintPipeline)
+    return isinstance(pipe, (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline))
+
+
+def is_sdxl_pipeline(pipe: SDPipeline) -> bool:
+    return isinstance(pipe, (StableDiffusionXLPipeline, StableDiffusionXLInpaintPipeline))
+
+
+def pipeline_family(pipe: SDPipeline) -> str:
+    """"sdxl" or "sd15" (the keys of `llmga.sd.loading.FAMILIES`)."""
+    return "sdxl" if is_sdxl_pipeline(pipe) else "sd15"
+
+
+@dataclass(frozen=True)
+class SDModel:
+    """What a diffusers SD folder holds, read from its configs: its family ("sd15" / "sdxl") and its UNet's input
+    channels (4: text to image; 9: inpainting)."""
+
+    folder: Path
+    family: str
+    channels: int
+
+    @property
+    def inpainting(self) -> bool:
+        return self.channels == INPAINT_CHANNELS
+
+    @property
+    def family_name(self) -> str:
+        """"SD1.5" / "SDXL"."""
+        return FAMILIES[self.family].name
+
+    @property
+    def description(self) -> str:
+        """"an SDXL inpainting model (9-channel UNet)", "an SD1.5 text-to-image model (4-channel UNet)"."""
+        task = "inpainting" if self.inpainting else "text-to-image"
+        return f"an {self.family_name} {task} model ({self.channels}-channel UNet)"
 
 
 def unet_channels(folder: Path) -> int:
     """The UNet's input channels, after checking that `folder` is a complete SD1.5 diffusers folder (from the configs
     alone, before any weights are read)."""
+    return _checked_channels(Path(folder), "sd15")
+
+
+def read_sd_model(folder: str | Path) -> SDModel:
+    """The family and UNet channels of the diffusers folder `folder`, after checking it is a complete folder of its
+    family, from the configs alone (no weights are read). The family comes from what marks SDXL (`llmga.sd.loading`:
+    the UNet's `text_time` size embedding, 2048-wide cross-attention, a second text encoder, an XL pipeline class);
+    anything else must be SD1.5. Raises SDPipelineError, in one line, for a missing or incomplete folder, an SDXL
+    refiner, and models of other families."""
+    folder = Path(folder)
     if not folder.is_dir():
-        raise SDPipelineError(f"{folder} is not a folder: give a diffusers SD1.5 folder ({SD_FILES}) such as "
-                              "models/diffusers/llmga-sd15-t2i-v2 (single-file checkpoints load in ComfyUI)")
-    missing = [name for name in ("model_index.json", *PIPELINE_PARTS) if not (folder / name).exists()]
+        raise SDPipelineError(f"{folder} is not a folder: give a diffusers SD1.5 or SDXL folder ({SD_FILES}; SDXL "
+                              "adds text_encoder_2/, tokenizer_2/) such as models/diffusers/llmga-sd15-t2i-v2 or "
+                              "llmga-sdxl-t2i (single-file checkpoints load in ComfyUI)")
+    config = folder / "unet" / "config.json"
+    unet = read_config(config, SDPipelineError, REFETCH) if config.is_file() else {}
+    kind = _config_kind(folder, unet)
+    if kind == "sdxl-refiner":
+        raise SDPipelineError(f"{folder} is {KINDS[kind][0]}: choose an SDXL base model such as llmga-sdxl-t2i")
+    family = "sdxl" if kind == "sdxl" else "sd15"
+    return SDModel(folder, family, _checked_channels(folder, family))
+
+
+def _checked_channels(folder: Path, family: str) -> int:
+    """The UNet's input channels of the `family` folder `folder`, after checking from its configs that it is complete
+    and of that family."""
+    name = FAMILIES[family].name
+    parts, files = (SDXL_PIPELINE_PARTS, SDXL_FILES) if family == "sdxl" else (PIPELINE_PARTS, SD_FILES)
+    if not folder.is_dir():
+        raise SDPipelineError(f"{folder} is not a folder: give a diffusers {name} folder ({files}) such as "
+                              f"models/diffusers/{FAMILIES[family].example} (single-file checkpoints load in ComfyUI)")
+    missing = [part for part in ("model_index.json", *parts) if not (folder / part).exists()]
     if missing:
-        raise SDPipelineError(f"{folder} lacks {', '.join(missing)}: a diffusers SD1.5 folder holds {SD_FILES}; "
+        raise SDPipelineError(f"{folder} lacks {', '.join(missing)}: a diffusers {name} folder holds {files}; "
                               f"{REFETCH}")
-    for name in PIPELINE_CONFIGS:
-        read_config(folder / name, SDPipelineError, REFETCH)
+    for config in PIPELINE_CONFIGS:
+        read_config(folder / config, SDPipelineError, REFETCH)
     config = read_config(folder / "unet" / "config.json", SDPipelineError, REFETCH)
     width = config.get("cross_attention_dim", DIFFUSERS_DEFAULT_CONTEXT_DIM)
-    if width != SD15_CONTEXT_DIM:
+    if family == "sd15" and width != SD15_CONTEXT_DIM:
         raise SDPipelineError(f"{folder} is not an SD1.5 model (cross-attention width {width}; SD1.5 has "
                               f"{SD15_CONTEXT_DIM}): choose an SD1.5 folder such as llmga-sd15-t2i-v2")
     channels = config.get("in_channels", T2I_CHANNELS)
     if channels not in (T2I_CHANNELS, INPAINT_CHANNELS):
-        raise SDPipelineError(f"{folder} has a UNet with {channels} input channels; SD1.5 text-to-image UNets have "
+        raise SDPipelineError(f"{folder} has a UNet with {channels} input channels; {name} text-to-image UNets have "
                               f"{T2I_CHANNELS} and inpainting UNets {INPAINT_CHANNELS}")
     return channels
+
+
+def check_sd_task(model: SDModel, inpainting: bool) -> None:
+    """Raise SDPipelineError when an SDXL model is asked for the task it was not trained for: its text-to-image model
+    for inpainting, its inpainting model for text to image (SD1.5 serves both: a 9-channel UNet paints a blank canvas,
+    a 4-channel one inpaints by blending latents). inpainting: the task is inpainting / outpainting."""
+    if model.family != "sdxl" or model.inpainting == inpainting:
+        return
+    if inpainting:
+        raise SDPipelineError(f"{model.folder} is {model.description}: inpainting and outpainting need an SDXL "
+                              f"inpainting model such as {EXAMPLE_MODELS[('sdxl', True)]} (as cli-sdxl-inpainting.py)")
+    raise SDPipelineError(f"{model.folder} is {model.description}: text to image needs an SDXL text-to-image model "
+                          f"such as {EXAMPLE_MODELS[('sdxl', False)]} (as cli-sdxl.py), or inpaint with this one")
+
+
+def load_sd_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",
+                     dtype: str = "auto") -> SDPipeline:
+    """A diffusers pipeline of the folder's family (`read_sd_model`) on `device` in `dtype` (see `llmga.devices`):
+    `load_sd15_pipeline` (inpainting as there) or `load_sdxl_pipeline` (the pipeline class from the UNet; callers
+    check the task with `check_sd_task` first, and `text_to_image` / `inpaint` refuse the other one)."""
+    model = read_sd_model(folder)
+    if model.family == "sd15":
+        return load_sd15_pipeline(model.folder, inpainting=inpainting, device=device, dtype=dtype)
+    return load_sdxl_pipeline(model.folder, device=device, dtype=dtype)
 
 
 def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: str = "auto",
@@ -111,14 +245,48 @@ def load_sd15_pipeline(folder: str | Path, *, inpainting: bool = False, device: 
         raise SDPipelineError(str(error)) from error
     pipeline_class = StableDiffusionInpaintPipeline if inpainting or channels == INPAINT_CHANNELS \
         else StableDiffusionPipeline
+    return _from_pretrained(pipeline_class, folder, "SD1.5", device, dtype, safety_checker=None,
+                            feature_extractor=None, requires_safety_checker=False)
+
+
+def load_sdxl_pipeline(folder: str | Path, *, device: str = "auto",
+                       dtype: str = "auto") -> StableDiffusionXLPipeline | StableDiffusionXLInpaintPipeline:
+    """A diffusers SDXL pipeline from `folder` on `device` in `dtype` (see `llmga.devices`), without the invisible
+    watermark: StableDiffusionXLInpaintPipeline for a 9-channel UNet (llmga-sdxl-inpainting-v2), else
+    StableDiffusionXLPipeline (llmga-sdxl-t2i), whatever model_index.json names. Weights are read in full precision
+    where the folder has them, else its fp16 variant (as stabilityai's releases ship some parts). Raises
+    SDPipelineError, in one line, for a missing or incomplete folder, an SD1.5 folder or an SDXL refiner (from the
+    configs, before any weights are read) and for files diffusers cannot load (damaged, unsafe, not fitting their
+    configs). Any width loads (diffusers builds the configs' sizes), so tiny test models do too."""
+    model = read_sd_model(folder)
+    if model.family != "sdxl":
+        raise SDPipelineError(f"{model.folder} is {model.description}, not an SDXL model: load it as SD1.5 "
+                              "(`load_sd15_pipeline`) or choose an SDXL folder such as llmga-sdxl-t2i")
+    pipeline_class = StableDiffusionXLInpaintPipeline if model.inpainting else StableDiffusionXLPipeline
+    return _from_pretrained(pipeline_class, model.folder, "SDXL", device, dtype,
+                            variant=_weights_variant(model.folder, SDXL_PART_WEIGHTS), add_watermarker=False)
+
+
+def _weights_variant(folder: Path, parts: dict[str, tuple[str, ...]]) -> str | None:
+    """"fp16" when some part of `folder` holds only the fp16 variant of its weights (diffusers then takes the variant
+    where there is one and the full-precision files elsewhere), else None (full precision)."""
+    for part, names in parts.items():
+        if not any((folder / part / name).is_file() for name in names if ".fp16." not in name):
+            return "fp16"
+    return None
+
+
+def _from_pretrained(pipeline_class: type, folder: Path, family: str, device: str, dtype: str,
+                     **options) -> SDPipeline:
+    """`pipeline_class.from_pretrained(folder, **options)` in the pack's precision, moved to the pack's device; any
+    failure is an SDPipelineError naming the folder."""
     target, torch_dtype = device_and_dtype("sd", device, dtype)
     try:
         with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every version
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch_dtype, safety_checker=None,
-                                                  feature_extractor=None, requires_safety_checker=False)
+            pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch_dtype, **options)
     except Exception as error:  # any type for a damaged part: TypeError (a config), tokenizers' bare Exception
-        raise SDPipelineError(f"{folder} could not be loaded as an SD1.5 pipeline ({type(error).__name__}: "
+        raise SDPipelineError(f"{folder} could not be loaded as an {family} pipeline ({type(error).__name__}: "
                               f"{one_line(error)}): download the model again or choose another folder") from error
     return pipe.to(target)
 
@@ -158,22 +326,65 @@ def load_vae(path: str | Path, sd_folder: str | Path, pipe: SDPipeline) -> Autoe
 
 
 def encode_prompts(pipe: SDPipeline, prompt: str, negative: str, *, mode: str = "llmga",
-                   max_chunks: int | None = None) -> LongPromptResult:
-    """Both prompts through the long-prompt encoder with the pipeline's text encoder (see
-    `llmga.prompt.long_prompt` for the modes); each prompt that loses tokens is logged as a warning."""
-    clip = TransformersCLIP(pipe.text_encoder, pipe.tokenizer)
-    result = encode_long_prompts(prompt, negative, clip.tokenize, clip.encode, mode=mode, bos=clip.bos, eos=clip.eos,
-                                 pad=clip.pad, max_chunks=max_chunks)
+                   max_chunks: int | None = None) -> PromptEncoding:
+    """Both prompts through the pipeline family's long-prompt encoder (`llmga.prompt.long_prompt` for SD1.5, with
+    its modes; `llmga.prompt.long_prompt_xl` for SDXL, whose one mode is "llmga": an empty negative gives zeros);
+    each prompt that loses tokens is logged as a warning."""
+    if is_sdxl_pipeline(pipe):
+        check_encoding("sdxl", mode)
+        result = sdxl_long_prompt_embeddings(pipe.text_encoder, pipe.text_encoder_2, pipe.tokenizer, pipe.tokenizer_2,
+                                             prompt, negative, max_chunks=max_chunks)
+    else:
+        clip = TransformersCLIP(pipe.text_encoder, pipe.tokenizer)
+        result = encode_long_prompts(prompt, negative, clip.tokenize, clip.encode, mode=mode, bos=clip.bos,
+                                     eos=clip.eos, pad=clip.pad, max_chunks=max_chunks)
     for warning in result.truncation_warnings():
         logger.warning(warning)
     return result
 
 
-def pipeline_embeddings(pipe: SDPipeline, encoded: LongPromptResult) -> dict[str, torch.Tensor]:
-    """The pipeline's `prompt_embeds` / `negative_prompt_embeds` ([1, T, 768] on its device, in its text dtype)."""
-    dtype = pipe.text_encoder.dtype
-    return {"prompt_embeds": encoded.positive.cond.to(pipe.device, dtype),
-            "negative_prompt_embeds": encoded.negative.cond.to(pipe.device, dtype)}
+def check_encoding(family: str, mode: str) -> None:
+    """Raise SDPipelineError for an encoding `family` does not have: SDXL has only "llmga"."""
+    if family == "sdxl" and mode != SDXL_ENCODING:
+        raise SDPipelineError(f"SDXL prompts have one encoding, {SDXL_ENCODING!r} (LLMGA's SDXL models were trained "
+                              f"with it and the official SDXL pipelines run it), not {mode!r}: leave the encoding out "
+                              "or choose an SD1.5 model")
+
+
+def check_family_options(model: SDModel, *, encoding: str | None = None, strength: float | None = None) -> None:
+    """Raise SDPipelineError for an option `model`'s family does not take (None: not given): an encoding other than
+    "llmga" for SDXL, a strength other than 1 for SD1.5 (its inpainting repaints from pure noise, as
+    cli-sd15-inpainting.py; strength is SDXL inpainting's setting, 0.8 in cli-sdxl-inpainting.py)."""
+    if encoding is not None:
+        check_encoding(model.family, encoding)
+    if strength is not None and strength != 1 and model.family == "sd15":
+        raise SDPipelineError(f"strength {strength} is an SDXL inpainting setting (cli-sdxl-inpainting.py: 0.8) but "
+                              f"{model.folder} is {model.description}, which repaints from pure noise as "
+                              "cli-sd15-inpainting.py: leave the strength out or choose an SDXL inpainting model such "
+                              f"as {EXAMPLE_MODELS[('sdxl', True)]}")
+
+
+def pipeline_embeddings(pipe: SDPipeline, *encoded: PromptEncoding) -> dict[str, torch.Tensor]:
+    """The pipeline's prompt arguments for one or more encodings of the same length (stacked on the batch), on its
+    device in its text dtype: `prompt_embeds` / `negative_prompt_embeds` ([B, T, 768] for SD1.5, [B, L, 2048] for
+    SDXL) and, for SDXL, `pooled_prompt_embeds` / `negative_pooled_prompt_embeds` ([B, 1280])."""
+    if is_sdxl_pipeline(pipe):
+        dtype = pipe.text_encoder_2.dtype
+        parts = {"prompt_embeds": [e.embeddings for e in encoded],
+                 "negative_prompt_embeds": [e.negative_embeddings for e in encoded],
+                 "pooled_prompt_embeds": [e.pooled for e in encoded],
+                 "negative_pooled_prompt_embeds": [e.negative_pooled for e in encoded]}
+    else:
+        dtype = pipe.text_encoder.dtype
+        parts = {"prompt_embeds": [e.positive.cond for e in encoded],
+                 "negative_prompt_embeds": [e.negative.cond for e in encoded]}
+    return {name: torch.cat(tensors).to(pipe.device, dtype) for name, tensors in parts.items()}
+
+
+def pipeline_default_size(pipe: SDPipeline) -> int:
+    """The side of the square a pipeline works at when given no size: the UNet's sample size x the VAE's scale (512
+    for the released SD1.5 models, 1024 for the SDXL ones)."""
+    return pipe.unet.config.sample_size * pipe.vae_scale_factor
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -186,7 +397,7 @@ def check_size(width: int | None, height: int | None) -> None:
     for name, value in (("width", width), ("height", height)):
         if value is not None and (value < SD15_LATENT_SCALE or value % SD15_LATENT_SCALE):
             lower = max(SD15_LATENT_SCALE, value - value % SD15_LATENT_SCALE)
-            raise SDPipelineError(f"{name} is {value} but must be a positive multiple of {SD15_LATENT_SCALE} (SD1.5 "
+            raise SDPipelineError(f"{name} is {value} but must be a positive multiple of {SD15_LATENT_SCALE} (SD "
                                   f"latents are 1/8 of the image): use {lower} or {lower + SD15_LATENT_SCALE}")
 
 
@@ -201,34 +412,62 @@ def round_to_latent(size: int) -> int:
 def text_to_image(pipe: SDPipeline, prompt: str, negative: str = "", *, steps: int, cfg: float, seed: int,
                   width: int, height: int, mode: str = "llmga", count: int = 1) -> list[Image.Image]:
     """`count` images of width x height (multiples of 8) for `prompt`; image i is drawn with seed + i alone, so each
-    one is reproduced by its own seed. An inpainting pipeline paints a blank canvas under a whole-image mask (the
-    LLMGA inpainting UNet was trained with such masks for a quarter of its samples)."""
+    one is reproduced by its own seed. An SD1.5 inpainting pipeline paints a blank canvas under a whole-image mask (the
+    LLMGA inpainting UNet was trained with such masks for a quarter of its samples); an SDXL one is refused
+    (`check_sd_task`)."""
     check_size(width, height)
     if is_inpainting_pipeline(pipe):
+        _check_pipeline_task(pipe, inpainting=False)
         blank = Image.new("RGB", (width, height), (round(BLANK_GRAY * 255),) * 3)
         return inpaint(pipe, blank, np.ones((height, width), dtype=np.float32), prompt, negative, steps=steps,
-                       cfg=cfg, seed=seed, mode=mode, count=count, paste_back=False)
+                       cfg=cfg, seed=seed, mode=mode, count=count, paste_back=False, size=(width, height))
     embeddings = pipeline_embeddings(pipe, encode_prompts(pipe, prompt, negative, mode=mode))
     return [pipe(**embeddings, num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                  generator=seeded_generator(seed + index)).images[0] for index in range(count)]
 
 
+def _check_pipeline_task(pipe: SDPipeline, inpainting: bool) -> None:
+    """`check_sd_task` for a loaded pipeline."""
+    folder = Path(getattr(pipe, "name_or_path", None) or "the model")
+    check_sd_task(SDModel(folder, pipeline_family(pipe), pipe.unet.config.in_channels), inpainting)
+
+
+def check_strength(strength: float, steps: int) -> None:
+    """Raise SDPipelineError unless 0 < strength <= 1 leaves at least one of `steps` denoising steps (diffusers runs
+    int(steps * strength) of them)."""
+    if not 0 < strength <= 1:
+        raise SDPipelineError(f"strength is {strength} but must be in (0, 1]: 1 repaints from pure noise, 0.8 (SDXL "
+                              "inpainting's official value) keeps a fifth of the picture under the mask")
+    if int(steps * strength) < 1:
+        raise SDPipelineError(f"strength {strength} at {steps} steps leaves no denoising step (diffusers runs "
+                              f"int(steps x strength)): use more steps or a larger strength")
+
+
 def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image, prompt: str, negative: str = "", *,
             steps: int, cfg: float, seed: int, mode: str = "llmga", count: int = 1,
-            size: tuple[int, int] | None = None, paste_back: bool = True, feathering: int = 0) -> list[Image.Image]:
+            size: tuple[int, int] | None = None, paste_back: bool = True, feathering: int = 0,
+            strength: float = 1.0) -> list[Image.Image]:
     """`count` inpainted versions of `image` (seeds seed, seed + 1, ...), each the size of `image`.
 
     mask: [H, W] float in [0, 1] or a grayscale PIL image, the image's size; SD repaints where it is >= 0.5 (the
-    official binarisation). size: (width, height) SD runs at, multiples of 8; None: the image's size rounded to
-    multiples of 8. The result is resized back to the image's size. paste_back: composite onto the input with
-    `canvas.paste_back` (the mask as given, so pixels where it is 0 stay the input's exactly, and soft mask values
-    blend); feathering: pixels inside the mask over which the generated image fades in.
+    official binarisation). size: (width, height) SD runs at, multiples of 8; None: for SD1.5 the image's size rounded
+    to multiples of 8, for SDXL the pipeline's default square (`pipeline_default_size`: 1024x1024, as
+    cli-sdxl-inpainting.py). The result is resized back to the image's size. paste_back: composite onto the input
+    with `canvas.paste_back` (the mask as given, so pixels where it is 0 stay the input's exactly, and soft mask
+    values blend); feathering: pixels inside the mask over which the generated image fades in. strength: how far
+    the picture under the mask is noised before denoising (1: pure noise, as the SD1.5 scripts; SDXL's official
+    0.8 runs int(steps x 0.8) steps from the noised picture).
     """
     if not is_inpainting_pipeline(pipe):
+        if is_sdxl_pipeline(pipe):
+            _check_pipeline_task(pipe, inpainting=True)
         raise SDPipelineError("inpainting needs a pipeline loaded with inpainting=True (or a 9-channel inpainting "
                               "UNet such as llmga-sd15-inpainting-v2)")
+    check_strength(strength, steps)
     image = image.convert("RGB")
     soft_mask = mask_array(mask, image.size, threshold=MASK_THRESHOLD, action="paint")
+    if size is None and is_sdxl_pipeline(pipe):
+        size = (pipeline_default_size(pipe),) * 2
     width, height = size or (round_to_latent(image.width), round_to_latent(image.height))
     check_size(width, height)
     sd_image = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
@@ -239,9 +478,9 @@ def inpaint(pipe: SDPipeline, image: Image.Image, mask: np.ndarray | Image.Image
     original = pil_to_tensor(image)
     results = []
     for index in range(count):
-        generated = pipe(**embeddings, image=sd_image, mask_image=sd_mask, width=width, height=height, strength=1.0,
-                         num_inference_steps=steps, guidance_scale=cfg, generator=seeded_generator(seed + index),
-                         output_type="pt").images  # [1, 3, h, w] in [0, 1]
+        generated = pipe(**embeddings, image=sd_image, mask_image=sd_mask, width=width, height=height,
+                         strength=strength, num_inference_steps=steps, guidance_scale=cfg,
+                         generator=seeded_generator(seed + index), output_type="pt").images  # [1, 3, h, w] in [0, 1]
         generated = generated.float().cpu()
         if (width, height) != image.size:
             generated = torch.nn.functional.interpolate(generated, size=(image.height, image.width), mode="bicubic",
@@ -270,8 +509,10 @@ def outpaint_inputs(image: Image.Image, left: int, top: int, right: int, bottom:
 
 def outpaint(pipe: SDPipeline, image: Image.Image, left: int, top: int, right: int, bottom: int, prompt: str,
              negative: str = "", *, steps: int, cfg: float, seed: int, mode: str = "llmga", count: int = 1,
-             feathering: int = 0) -> list[Image.Image]:
-    """`image` extended by left/top/right/bottom pixels (grown to multiples of 8): `outpaint_inputs` + `inpaint`.
-    feathering: pixels of the original next to the new area that are repainted and blended softly."""
+             feathering: int = 0, size: tuple[int, int] | None = None, strength: float = 1.0) -> list[Image.Image]:
+    """`image` extended by left/top/right/bottom pixels (grown to multiples of 8): `outpaint_inputs` + `inpaint`
+    (size and strength as there). feathering: pixels of the original next to the new area that are repainted and
+    blended softly."""
     padded, mask = outpaint_inputs(image, left, top, right, bottom, feathering)
-    return inpaint(pipe, padded, mask, prompt, negative, steps=steps, cfg=cfg, seed=seed, mode=mode, count=count)
+    return inpaint(pipe, padded, mask, prompt, negative, steps=steps, cfg=cfg, seed=seed, mode=mode, count=count,
+                   size=size, strength=strength)
