@@ -27,6 +27,7 @@ from torchvision.transforms.functional import crop as tv_crop
 from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
 
 from llmga.prompt.clip_binding import sdxl_caption_embeddings, sdxl_long_prompt_embeddings
+from llmga.sd.pipelines import inpaint, load_sd_pipeline, text_to_image
 from training.common import ConfigError, load_config
 from training.data.datasets import crop_training_image
 from training.stage2_sd import (
@@ -222,7 +223,7 @@ def test_mixed_precision_keeps_the_sdxl_vae_in_float32(models):
 # --- the written folder ------------------------------------------------------------------------------------------
 
 
-def test_the_written_t2i_folder_loads_in_diffusers_and_generates_from_long_prompt_embeddings(trained):
+def test_the_written_t2i_folder_loads_and_generates_through_the_pack_and_diffusers(trained):
     config, result = trained["t2i"]
     base = Path(config.pretrained_model)
     for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
@@ -241,6 +242,10 @@ def test_the_written_t2i_folder_loads_in_diffusers_and_generates_from_long_promp
                  width=RESOLUTION, height=RESOLUTION, generator=torch.Generator().manual_seed(0)).images[0]
     assert encoded.length == 152
     assert image.size == (RESOLUTION, RESOLUTION) and np.asarray(image).std() > 0
+    pipe = load_sd_pipeline(result.output_dir, device="cpu", dtype="fp32")  # what `llmga generate --sd` runs
+    assert isinstance(pipe, StableDiffusionXLPipeline)
+    image = text_to_image(pipe, LONG_PROMPT, steps=2, cfg=5.0, seed=0, width=RESOLUTION, height=RESOLUTION)[0]
+    assert image.size == (RESOLUTION, RESOLUTION) and np.asarray(image).std() > 0
 
 
 def test_the_written_inpainting_folder_has_a_9_channel_unet_and_inpaints(trained):
@@ -253,6 +258,10 @@ def test_the_written_inpainting_folder_has_a_9_channel_unet_and_inpaints(trained
     out = pipe("a blue circle", image=picture, mask_image=mask, num_inference_steps=2, strength=0.8,
                width=RESOLUTION, height=RESOLUTION, generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == picture.size and np.isfinite(np.asarray(out, np.float32)).all()
+    pipe = load_sd_pipeline(result.output_dir, inpainting=True, device="cpu", dtype="fp32")  # `llmga inpaint --sd`
+    out = inpaint(pipe, picture, np.asarray(mask, np.float32) / 255, "a blue circle", steps=2, cfg=5.0, seed=0,
+                  size=(RESOLUTION, RESOLUTION), strength=0.8)[0]
+    assert out.size == picture.size and np.asarray(out)[0, 0].tolist() == [200, 30, 30]
 
 
 def test_training_logs_every_step_to_jsonl(trained):
@@ -347,21 +356,25 @@ def test_the_shipped_sdxl_configs_carry_the_official_hyper_parameters():
             "bf16", True, 2000, 2)
 
 
-def sd15_unet_config(folder: Path) -> Path:
-    """A folder whose UNet config is SD1.5's (no size conditioning): enough for the family check, which reads only
-    that file."""
-    (folder / "unet").mkdir(parents=True)
+def sd15_configs(folder: Path) -> Path:
+    """An SD1.5 diffusers folder's configs and part folders, without weights: what the family check reads (the
+    trainer refuses the family before it reads any weights)."""
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (folder / part).mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "PNDMScheduler"}))
     (folder / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel",
                                                              "cross_attention_dim": 768, "in_channels": 4}))
     return folder
 
 
 def test_a_base_model_of_the_other_family_is_named_with_the_key_to_set(models, image_folder, tmp_path):
-    with pytest.raises(ConfigError, match="is an SDXL model, but family is sd15: set family: sdxl"):
+    with pytest.raises(ConfigError, match=r"is an SDXL text-to-image model \(4-channel UNet\), but family is sd15: "
+                       r"set family: sdxl \(as training/configs/stage2_sdxl_t2i.yaml does\)"):
         train(make_config(models["t2i"], image_folder, tmp_path / "a", family="sd15"))
     reset_accelerate()
-    with pytest.raises(ConfigError, match="is an SD1.5 model, but family is sdxl: set family: sd15"):
-        train(make_config(sd15_unet_config(tmp_path / "sd15"), image_folder, tmp_path / "b"))
+    with pytest.raises(ConfigError, match="is an SD1.5 text-to-image model .*, but family is sdxl: set family: sd15"):
+        train(make_config(sd15_configs(tmp_path / "sd15"), image_folder, tmp_path / "b"))
 
 
 def test_a_unet_of_the_other_task_is_refused(models, image_folder, tmp_path):
@@ -373,7 +386,7 @@ def test_a_folder_without_the_second_tokenizer_is_named(models, image_folder, tm
     base = tmp_path / "base"
     shutil.copytree(models["t2i"], base)
     shutil.rmtree(base / "tokenizer_2")
-    with pytest.raises(ConfigError, match="lacks tokenizer_2: an SDXL diffusers folder holds"):
+    with pytest.raises(ConfigError, match="lacks tokenizer_2: a diffusers SDXL folder holds"):
         train(make_config(base, image_folder, tmp_path / "out"))
 
 

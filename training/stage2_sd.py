@@ -59,11 +59,10 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from llmga.devices import mixed_precision_dtype
 from llmga.errors import one_line
-from llmga.model_files import read_config
 from llmga.prompt.clip_binding import TransformersCLIP, sdxl_caption_embeddings
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
 from llmga.sd.loading import FAMILIES, FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
-from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, unet_channels
+from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, read_sd_model
 
 from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
 from .data.datasets import DataError, crop_training_image, open_training_image, read_t2i, read_user_captions
@@ -72,9 +71,8 @@ from .loop import MicroStep, TrainingRun, TrainResult
 
 MaskFn = Callable[[int, int, np.random.Generator], np.ndarray]
 TASK_CHANNELS = {"t2i": T2I_CHANNELS, "inpaint": INPAINT_CHANNELS}
-# The parts of an SDXL diffusers folder (stabilityai/stable-diffusion-xl-base-1.0's layout).
-SDXL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-SDXL_EXAMPLE_CONFIG = "training/configs/stage2_sdxl_t2i.yaml"
+# A config of each family, named when the base model is of the other.
+FAMILY_CONFIGS = {"sd15": "training/configs/stage2_t2i.yaml", "sdxl": "training/configs/stage2_sdxl_t2i.yaml"}
 
 
 @dataclass
@@ -234,33 +232,6 @@ class SDParts:
     text_encoder_2: CLIPTextModelWithProjection | None = None
 
 
-def _check_family(folder: Path, family: str) -> None:
-    """ConfigError when the UNet config of `folder` says it is the other family (SDXL's marks its size conditioning,
-    `addition_embed_type: text_time`); a missing or broken config is left to the family's own checks."""
-    try:
-        unet = read_config(folder / "unet" / "config.json", ConfigError, "")
-    except ConfigError:
-        return
-    found = "sdxl" if unet.get("addition_embed_type") == "text_time" else "sd15"
-    if found != family:
-        example = SDXL_EXAMPLE_CONFIG if found == "sdxl" else "training/configs/stage2_t2i.yaml"
-        raise ConfigError(f"pretrained_model {folder} is an {FAMILIES[found].name} model, but family is {family}: set "
-                          f"family: {found} (as {example} does) or choose an {FAMILIES[family].name} folder")
-
-
-def _sdxl_channels(folder: Path) -> int:
-    """The UNet's input channels of the SDXL diffusers folder `folder`, after checking that its parts are there."""
-    if not folder.is_dir():
-        raise ConfigError(f"pretrained_model {folder} is not a folder: give an SDXL diffusers folder such as "
-                          "stabilityai/stable-diffusion-xl-base-1.0 downloaded with huggingface-cli")
-    missing = [name for name in ("model_index.json", *SDXL_PARTS) if not (folder / name).exists()]
-    if missing:
-        raise ConfigError(f"pretrained_model {folder} lacks {', '.join(missing)}: an SDXL diffusers folder holds "
-                          f"model_index.json and {', '.join(SDXL_PARTS)}; download it again")
-    return read_config(folder / "unet" / "config.json", ConfigError, "download the model again").get(
-        "in_channels", T2I_CHANNELS)
-
-
 def _load_sdxl_parts(folder: Path) -> tuple[CLIPTextModel, CLIPTextModelWithProjection, AutoencoderKL]:
     """SDXL's frozen parts (text encoders and VAE), a failure of any in one line naming it."""
     loaders = (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection),
@@ -281,20 +252,19 @@ def load_sd_parts(folder: str | Path, task: str, accelerator: Accelerator | None
     as stored (`place_frozen_parts` sets their dtype), after checking that it is that family and its UNet fits `task`
     (4 / 9 input channels). `accelerator`: the run's, so DeepSpeed ZeRO-3 leaves the frozen parts whole."""
     folder = Path(folder)
-    _check_family(folder, family)
-    if family == "sdxl":
-        channels = _sdxl_channels(folder)
-    else:
-        try:
-            channels = unet_channels(folder)
+    try:
+        model = read_sd_model(folder)  # the family and UNet channels, from the configs of a complete folder
+        if model.family != family:
+            raise ConfigError(f"pretrained_model {folder} is {model.description}, but family is {family}: set "
+                              f"family: {model.family} (as {FAMILY_CONFIGS[model.family]} does) or choose an "
+                              f"{FAMILIES[family].name} folder")
+        if family == "sd15":
             check_sd15_weights(folder, FULL_PRECISION_WEIGHTS)  # whole, safe, and what the configs describe
-        except (SDPipelineError, SD15LoadError) as error:
-            raise ConfigError(f"pretrained_model: {error}") from error
+    except (SDPipelineError, SD15LoadError) as error:
+        raise ConfigError(f"pretrained_model: {error}") from error
+    channels = model.channels
     if channels != TASK_CHANNELS[task]:
-        other = next((name for name, n in TASK_CHANNELS.items() if n == channels), None)
-        if other is None:
-            raise ConfigError(f"pretrained_model {folder} has a {channels}-channel UNet; stage 2 trains "
-                              f"{T2I_CHANNELS}-channel (t2i) and {INPAINT_CHANNELS}-channel (inpaint) UNets")
+        other = next(name for name, n in TASK_CHANNELS.items() if n == channels)
         raise ConfigError(f"pretrained_model {folder} has a {channels}-channel UNet, which trains task '{other}', "
                           f"not '{task}': set task: {other} or choose a {TASK_CHANNELS[task]}-channel model")
     second = {}
