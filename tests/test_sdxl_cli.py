@@ -302,6 +302,12 @@ def _bad_cases(tmp_path: Path, sdxl, sd15) -> dict[str, tuple[list[str], str]]:
         "strength leaves no step": (
             ["inpaint", "--sd", str(sdxl.inpainting), "--strength", "0.1", "--steps", "5", *inputs],
             "strength 0.1 at 5 steps leaves no denoising step"),
+        "steps 0 names the sdxl inpainting official": (
+            ["inpaint", "--sd", str(sdxl.inpainting), "--steps", "0", *inputs],
+            "--steps is 0 but must be 1 or more (official: 30)"),
+        "cfg -1 names the sdxl official": (
+            ["generate", "--sd", str(sdxl.t2i), "--cfg", "-1"],
+            "--cfg is -1.0 but must be 0 or more (official: 5.0)"),
         "sdxl refiner": (
             ["generate", "--sd", str(tmp_path / "refiner")],
             "is an SDXL refiner"),

@@ -128,7 +128,6 @@ def _run_sd(args: argparse.Namespace) -> int:
     sd_path = common.model_path(args.sd, args.models_dir, "diffusers", args.allow_download)
     model = read_sd_model(sd_path)
     _settle_for_model(args, model)
-    _note_whole_mask(args, picture)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     reply, prompt = (None, args.message) if args.mllm is None else _ask_assistant(args, picture, seed)
     print(f"Generation prompt: {prompt}", flush=True)
@@ -151,16 +150,16 @@ def _check_official(args: argparse.Namespace) -> None:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    """What can be checked before the model is known: --official's fixed options, the numbers given, the message
+    """What can be checked before the model is fetched: --official's fixed options, the numbers given, the message
     and --out."""
     from ..sd.pipelines import check_size
 
     _check_official(args)
     if args.steps is not None:
-        common.check_at_least(args.steps, 1, "--steps")
+        common.check_at_least(args.steps, 1, "--steps", _official_note(args, "steps"))
     common.check_at_least(args.count, 1, "--count")
     if args.cfg is not None:
-        common.check_at_least(args.cfg, 0, "--cfg")
+        common.check_at_least(args.cfg, 0, "--cfg", _official_note(args, "cfg"))
     strength = getattr(args, "strength", None)
     if strength is not None and not 0 < strength <= 1:
         raise InputError(f"--strength is {strength} but must be in (0, 1] (1: pure noise; SDXL's official 0.8)")
@@ -169,6 +168,25 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.sd_command == "generate" and not args.message.strip():
         raise InputError("give a message: the short prompt to generate from (e.g. \"a red fox in the snow\")")
     common.check_png_out(args.out)
+
+
+def _local_official(args: argparse.Namespace):
+    """The official settings (`official_sampling`) for the --sd model when it is at hand without a download, for
+    messages before it is fetched; None when it is not."""
+    from ..sd.official import official_sampling
+    from ..sd.pipelines import read_sd_model
+
+    try:
+        model = read_sd_model(common.model_path(args.sd, args.models_dir, "diffusers", allow_download=False))
+    except (ValueError, OSError):
+        return None
+    return official_sampling(model.family, args.sd_command != "generate")
+
+
+def _official_note(args: argparse.Namespace, name: str) -> str:
+    """" (official: 50)" for the --sd model when it is at hand, else ""."""
+    official = _local_official(args)
+    return "" if official is None else f" (official: {getattr(official, name)})"
 
 
 def _settle_for_model(args: argparse.Namespace, model) -> None:
@@ -191,7 +209,6 @@ def _settle_for_model(args: argparse.Namespace, model) -> None:
     if args.sd_command == "generate" and not args.official:
         args.width, args.height = args.width or official.size, args.height or official.size
     args.family = model.family
-    args.official_size = official.size
 
 
 def _read_picture(args: argparse.Namespace) -> Picture | None:
@@ -207,24 +224,22 @@ def _read_picture(args: argparse.Namespace) -> Picture | None:
     if args.sd_command == "inpaint":
         threshold = MASK_LEVEL / 255 if args.official else MASK_THRESHOLD
         mask = mask_array(open_image(args.mask, "L"), image.size, threshold=threshold, action="paint")
+        if (mask >= threshold).all():
+            _note_whole_mask(args)
         return Picture(image, mask)
     canvas, mask = outpaint_inputs(image, args.left, args.top, args.right, args.bottom, args.feathering,
                                    multiple=1 if args.official else SD15_LATENT_SCALE)
     return Picture(canvas, mask)
 
 
-def _note_whole_mask(args: argparse.Namespace, picture: Picture | None) -> None:
-    """A note when an inpainting mask leaves none of the picture."""
-    from ..sd.official import MASK_LEVEL
-    from ..sd.pipelines import MASK_THRESHOLD
-
-    if args.sd_command != "inpaint":
-        return
-    threshold = MASK_LEVEL / 255 if args.official else MASK_THRESHOLD
-    if (picture.mask >= threshold).all():
-        size = f"at {args.official_size}x{args.official_size}" if args.official else "of its size"
-        print("note: the mask covers the whole picture, so none of it is kept: inpainting paints a new picture "
-              f"{size} (as generate does)", file=sys.stderr)
+def _note_whole_mask(args: argparse.Namespace) -> None:
+    """The note for an inpainting mask that leaves none of the picture (said while the inputs are read)."""
+    size = "of its size"
+    if args.official:
+        official = _local_official(args)
+        size = "at the official script's size" if official is None else f"at {official.size}x{official.size}"
+    print("note: the mask covers the whole picture, so none of it is kept: inpainting paints a new picture "
+          f"{size} (as generate does)", file=sys.stderr)
 
 
 def _ask_assistant(args: argparse.Namespace, picture: Picture | None, seed: int) -> tuple[str, str]:
