@@ -34,6 +34,20 @@ SD_INPAINT = "binxia/llmga-sd15-inpainting-v2"
 SAMPLER = {"steps": 50, "cfg": 7.5, "sampler_name": "ipndm", "scheduler": "ddim_uniform", "denoise": 1.0}
 # cli-sd15-inpainting.py binarises the mask at >= 125/255; ThresholdMask keeps mask > value, the same on 8-bit masks.
 MASK_THRESHOLD = 0.49
+SDXL_T2I = "binxia/llmga-sdxl-t2i"
+SDXL_INPAINT = "binxia/llmga-sdxl-inpainting-v2"
+# Sampling for LLMGA's SDXL as cli-sdxl.py runs it: 50 steps of the model repo's EulerDiscreteScheduler (SDXL base's,
+# 'leading' timesteps 981, 961, ..., 1) at CFG 5.0, 1024x1024. ComfyUI's euler is the same step and ddim_uniform gives
+# exactly those timesteps (normal would space them from 999 down to 0).
+SDXL_SAMPLER = {"steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 1.0}
+# cli-sdxl-inpainting.py: 30 steps at strength 0.8 and the pipeline's CFG 7.5. diffusers then runs the last
+# int(30 x 0.8) = 24 of the 30-step schedule (760, 727, ..., 1) from the picture noised to timestep 760; KSampler counts
+# the steps it runs: 24 steps at denoise 0.8 build int(24 / 0.8) = 30 and run the same last 24.
+SDXL_INPAINT_SAMPLER = {"steps": 24, "cfg": 7.5, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 0.8}
+# StableDiffusionXLInpaintPipeline binarises the mask at 0.5 (>= 128/255 on 8-bit masks, i.e. > 0.5).
+SDXL_MASK_THRESHOLD = 0.5
+SDXL_SIZE = 1024
+SDXL_CONTROLNET = "controlnet-canny-sdxl-1.0.safetensors"
 # stabilityai/sd-vae-ft-mse (what cli-sd15-editing.py loads) as ComfyUI users keep it: the single-file release of the
 # same weights in stabilityai/sd-vae-ft-mse-original.
 EDIT_VAE = "vae-ft-mse-840000-ema-pruned.safetensors"
@@ -50,6 +64,30 @@ class Node:
     links: dict = field(default_factory=dict)  # input name -> (source node id, output slot)
     title: str | None = None
     size: tuple[int, int] = (340, 120)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a workflow changes between LLMGA's SD1.5 and SDXL models: the loader and long-prompt encoder nodes, the
+    released models, the official sampling (text to image, inpainting), the latent size and the UNet's mask threshold.
+    pure_noise_inpaint: the official inpainting starts from pure noise (strength 1.0) rather than the noised picture."""
+
+    loader: str
+    encoder: str
+    t2i: str
+    inpaint: str
+    sampler: dict
+    inpaint_sampler: dict
+    size: int
+    mask_threshold: float
+    pure_noise_inpaint: bool
+    encoder_size: tuple[int, int]
+
+
+SD15 = Family("LLMGALoadSD15", "LLMGALongPromptEncode", SD_T2I, SD_INPAINT, SAMPLER, SAMPLER, 512, MASK_THRESHOLD,
+              True, (360, 260))
+SDXL = Family("LLMGALoadSDXL", "LLMGALongPromptEncodeSDXL", SDXL_T2I, SDXL_INPAINT, SDXL_SAMPLER,
+              SDXL_INPAINT_SAMPLER, SDXL_SIZE, SDXL_MASK_THRESHOLD, False, (360, 420))
 
 
 @dataclass
@@ -134,16 +172,17 @@ def assistant_nodes(task: str, message: str, *, image=None, mask=None, history=N
             Node(chat_id, "LLMGAChat", (420, 340), {"message": message, "task": task}, links, size=(400, 440))]
 
 
-def t2i_nodes(prompt_from: tuple[int, int], first_id: int, x: int = 880, model: str = SD_T2I, *,
+def t2i_nodes(prompt_from: tuple[int, int], first_id: int, x: int = 880, family: Family = SD15, *,
               with_loader: bool = True, seed: int = 0, y: int = 340) -> list[Node]:
     loader, encode, latent, sampler, decode, save = range(first_id, first_id + 6)
-    nodes = [Node(loader, "LLMGALoadSD15", (x, y - 240), {"model": model}, size=(340, 100))] if with_loader else []
+    nodes = [Node(loader, family.loader, (x, y - 240), {"model": family.t2i}, size=(340, 100))] if with_loader else []
     sd = first_id if with_loader else 10
     return nodes + [
-        Node(encode, "LLMGALongPromptEncode", (x, y), {"negative_prompt": ""}, {"clip": (sd, 1), "prompt": prompt_from},
-             size=(360, 260)),
-        Node(latent, "EmptyLatentImage", (x, y + 520), {"width": 512, "height": 512}, size=(320, 110)),
-        Node(sampler, "KSampler", (x + 400, y), {"seed": seed, **SAMPLER},
+        Node(encode, family.encoder, (x, y), {"negative_prompt": ""}, {"clip": (sd, 1), "prompt": prompt_from},
+             size=family.encoder_size),
+        Node(latent, "EmptyLatentImage", (x, y + family.encoder_size[1] + 260),
+             {"width": family.size, "height": family.size}, size=(320, 110)),
+        Node(sampler, "KSampler", (x + 400, y), {"seed": seed, **family.sampler},
              {"model": (sd, 0), "positive": (encode, 0), "negative": (encode, 1), "latent_image": (latent, 0)},
              size=(320, 270)),
         Node(decode, "VAEDecode", (x + 760, y), {}, {"samples": (sampler, 0), "vae": (sd, 2)}, size=(220, 50)),
@@ -152,24 +191,28 @@ def t2i_nodes(prompt_from: tuple[int, int], first_id: int, x: int = 880, model: 
     ]
 
 
-def inpaint_nodes(pixels: tuple[int, int], mask: tuple[int, int], prompt_from: tuple[int, int], x: int = 880
-                  ) -> list[Node]:
-    """The official 9-channel pipeline on native nodes: the UNet gets the mask binarised (ThresholdMask), sampling
-    starts from pure noise (the encoded picture x 0) and never blends the picture back in (noise_mask off: the model
-    keeps the context itself); the soft mask serves Paste Back only."""
+def inpaint_nodes(pixels: tuple[int, int], mask: tuple[int, int], prompt_from: tuple[int, int], x: int = 880,
+                  family: Family = SD15) -> list[Node]:
+    """The official 9-channel pipeline on native nodes: the UNet gets the mask binarised (ThresholdMask) and sampling
+    never blends the picture back in (noise_mask off: the model keeps the context itself); SD1.5 starts from pure
+    noise (the encoded picture x 0), SDXL from the encoded picture noised to its denoise (strength 0.8). The soft mask
+    serves Paste Back only."""
+    below = family.encoder_size[1] + 60
+    pure_noise = [Node(19, "LatentMultiply", (x + 400, 680), {"multiplier": 0.0}, {"samples": (12, 2)},
+                       title="Pure noise start (official)", size=(320, 80))] if family.pure_noise_inpaint else []
     return [
-        Node(10, "LLMGALoadSD15", (x, 100), {"model": SD_INPAINT}, size=(340, 100)),
-        Node(11, "LLMGALongPromptEncode", (x, 340), {"negative_prompt": ""}, {"clip": (10, 1), "prompt": prompt_from},
-             size=(360, 260)),
-        Node(18, "ThresholdMask", (x, 660), {"value": MASK_THRESHOLD}, {"mask": mask}, title="Binary mask (official)",
-             size=(320, 80)),
-        Node(12, "InpaintModelConditioning", (x, 860), {"noise_mask": False},
+        Node(10, family.loader, (x, 100), {"model": family.inpaint}, size=(340, 100)),
+        Node(11, family.encoder, (x, 340), {"negative_prompt": ""}, {"clip": (10, 1), "prompt": prompt_from},
+             size=family.encoder_size),
+        Node(18, "ThresholdMask", (x, 340 + below), {"value": family.mask_threshold}, {"mask": mask},
+             title="Binary mask (official)", size=(320, 80)),
+        Node(12, "InpaintModelConditioning", (x, 540 + below), {"noise_mask": False},
              {"positive": (11, 0), "negative": (11, 1), "vae": (10, 2), "pixels": pixels, "mask": (18, 0)},
              size=(320, 140)),
-        Node(19, "LatentMultiply", (x + 400, 680), {"multiplier": 0.0}, {"samples": (12, 2)},
-             title="Pure noise start (official)", size=(320, 80)),
-        Node(13, "KSampler", (x + 400, 340), {"seed": 0, **SAMPLER},
-             {"model": (10, 0), "positive": (12, 0), "negative": (12, 1), "latent_image": (19, 0)}, size=(320, 270)),
+        *pure_noise,
+        Node(13, "KSampler", (x + 400, 340), {"seed": 0, **family.inpaint_sampler},
+             {"model": (10, 0), "positive": (12, 0), "negative": (12, 1),
+              "latent_image": (19, 0) if family.pure_noise_inpaint else (12, 2)}, size=(320, 270)),
         Node(14, "VAEDecode", (x + 760, 340), {}, {"samples": (13, 0), "vae": (10, 2)}, size=(220, 50)),
         Node(15, "LLMGAPasteBack", (x + 760, 440), {"feathering": 8},
              {"original": pixels, "generated": (14, 0), "mask": mask}, size=(300, 130)),
@@ -186,6 +229,20 @@ def with_restore(nodes: list[Node], pixels: tuple[int, int], mask: tuple[int, in
         Node(15, "LLMGADiffRIRRestore", (x + 760, 700), {"seed": 0},
              {"diffrir": (17, 0), "generated": (14, 0), "reference": pixels, "mask": mask}, size=(300, 250)),
         Node(16, "SaveImage", (x + 1100, 340), {"filename_prefix": "llmga"}, {"images": (15, 0)}, size=(400, 420)),
+    ]
+
+
+def controlnet_nodes(family: Family, controlnet: str) -> list[Node]:
+    """Text-to-image nodes with the prompt's conditioning through ControlNetApplyAdvanced (control image: node 4)."""
+    return [
+        *[n for n in t2i_nodes((3, 1), 10, family=family) if n.type != "KSampler"],
+        Node(20, "ControlNetLoader", (880, 1000 + family.encoder_size[1] - 260), {"control_net_name": controlnet},
+             size=(340, 60)),
+        Node(21, "ControlNetApplyAdvanced", (1280, 100), {"strength": 0.8, "start_percent": 0.0, "end_percent": 1.0},
+             {"positive": (11, 0), "negative": (11, 1), "control_net": (20, 0), "image": (4, 0), "vae": (10, 2)},
+             size=(320, 190)),
+        Node(13, "KSampler", (1280, 340), {"seed": 0, **family.sampler},
+             {"model": (10, 0), "positive": (21, 0), "negative": (21, 1), "latent_image": (12, 0)}, size=(320, 270)),
     ]
 
 
@@ -289,17 +346,7 @@ WORKFLOWS = [
              [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, title="Control image",
                              size=(340, 320)),
               *assistant_nodes("text_to_image", "a lighthouse on a cliff in a storm"),
-              *[n for n in t2i_nodes((3, 1), 10) if n.type != "KSampler"],
-              Node(20, "ControlNetLoader", (880, 1000), {"control_net_name": "control_v11p_sd15_lineart.pth"},
-                   size=(340, 60)),
-              Node(21, "ControlNetApplyAdvanced", (1280, 100), {"strength": 0.8, "start_percent": 0.0,
-                                                                "end_percent": 1.0},
-                   {"positive": (11, 0), "negative": (11, 1), "control_net": (20, 0), "image": (4, 0),
-                    "vae": (10, 2)}, size=(320, 190)),
-              Node(13, "KSampler", (1280, 340), {"seed": 0, **SAMPLER},
-                   {"model": (10, 0), "positive": (21, 0), "negative": (21, 1), "latent_image": (12, 0)},
-                   size=(320, 270)),
-              reply_preview()]),
+              *controlnet_nodes(SD15, "control_v11p_sd15_lineart.pth"), reply_preview()]),
     Workflow("llmga_interactive",
              "## LLMGA: two turns\n\nThe first **LLMGA Chat** turns an idea into an image; the second continues the "
              "same conversation (its *history* input) to refine it, and renders again." + SAMPLER_NOTE + MODELS_NOTE,
@@ -329,6 +376,70 @@ WORKFLOWS += [
                                                          "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
               *assistant_nodes("outpaint", "", image=(5, 0), mask=(5, 1)),
               *with_restore(inpaint_nodes((5, 0), (5, 1), (3, 1)), (5, 0), (5, 1)), reply_preview()]),
+]
+SDXL_SAMPLER_NOTE = ("\n\nSampling: 50 steps of `euler` on the `ddim_uniform` schedule at CFG 5.0, 1024×1024, as "
+                     "`cli-sdxl.py` runs LLMGA's SDXL. Its scheduler is the one saved in the model repo, SDXL base's "
+                     "Euler (EulerDiscreteScheduler, 'leading' timesteps 981, 961, …, 1): ComfyUI's `euler` takes the "
+                     "same step and `ddim_uniform` gives exactly those timesteps (`normal` would space them from 999 "
+                     "to 0). Only the starting noise differs, by 0.3% (diffusers scales it by √(σ²+1), ComfyUI by σ).")
+SDXL_INPAINT_NOTE = ("\n\nAs the official SDXL inpainting pipeline (`cli-sdxl-inpainting.py`: the 9-channel UNet in "
+                     "StableDiffusionXLInpaintPipeline at strength 0.8): the UNet gets the mask binarised at 0.5 "
+                     "(**Binary mask**), sampling starts from the picture itself noised to the strength "
+                     "(InpaintModelConditioning's latent at *denoise* 0.8, so what lies under the hole shows through a "
+                     "little, unlike SD1.5's pure-noise start) and never blends the picture back outside the mask "
+                     "(*noise_mask* off: the model keeps the context itself). The soft mask goes only to the "
+                     "assistant and to the compositing at the end. Unlike the official CLI, which stretches to "
+                     "1024×1024, it runs at the picture's own size (SDXL does best near 1024×1024; the size "
+                     "conditioning keeps the official 1024)."
+                     "\n\nSampling: the official 30 steps at strength 0.8 and CFG 7.5 with the model repo's Euler "
+                     "scheduler run the last int(30 × 0.8) = 24 steps of a 30-step schedule (timesteps 760, 727, …, "
+                     "1). KSampler counts the steps it runs: **24 steps at denoise 0.8** of `euler` on `ddim_uniform` "
+                     "build int(24 / 0.8) = 30 and run the same last 24 (`ddim_uniform` gives the repo's 'leading' "
+                     "timesteps).")
+SDXL_MODELS_NOTE = ("\n\nModels: an LLMGA assistant in `models/LLM/` and LLMGA's SDXL in `models/diffusers/` — the "
+                    f"released `{SDXL_T2I}` and `{SDXL_INPAINT}` are downloaded on first use when the loaders' "
+                    "*allow_download* is on.")
+WORKFLOWS += [
+    Workflow("llmga_sdxl_text_to_image",
+             "## LLMGA SDXL: text to image\n\nType a short idea into **LLMGA Chat**. The assistant writes a detailed "
+             "prompt; **LLMGA Long Prompt Encode (SDXL)** feeds all of it (up to 300 tokens) to both text encoders "
+             "of LLMGA's SDXL the way it was trained." + SDXL_SAMPLER_NOTE + SDXL_MODELS_NOTE,
+             [note(""), *assistant_nodes("text_to_image", "a cozy wooden cabin in a snowy forest at dusk"),
+              *t2i_nodes((3, 1), 10, family=SDXL), reply_preview()]),
+    Workflow("llmga_sdxl_similar_image",
+             "## LLMGA SDXL: similar image\n\nLoad a picture; the assistant describes it as a generation prompt and "
+             "LLMGA's SDXL paints a new image with the same content." + SDXL_SAMPLER_NOTE + SDXL_MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              *assistant_nodes("similar_image", "", image=(4, 0)), *t2i_nodes((3, 1), 10, family=SDXL),
+              reply_preview()]),
+    Workflow("llmga_sdxl_inpaint",
+             "## LLMGA SDXL: inpainting\n\nLoad a picture with a transparent hole (or paint a mask in the mask "
+             "editor). The assistant sees the hole black, as in its training, and imagines what belongs there; "
+             "LLMGA's 9-channel SDXL paints it and **LLMGA Paste Back** keeps every other pixel exactly."
+             + SDXL_INPAINT_NOTE + PASTE_NOTE + SDXL_MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              *assistant_nodes("inpaint", "", image=(4, 0), mask=(4, 1)),
+              *inpaint_nodes((4, 0), (4, 1), (3, 1), family=SDXL), reply_preview()]),
+    Workflow("llmga_sdxl_outpaint_restore",
+             "## LLMGA SDXL: outpainting + DiffRIR\n\n**LLMGA Outpaint Canvas** adds room around the picture "
+             "(multiples of 8, filled with gray); the assistant imagines the whole scene and LLMGA's inpainting SDXL "
+             "fills the new area." + RESTORE_NOTE + SDXL_INPAINT_NOTE + SDXL_MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, size=(340, 320)),
+              Node(5, "LLMGAOutpaintCanvas", (40, 980), {"right": 256, "left": 0, "top": 0, "bottom": 0,
+                                                         "feathering": 16}, {"image": (4, 0)}, size=(340, 200)),
+              *assistant_nodes("outpaint", "", image=(5, 0), mask=(5, 1)),
+              *with_restore(inpaint_nodes((5, 0), (5, 1), (3, 1), family=SDXL), (5, 0), (5, 1)), reply_preview()]),
+    Workflow("llmga_sdxl_controlnet",
+             "## LLMGA SDXL: prompt + ControlNet\n\nThe assistant's long prompt composes with any SDXL ControlNet: "
+             "the conditioning from **LLMGA Long Prompt Encode (SDXL)** goes through ControlNetApplyAdvanced. The "
+             "workflow names diffusers' canny ControlNet: save `diffusion_pytorch_model.safetensors` from "
+             "https://huggingface.co/diffusers/controlnet-canny-sdxl-1.0 as "
+             f"`models/controlnet/{SDXL_CONTROLNET}` (or pick your SDXL ControlNet) and load a control image made "
+             "for it (for canny: white edges on black)." + SDXL_SAMPLER_NOTE + SDXL_MODELS_NOTE,
+             [note(""), Node(4, "LoadImage", (40, 620), {"image": "example.png"}, title="Control image",
+                             size=(340, 320)),
+              *assistant_nodes("text_to_image", "a lighthouse on a cliff in a storm"),
+              *controlnet_nodes(SDXL, SDXL_CONTROLNET), reply_preview()]),
 ]
 WORKFLOWS += [
     Workflow("edit_instruction",

@@ -125,6 +125,28 @@ def tiny_models(host_assistant: MLLMFixture, sd15_models: SD15Fixtures, host_dif
     return swap
 
 
+@pytest.fixture(scope="session")
+def sdxl_controlnet(sdxl_models: SDXLFixtures) -> Path:
+    """A tiny SDXL ControlNet (a copy of the tiny SDXL UNet's encoder) in the test server's models/controlnet."""
+    from fixtures.sdxl_controlnet import build_sdxl_controlnet
+
+    return build_sdxl_controlnet(sdxl_models)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_models(sdxl_models: SDXLFixtures, sdxl_controlnet: Path):
+    """Swaps a shipped SDXL workflow's released SDXL models and ControlNet for the test fixtures, after tiny_models
+    (see workflow_api.with_tiny_sdxl_models)."""
+    from workflow_api import with_tiny_sdxl_models
+
+    def swap(graph: dict) -> dict:
+        return with_tiny_sdxl_models(graph, sdxl=sdxl_models.diffusers.name,
+                                     sdxl_inpainting=sdxl_models.diffusers_inpainting.name,
+                                     controlnet=sdxl_controlnet.name)
+
+    return swap
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failed host test shows the tail of the server log, where ComfyUI writes its tracebacks."""

@@ -24,6 +24,11 @@ TINY_RUN_IMAGE_SIZES = {
     "llmga_outpaint_restore": [(80, 48)],
     "edit_instruction": [(64, 48)],
     "edit_official_ddpm": [(64, 64)],  # cropped to a square as the official editing CLI does
+    "llmga_sdxl_text_to_image": [(64, 64)],
+    "llmga_sdxl_similar_image": [(64, 64)],
+    "llmga_sdxl_inpaint": [(64, 48)],
+    "llmga_sdxl_outpaint_restore": [(80, 48)],
+    "llmga_sdxl_controlnet": [(64, 64)],
 }
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -91,4 +96,22 @@ def with_tiny_models(graph: dict, *, assistant: str, sd: str, sd_inpainting: str
             inputs.update(vae_name=TINY_VAE)
         elif kind == "ImageScale":
             inputs.update(width=64, height=64)
+    return tiny
+
+
+def is_sdxl(graph: dict) -> bool:
+    """Whether an API-format graph loads an SDXL model with the pack's loader."""
+    return any(node["class_type"] == "LLMGALoadSDXL" for node in graph.values())
+
+
+def with_tiny_sdxl_models(graph: dict, *, sdxl: str, sdxl_inpainting: str, controlnet: str) -> dict:
+    """A copy of a graph from `with_tiny_models` with the released SDXL models and the SDXL ControlNet swapped for the
+    test fixtures (the SDXL models by name, like the SD1.5 ones; every ControlNet of an SDXL graph is an SDXL one)."""
+    tiny = json.loads(json.dumps(graph))
+    for node in tiny.values():
+        inputs, kind = node["inputs"], node["class_type"]
+        if kind == "LLMGALoadSDXL":
+            inputs.update(model=sdxl_inpainting if "inpainting" in inputs["model"] else sdxl, allow_download=False)
+        elif kind == "ControlNetLoader":
+            inputs.update(control_net_name=controlnet)
     return tiny
