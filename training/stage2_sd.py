@@ -61,7 +61,7 @@ from llmga.devices import mixed_precision_dtype
 from llmga.errors import one_line
 from llmga.prompt.clip_binding import TransformersCLIP, sdxl_caption_embeddings
 from llmga.prompt.long_prompt import LLMGA_MAX_CHUNKS, encode_prompt_group
-from llmga.sd.loading import FAMILIES, FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd15_folder
+from llmga.sd.loading import FAMILIES, FULL_PRECISION_WEIGHTS, SD15LoadError, check_sd15_weights, write_sd_folder
 from llmga.sd.pipelines import INPAINT_CHANNELS, T2I_CHANNELS, SDPipelineError, read_sd_model
 
 from .common import ConfigError, EpochDataset, EpochShuffleSampler, frozen_model_context, run_cli, sample_rng
@@ -430,7 +430,7 @@ def train(config: Stage2Config, make_mask: MaskFn | None = None) -> TrainResult:
     state_dict = accelerator.get_state_dict(unet)
 
     def write() -> str:
-        write_sd15_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
+        write_sd_folder(config.pretrained_model, config.output_dir, accelerator.unwrap_model(unet).config,
                           state_dict)
         return f"wrote the trained {FAMILIES[config.family].name} folder to {config.output_dir}"
 

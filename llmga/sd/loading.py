@@ -8,7 +8,7 @@ SDXL's text_encoder_2/) into the single-file state dict of its family (SD1.5: `m
 original checkpoints can take it. `check_sd15_single_file` / `check_sdxl_single_file` inspect a single-file checkpoint
 from its safetensors header alone. All raise `SDLoadError` for a missing or truncated file, a missing part, or a
 model of another kind (SD1.5 where SDXL is asked and the reverse, an SDXL refiner, SD2, SD3, Flux), naming what the
-model is and what to load it with, from configs and headers before any weights are read. `write_sd15_folder` writes
+model is and what to load it with, from configs and headers before any weights are read. `write_sd_folder` writes
 a diffusers folder with a new UNet (what the stage-2 trainer produces), which these readers and diffusers load.
 """
 
@@ -235,7 +235,7 @@ def _pipeline_class(folder: Path) -> str:
     return str(read_config(index, SDLoadError, _REFETCH).get("_class_name", "")) if index.is_file() else ""
 
 
-def _config_kind(folder: Path, unet: Mapping[str, Any]) -> str | None:
+def folder_kind(folder: Path, unet: Mapping[str, Any]) -> str | None:
     """The kind (a KINDS key) of the diffusers folder whose UNet config is `unet`, from what marks SDXL (its size
     embedding, 2048-wide cross-attention, a second text encoder, an XL pipeline); None when nothing does."""
     if unet.get("addition_embed_type") == "text_time":
@@ -252,7 +252,7 @@ def _config_kind(folder: Path, unet: Mapping[str, Any]) -> str | None:
 def _check_folder_kind(folder: Path, unet: Mapping[str, Any], family: SDFamily) -> None:
     """Reject a folder of another kind from its UNet config, before any other part is opened: an SDXL one (or an
     SDXL refiner) for SD1.5, and for SDXL one that nothing marks as SDXL, named by its cross-attention width."""
-    kind = _config_kind(folder, unet)
+    kind = folder_kind(folder, unet)
     if kind is None and family is SDXL:
         widths = unet.get("cross_attention_dim")
         kind = _kind_for_context(set(widths if isinstance(widths, list) else [widths]) - {None}, family)
@@ -409,11 +409,12 @@ def read_sdxl_folder(path: str | Path) -> StateDict:
     return read_folder(path, SDXL)
 
 
-def write_sd15_folder(base: str | Path, path: str | Path, unet_config: Mapping[str, Any],
-                      unet_state: Mapping[str, Tensor]) -> None:
-    """Write a diffusers SD1.5 folder into `path`: the pipeline parts of the `base` folder (model_index.json and every
-    part it names, copied as they are) with `unet/` built from `unet_config` and `unet_state` (diffusers
-    UNet2DConditionModel keys; stored as float32 safetensors). `read_sd15_folder(path)` and diffusers read it back.
+def write_sd_folder(base: str | Path, path: str | Path, unet_config: Mapping[str, Any],
+                    unet_state: Mapping[str, Tensor]) -> None:
+    """Write a diffusers SD1.5 or SDXL folder into `path`: the pipeline parts of the `base` folder (model_index.json
+    and every part it names, copied as they are) with `unet/` built from `unet_config` and `unet_state` (diffusers
+    UNet2DConditionModel keys; stored as float32 safetensors). `read_folder(path, family)` and diffusers read it
+    back.
 
     Other files in `path` stay (a trainer's checkpoints and logs). The old unet/ and model_index.json go first, each
     part is built in a temporary folder and renamed into place (the UNet last but one), and model_index.json comes
@@ -437,3 +438,6 @@ def write_sd15_folder(base: str | Path, path: str | Path, unet_config: Mapping[s
     with atomic_folder(folder / "unet") as temporary:
         unet.save_pretrained(temporary)
     write_bytes_atomic(folder / "model_index.json", (base / "model_index.json").read_bytes())
+
+
+write_sd15_folder = write_sd_folder  # the name before SDXL

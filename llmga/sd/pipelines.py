@@ -63,8 +63,8 @@ from .loading import (
     SD15_CONTEXT_DIM,
     SDXL_PART_WEIGHTS,
     SD15LoadError,
-    _config_kind,
     check_sd15_weights,
+    folder_kind,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def read_sd_model(folder: str | Path) -> SDModel:
                               "llmga-sdxl-t2i (single-file checkpoints load in ComfyUI)")
     config = folder / "unet" / "config.json"
     unet = read_config(config, SDPipelineError, REFETCH) if config.is_file() else {}
-    kind = _config_kind(folder, unet)
+    kind = folder_kind(folder, unet)
     if kind == "sdxl-refiner":
         raise SDPipelineError(f"{folder} is {KINDS[kind][0]}: choose an SDXL base model such as llmga-sdxl-t2i")
     family = "sdxl" if kind == "sdxl" else "sd15"
