@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from diffusers import EulerDiscreteScheduler
 from fixtures.sdxl import SCHEDULER_CONFIG as SDXL_SCHEDULER_CONFIG
@@ -241,14 +242,33 @@ def test_api_twin_is_what_the_ui_workflow_means(comfy, name):
     assert ui_to_api(ui, comfy.object_info()) == twin(name)
 
 
+def saved_images(comfy, graph: dict, outputs: dict) -> list[Image.Image]:
+    saves = sorted(int(node) for node in outputs if graph[node]["class_type"] == "SaveImage")
+    return [Image.open(io.BytesIO(comfy.view(image))) for node in saves for image in outputs[str(node)]["images"]]
+
+
 @pytest.mark.parametrize("name", TWINS)
 def test_workflow_runs_with_tiny_models(request, comfy, tiny_models, tiny_vae, example_picture, name):
     graph = tiny_models(twin(name))
     if is_sdxl(graph):  # the tiny SDXL models are built on first use (full-size text encoders)
         graph = request.getfixturevalue("tiny_sdxl_models")(graph)
     outputs = comfy.run(graph)
-    saves = sorted(int(node) for node in outputs if graph[node]["class_type"] == "SaveImage")
-    saved = [Image.open(io.BytesIO(comfy.view(image))) for node in saves for image in outputs[str(node)]["images"]]
+    saved = saved_images(comfy, graph, outputs)
     assert [image.size for image in saved] == TINY_RUN_IMAGE_SIZES[name]
     replies = [out["text"][0] for node_id, out in outputs.items() if graph[node_id]["class_type"] == "PreviewAny"]
     assert replies and all("<gen_image>" not in reply for reply in replies)
+
+
+def test_tiny_sdxl_controlnet_loads_whole_and_steers_the_tiny_sdxl(comfy, tiny_models, tiny_sdxl_models,
+                                                                   example_picture):
+    """The fixture SDXL ControlNet is one ComfyUI's ControlNetLoader reads whole (no missing keys logged) and that
+    ControlNetApplyAdvanced runs beside the tiny SDXL MODEL: the control image changes the picture (strength 0 is
+    the plain prompt)."""
+    graph = tiny_sdxl_models(tiny_models(twin("llmga_sdxl_controlnet")))
+    [apply_id] = [node_id for node_id, node in graph.items() if node["class_type"] == "ControlNetApplyAdvanced"]
+    plain = json.loads(json.dumps(graph))
+    plain[apply_id]["inputs"]["strength"] = 0.0
+    controlled, uncontrolled = (np.asarray(saved_images(comfy, g, comfy.run(g))[0], dtype=np.int16)
+                                for g in (graph, plain))
+    assert np.abs(controlled - uncontrolled).mean() > 1.0
+    assert "missing controlnet keys" not in comfy.log()
