@@ -59,7 +59,8 @@ def official_ddpm_contexts(source_prompt: str, target_prompt: str, text: TextBin
 
 
 def posterior_std(moments: torch.Tensor) -> torch.Tensor:
-    """The VAE posterior's std from its moments [B, 2C, h, w] (mean, then log-variance on channels), as the diagonal
-    Gaussian of diffusers and ComfyUI computes it (log-variance clamped to [-30, 20]); float32, unscaled."""
-    _, logvar = moments.float().chunk(2, dim=1)
-    return torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    """The VAE posterior's std from its moments [B, 2C, h, w] (mean, then log-variance on channels): diffusers'
+    diagonal Gaussian, as `encode_image` reads it from `latent_dist` (ComfyUI's is the same); float32, unscaled."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    return DiagonalGaussianDistribution(moments.float()).std
