@@ -23,6 +23,11 @@ and its features cast to fp16 after it. Its `auto`:
 |------------|-----------------------------------------------|-----------------------------------|
 | CUDA, MPS  | `official`                                    | `auto_dtype("assistant")` for all |
 | CPU        | fp32 for all                                  | fp32 for all                      |
+
+The assistant's attention (`assistant_attention`, transformers' `attn_implementation`): `auto` is flash-attention 2
+where it can run (a CUDA GPU, fp16/bf16 weights, the `flash-attn` package installed, a model class that has it), else
+PyTorch's SDPA; `eager` is the reference implementation. The same weights give the same tokens with each up to
+rounding; the official code ran SDPA at inference (transformers' default) and flash-attention 2 in training.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ DEVICES = ("auto", "cuda", "cpu", "mps")
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 ASSISTANT_DTYPES = ("auto", "official", "bf16", "fp16", "fp32")
 MODEL_KINDS = ("assistant", "sd", "diffrir", "metrics")
+ASSISTANT_ATTENTIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 
 
 def __getattr__(name: str) -> Any:
@@ -139,6 +145,46 @@ def check_assistant_dtype(dtype: str) -> None:
     """ValueError unless `dtype` is one of ASSISTANT_DTYPES (adapters check it before fetching a model)."""
     if dtype not in ASSISTANT_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} or official")
+
+
+def check_assistant_attention(attention: str) -> None:
+    """ValueError unless `attention` is one of ASSISTANT_ATTENTIONS (adapters check it before fetching a model)."""
+    if attention not in ASSISTANT_ATTENTIONS:
+        raise ValueError(f"attention {attention!r} is not one of {', '.join(ASSISTANT_ATTENTIONS)}")
+
+
+def flash_attention_missing(device: torch.device, dtype: torch.dtype, *, model_supports: bool = True) -> str | None:
+    """Why flash-attention 2 cannot run the assistant here (one phrase), or None when it can."""
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    if device.type != "cuda":
+        return f"it runs on CUDA GPUs only and the assistant runs on {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"it needs fp16 or bf16 weights and the language model is {dtype_name(dtype)}"
+    if not model_supports:
+        return "this model class has no flash-attention in the installed transformers"
+    if not is_flash_attn_2_available():
+        return "the flash-attn package is not installed in this Python (or does not fit its torch/CUDA)"
+    return None
+
+
+def assistant_attention(attention: str, device: torch.device, dtype: torch.dtype, *,
+                        model_supports_flash: bool = True) -> str:
+    """The attn_implementation the assistant's language model runs with (see the module's last paragraph).
+
+    attention: one of ASSISTANT_ATTENTIONS. device, dtype: where and in what precision the LLM computes.
+    Raises ValueError when flash_attention_2 is asked for and cannot run, saying why (it is never fetched from the
+    hub as a kernel: nothing is downloaded)."""
+    check_assistant_attention(attention)
+    if attention in ("sdpa", "eager"):
+        return attention
+    missing = flash_attention_missing(device, dtype, model_supports=model_supports_flash)
+    if attention == "auto":
+        return "sdpa" if missing else "flash_attention_2"
+    if missing:
+        raise ValueError(f"attention flash_attention_2 cannot run: {missing}; choose auto or sdpa")
+    return attention
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -8,7 +8,14 @@ import torch
 from comfy_api.latest import io, ui
 from server import PromptServer
 
-from ..llmga.devices import ASSISTANT_DTYPES, DEVICES, check_assistant_dtype, pick_device
+from ..llmga.devices import (
+    ASSISTANT_ATTENTIONS,
+    ASSISTANT_DTYPES,
+    DEVICES,
+    check_assistant_attention,
+    check_assistant_dtype,
+    pick_device,
+)
 from ..llmga.hub import RELEASED_MLLMS, resolve_model
 from ..llmga.images import tensor_to_pil
 from ..llmga.mllm.chat import Assistant, ChatHistory, GenerationSettings
@@ -54,8 +61,10 @@ class LoadAssistant(io.ComfyNode):
                            tooltip="auto follows ComfyUI's device; cpu is slow but needs no GPU memory."),
             io.Combo.Input("quantization", options=["none", "8bit", "4bit"], default="none",
                            tooltip="8/4-bit weights through bitsandbytes (CUDA only) to save GPU memory."),
-            io.Combo.Input("attention", options=["sdpa", "eager"], default="sdpa",
-                           tooltip="sdpa: PyTorch's fused attention; eager: the reference implementation."),
+            io.Combo.Input("attention", options=list(ASSISTANT_ATTENTIONS), default="auto",
+                           tooltip="auto: flash-attention 2 on a CUDA GPU when the flash-attn package is installed "
+                           "in ComfyUI's Python (fp16/bf16), else PyTorch's SDPA; eager: the reference "
+                           "implementation. The node shows the one used."),
             io.Combo.Input("template", options=["auto", *TEMPLATE_NAMES], default="auto",
                            tooltip="The chat template; auto picks the one the checkpoint's family was trained "
                            "with."),
@@ -70,6 +79,7 @@ class LoadAssistant(io.ComfyNode):
         with reported_as("LLMGA Load Assistant"):
             load_device = pick_device(device, default=mm.get_torch_device())
             check_assistant_dtype(dtype)
+            check_assistant_attention(attention)
             # Any client may send any string: only names inside the LLM folders, or released names, are taken, and
             # the checkpoint's config.json may name no vision tower outside the clip_vision folders.
             path = resolve_model(model, model_folders("LLM"), allow_download=allow_download, allow_paths=False)
@@ -81,7 +91,8 @@ class LoadAssistant(io.ComfyNode):
             assistant = Assistant(loaded, template=None if template == "auto" else template)
         # Quantised weights were placed by bitsandbytes and cannot move: no ModelPatcher for them.
         network = loaded.model if quantization == "none" else None
-        return io.NodeOutput(ManagedModel(assistant, network, load_device))
+        return io.NodeOutput(ManagedModel(assistant, network, load_device),
+                             ui=ui.PreviewText(f"{loaded.describe()}, on {load_device.type}"))
 
 
 class Chat(io.ComfyNode):
@@ -185,6 +196,6 @@ class Chat(io.ComfyNode):
                     assistant.offload()
         mm.throw_exception_if_processing_interrupted()
         parsed = result.parsed
-        used = f"{result.settings.describe(settings)}; phrasing {turn.language}"
+        used = f"{result.settings.describe(settings)}; phrasing {turn.language}; attention {chat.loaded.attention}"
         return io.NodeOutput(parsed.display_text, parsed.prompt(no_tag_fallback="empty"), parsed.has_prompt,
                              result.history, result.text, ui=ui.PreviewText(used))

@@ -18,9 +18,9 @@ def released(fixture) -> str:
     return f"binxia/{fixture.path.name}"
 
 
-def load_node(model: str, dtype: str = "fp32") -> dict:
+def load_node(model: str, dtype: str = "fp32", attention: str = "sdpa") -> dict:
     return {"class_type": "LLMGALoadAssistant", "inputs": {
-        "model": model, "dtype": dtype, "device": "cpu", "quantization": "none", "attention": "sdpa",
+        "model": model, "dtype": dtype, "device": "cpu", "quantization": "none", "attention": attention,
         "template": "auto", "allow_download": False}}
 
 
@@ -148,11 +148,21 @@ def test_chat_reports_the_settings_it_used(comfy, host_assistant):
              "2": chat_node("a red fox", "text_to_image", max_new_tokens=4, seed=41), "3": preview(["2", 0])}
     assert comfy.run(graph)["2"]["text"][0] == (
         "temperature 0.7, top_p 0.8 (checkpoint), top_k 20 (checkpoint), repetition_penalty 1.1 (checkpoint), "
-        "seed 41, max_new_tokens 4; phrasing en")
+        "seed 41, max_new_tokens 4; phrasing en; attention sdpa")
     graph["2"] = chat_node("a red fox", "text_to_image", max_new_tokens=4, seed=41, top_p=0.5, top_k=3,
                            repetition_penalty=1.0)
     assert comfy.run(graph)["2"]["text"][0] == ("temperature 0.7, top_p 0.5, top_k 3, repetition_penalty 1, seed 41, "
-                                                "max_new_tokens 4; phrasing en")
+                                                "max_new_tokens 4; phrasing en; attention sdpa")
+
+
+@pytest.mark.parametrize(("attention", "used"), [("auto", "sdpa"), ("eager", "eager")])
+def test_the_loader_shows_how_the_assistant_computes(comfy, host_assistant, attention, used):
+    """auto is flash-attention 2 only on CUDA with flash-attn installed: on this CPU host it is SDPA."""
+    graph = {"1": load_node(released(host_assistant), attention=attention),
+             "2": chat_node("a red fox", "text_to_image", max_new_tokens=2), "3": preview(["2", 0])}
+    outputs = comfy.run(graph)
+    assert outputs["1"]["text"][0] == f"qwen2, LLM float32, vision tower float32, attention {used}, on cpu"
+    assert outputs["2"]["text"][0].endswith(f"; attention {used}")
 
 
 def test_official_precision_chats_on_the_cpu(comfy, host_assistant):
@@ -171,11 +181,11 @@ def test_an_llmga_cn_checkpoint_asked_in_chinese_gets_chinese_phrasings(comfy, h
              "2": chat_node("一只猫坐在窗台上", "text_to_image", max_new_tokens=4, placement="before"),
              "3": preview(["2", 3])}
     outputs = comfy.run(graph)
-    assert outputs["2"]["text"][0].endswith("; phrasing zh")
+    assert outputs["2"]["text"][0].endswith("; phrasing zh; attention sdpa")
     history = outputs["3"]["text"][0]
     assert any(f"{phrase} 一只猫坐在窗台上" in history for phrase in TEXTEXTEND_PROMPT_ZH)
     graph["2"] = chat_node("一只猫坐在窗台上", "text_to_image", max_new_tokens=4, language="en")
     outputs = comfy.run(graph)
-    assert outputs["2"]["text"][0].endswith("; phrasing en")
+    assert outputs["2"]["text"][0].endswith("; phrasing en; attention sdpa")
     assert not any(phrase in outputs["3"]["text"][0] for phrase in (*TEXTEXTEND_PROMPT_ZH,
                                                                     *TEXTEXTEND_PROMPT_BEHIND_ZH))

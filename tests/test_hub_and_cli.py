@@ -80,6 +80,20 @@ def test_cli_chat_prints_reply_and_generation_prompt(mllm_checkpoints):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("LLMGA: ")
     assert "Generation prompt: " in result.stdout
+    assert "assistant: qwen2, LLM float32, vision tower float32, attention sdpa" in result.stderr
+
+
+def test_cli_chat_takes_an_attention_and_refuses_flash_attention_on_the_cpu(mllm_checkpoints):
+    chat = ["chat", "--mllm", str(mllm_checkpoints["qwen2"].path), "--device", "cpu", "--dtype", "fp32", "--greedy",
+            "--max-new-tokens", "2", "a red fox"]
+    eager = run_cli(*chat, "--attention", "eager")
+    assert eager.returncode == 0, eager.stderr
+    assert "assistant: qwen2, LLM float32, vision tower float32, attention eager" in eager.stderr
+    flash = run_cli(*chat, "--attention", "flash_attention_2")
+    assert flash.returncode == 2
+    assert flash.stderr.strip().splitlines()[-1] == (
+        "error: attention flash_attention_2 cannot run: it runs on CUDA GPUs only and the assistant runs on cpu; "
+        "choose auto or sdpa")
 
 
 def test_cli_chat_samples_with_the_checkpoints_settings_unless_told(mllm_checkpoints):

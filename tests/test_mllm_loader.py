@@ -171,3 +171,42 @@ def test_a_tokenizer_that_does_not_load_is_one_error(mllm_checkpoints, tmp_path,
     assert message.startswith(f"the tokenizer in {broken} does not load (")
     assert message.endswith("download its tokenizer files again (tokenizer_config.json with tokenizer.json or "
                             "tokenizer.model)")
+
+
+# --- attention ---------------------------------------------------------------------------------------------------
+
+
+def spliced_logits(loaded, pixels: torch.Tensor) -> torch.Tensor:
+    """[L, vocab] logits of BOS, the image's features and a few text tokens."""
+    model = loaded.model
+    ids = [loaded.tokenizer.bos_token_id or 1, -200, *loaded.tokenizer("a red fox").input_ids[-3:]]
+    with torch.no_grad():
+        return model.language_model(inputs_embeds=model.embed(ids, model.encode_images(pixels))).logits[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sdpa_and_eager_attention_give_the_same_logits(mllm_checkpoints, family):
+    """auto on the CPU is SDPA for the LLM and the tower; eager runs both with the reference implementation."""
+    pixels = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for attention in ("auto", "eager"):
+        loaded = load_llmga(mllm_checkpoints[family].path, dtype="fp32", device="cpu", attention=attention)
+        chosen = "sdpa" if attention == "auto" else "eager"
+        assert loaded.attention == chosen
+        assert loaded.model.language_model.config._attn_implementation == chosen
+        assert loaded.model.vision_tower.config._attn_implementation == chosen
+        assert loaded.describe() == f"{loaded.checkpoint.family}, LLM float32, vision tower float32, attention {chosen}"
+        runs[attention] = spliced_logits(loaded, pixels)
+    torch.testing.assert_close(runs["auto"], runs["eager"], rtol=0, atol=1e-5)
+
+
+def test_flash_attention_that_cannot_run_is_refused_before_the_weights_load(mllm_checkpoints, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the language model was read before the attention was checked")
+
+    monkeypatch.setattr("llmga.mllm.loader.load_language_model", no_weights)
+    with pytest.raises(ValueError, match="^attention flash_attention_2 cannot run: it runs on CUDA GPUs only and the "
+                       "assistant runs on cpu; choose auto or sdpa$"):
+        load_llmga(mllm_checkpoints["qwen2"].path, dtype="fp32", device="cpu", attention="flash_attention_2")
+    with pytest.raises(ValueError, match="attention 'xformers' is not one of auto, sdpa, flash_attention_2, eager"):
+        load_llmga(mllm_checkpoints["qwen2"].path, dtype="fp32", device="cpu", attention="xformers")

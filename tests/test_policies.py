@@ -69,6 +69,50 @@ def test_device_and_dtype_and_names():
     assert devices.mixed_precision_dtype("no") == torch.float32
 
 
+@pytest.fixture
+def flash_installed(monkeypatch):
+    """Pretend the flash-attn package is importable (it is not on these machines)."""
+    import transformers.utils
+
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_auto_attention_is_flash_attention_where_it_can_run(flash_installed, dtype):
+    assert devices.assistant_attention("auto", CUDA, dtype) == "flash_attention_2"
+    assert devices.assistant_attention("flash_attention_2", CUDA, dtype) == "flash_attention_2"
+
+
+@pytest.mark.parametrize(("device", "dtype", "supports", "why"), [
+    (CPU, torch.float16, True, "it runs on CUDA GPUs only and the assistant runs on cpu"),
+    (MPS, torch.float16, True, "it runs on CUDA GPUs only and the assistant runs on mps"),
+    (CUDA, torch.float32, True, "it needs fp16 or bf16 weights and the language model is float32"),
+    (CUDA, torch.bfloat16, False, "this model class has no flash-attention in the installed transformers"),
+])
+def test_auto_attention_is_sdpa_where_flash_attention_cannot_run(flash_installed, device, dtype, supports, why):
+    assert devices.assistant_attention("auto", device, dtype, model_supports_flash=supports) == "sdpa"
+    with pytest.raises(ValueError, match=f"^attention flash_attention_2 cannot run: {why}; choose auto or sdpa$"):
+        devices.assistant_attention("flash_attention_2", device, dtype, model_supports_flash=supports)
+
+
+def test_flash_attention_without_the_package_is_sdpa_or_one_error():
+    """These machines have no flash-attn: auto falls back, an explicit choice says what is missing (no kernel is
+    fetched from the hub instead)."""
+    assert devices.assistant_attention("auto", CUDA, torch.bfloat16) == "sdpa"
+    with pytest.raises(ValueError, match="the flash-attn package is not installed in this Python"):
+        devices.assistant_attention("flash_attention_2", CUDA, torch.bfloat16)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_sdpa_and_eager_are_taken_as_given(attention):
+    assert devices.assistant_attention(attention, CPU, torch.float32) == attention
+
+
+def test_an_unknown_attention_is_refused():
+    with pytest.raises(ValueError, match="attention 'flash' is not one of auto, sdpa, flash_attention_2, eager"):
+        devices.assistant_attention("flash", CPU, torch.float32)
+
+
 # --- images and masks --------------------------------------------------------------------------------------------
 
 

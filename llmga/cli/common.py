@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..devices import DEVICES, DTYPES
+from ..devices import ASSISTANT_ATTENTIONS, DEVICES, DTYPES
 from ..errors import run_reporting
 from ..mllm.tasks import LANGUAGE_CHOICES
 
@@ -127,6 +127,9 @@ def add_assistant_arguments(parser: argparse.ArgumentParser, *, required: bool, 
     parser.add_argument("--language", choices=LANGUAGE_CHOICES, default="auto",
                         help="language of the instruction phrasings (auto: Chinese when an llmga-cn checkpoint is "
                         "asked in Chinese, else English)")
+    parser.add_argument("--attention", choices=ASSISTANT_ATTENTIONS, default="auto",
+                        help="the assistant's attention: auto (flash-attention 2 on a CUDA GPU when the flash-attn "
+                        "package is installed, else PyTorch's SDPA), sdpa, flash_attention_2, eager (the reference)")
 
 
 def check_assistant_numbers(args: argparse.Namespace) -> None:
@@ -179,7 +182,9 @@ def load_assistant(args: argparse.Namespace, *, template: str | None = None, qua
     roots = args.models_dir or [DEFAULT_MODELS_DIR]
     vision_dirs = getattr(args, "clip_vision_dir", None) or [root / "clip_vision" for root in roots]
     loaded = load_llmga(path, dtype=args.dtype, device=args.device, quantization=quantization,
-                        clip_vision_dirs=vision_dirs, allow_download=args.allow_download)
+                        attention=getattr(args, "attention", "auto"), clip_vision_dirs=vision_dirs,
+                        allow_download=args.allow_download)
+    print(f"assistant: {loaded.describe()}", file=sys.stderr)
     return Assistant(loaded, template=template, language=args.language)
 
 

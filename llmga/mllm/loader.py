@@ -29,7 +29,14 @@ try:
 except ImportError:  # huggingface_hub before strict dataclasses: no such check
     StrictDataclassError = ValueError
 
-from ..devices import assistant_precision, check_assistant_dtype, pick_device
+from ..devices import (
+    assistant_attention,
+    assistant_precision,
+    check_assistant_attention,
+    check_assistant_dtype,
+    dtype_name,
+    pick_device,
+)
 from ..errors import one_line
 from ..hub import CLIP_VISION_REPO, download_vision_tower
 from .checkpoint import (
@@ -69,6 +76,14 @@ class LoadedAssistant:
     tokenizer: object
     image_processing: ImageProcessing
     checkpoint: LLMGACheckpoint
+    attention: str = "sdpa"  # the language model's attn_implementation (`llmga.devices.assistant_attention`)
+
+    def describe(self) -> str:
+        """"qwen2, LLM bfloat16, vision tower float32, attention sdpa": how the assistant computes."""
+        model = self.model
+        tower = model.vision_tower.get_input_embeddings().weight.dtype
+        return (f"{self.checkpoint.family}, LLM {dtype_name(model.compute_dtype())}, vision tower "
+                f"{dtype_name(tower)}, attention {self.attention}")
 
 
 @contextlib.contextmanager
@@ -303,8 +318,14 @@ def load_language_model(llm_folder: Path, checkpoint: LLMGACheckpoint, base_conf
     return language_model.eval()
 
 
+def causal_lm_supports_flash(config: PretrainedConfig) -> bool:
+    """Whether transformers' causal-LM class for `config` has a flash-attention path."""
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    return bool(getattr(model_class, "_supports_flash_attn", False))
+
+
 def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
-               attention: str = "sdpa", quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
+               attention: str = "auto", quantization: str = "none", clip_vision_dirs: Iterable[Path] = (),
                allow_download: bool = False, base: str | Path | None = None, allow_paths: bool = True,
                compute_device: torch.device | None = None) -> LoadedAssistant:
     """Load an official LLMGA checkpoint folder.
@@ -315,7 +336,9 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     fp16 LLM with the tower's own fp32 weights; auto takes it on GPUs when the tower's folder is at hand).
     device: auto/cuda/cpu/mps, where the weights load. compute_device: where the model will run when that is
     elsewhere (the nodes load on the CPU and ComfyUI moves the model): what dtype auto is decided for.
-    attention: sdpa/eager (transformers attn_implementation).
+    attention: auto/sdpa/flash_attention_2/eager, the language model's attn_implementation
+    (`llmga.devices.assistant_attention`: auto is flash-attention 2 where it can run, else SDPA); the vision tower runs
+    SDPA, or eager when eager is chosen. The one used is `LoadedAssistant.attention`.
     quantization: none/8bit/4bit (bitsandbytes, CUDA only; NF4 with double quantisation and fp16 compute, as the
     official `--load-4bit`). clip_vision_dirs: the clip_vision model folders, where the vision tower is looked up.
     allow_download: fetch a missing vision tower from the hub (pinned revision). allow_paths: `mm_vision_tower` may
@@ -324,6 +347,7 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     """
     if isinstance(dtype, str):
         check_assistant_dtype(dtype)
+    check_assistant_attention(attention)
     checkpoint = read_checkpoint(path, projector_only=base is not None)
     llm_folder = Path(base) if base is not None else checkpoint.path
     if base is not None and not (llm_folder / "config.json").is_file():
@@ -340,12 +364,16 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
     clip_vision_dirs = [Path(folder) for folder in clip_vision_dirs]
     local_tower = find_vision_tower(vision_tower_name(config), clip_vision_dirs, allow_paths=allow_paths)
     precision = assistant_precision(dtype, compute_device or target, tower_at_hand=local_tower is not None)
+    attention = assistant_attention(attention, compute_device or target, precision.language,
+                                    model_supports_flash=causal_lm_supports_flash(base_config))
     projector_state, vision_state = split_weights(checkpoint)
     vision_tower, processing = load_vision_tower(checkpoint, vision_state, local_tower, clip_vision_dirs,
                                                  allow_download=allow_download, official=precision.official)
     language_model = load_language_model(llm_folder, checkpoint, base_config, dtype=precision.language,
                                          attention=attention, quantization=quantization, target=target)
     load_strict(projector, projector_state, "projector", str(checkpoint.path))
+    # The tower's 577 positions gain little from flash-attention, and in official precision it runs fp32.
+    vision_tower.set_attn_implementation("eager" if attention == "eager" else "sdpa")
     model = LLMGAModel(language_model, vision_tower.to(target, precision.vision).eval(),
                        projector.to(target, precision.language).eval(),
                        select_layer=config.get("mm_vision_select_layer", -2),
@@ -355,7 +383,8 @@ def load_llmga(path: str | Path, *, dtype: str | torch.dtype = "auto", device: s
         # As the official builder: embeddings padded past the tokenizer (Qwen2, Phi-3) shrink to len(tokenizer),
         # so those ids can never be generated.
         language_model.resize_token_embeddings(len(tokenizer))
-    return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint)
+    return LoadedAssistant(model=model, tokenizer=tokenizer, image_processing=processing, checkpoint=checkpoint,
+                           attention=attention)
 
 
 def _bitsandbytes_config(quantization: str):
