@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .chat import add_chat_command
     from .edit import add_edit_command
     from .eval import add_eval_commands
+    from .export import add_export_command
     from .prompt import add_extract_prompt_command
     from .restore import add_restore_command
     from .sd import add_sd_commands
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_commands(commands)
     add_edit_command(commands)
     add_restore_command(commands)
+    add_export_command(commands)
     return parser
 
 
