@@ -1,7 +1,9 @@
 """What `python -m llmga eval t2i|inpaint|edit|restore` (and `eval-edit`) run: the options are checked, the models
 and metric weights found (`llmga.eval.weights`: the flags, $LLMGA_EVAL_MODELS, `<models dir>/eval/`) and loaded,
 then the library's loops run (`llmga.eval.t2i`, `inpaint`, `restore_eval`, `editing`) and their tables are printed.
-Every error reaches the user as one line (`common.run_command`).
+Every error reaches the user as one line (`common.run_command`). Under `accelerate launch` with several processes,
+t2i, inpaint and restore share their items among them (`llmga.shards`: each on its own GPU with --device auto) and
+the main process scores and prints; edit only scores, so the main process does it all.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import (
     InputError,
@@ -23,6 +26,9 @@ from .common import (
     run_command,
 )
 
+if TYPE_CHECKING:
+    from ..shards import Shards
+
 OUT_OF_MEMORY_HINTS = {"t2i": "use a smaller --batch-size, --dtype fp16, or --device cpu",
                        "inpaint": "use a smaller --batch-size, --dtype fp16, or --device cpu",
                        "restore": "use a smaller --metric-batch-size, or --device cpu",
@@ -33,8 +39,14 @@ def run_eval_command(args: argparse.Namespace) -> int:
     body = {"t2i": _run_t2i, "inpaint": _run_inpaint, "restore": _run_restore, "edit": _run_edit}[args.eval_task]
 
     def run() -> int:
+        from ..shards import process_shards
+
+        shards = process_shards()
+        if args.eval_task == "edit" and not shards.is_main:
+            return 0
+        args.device = shards.device(args.device)
         _check_outputs(args)
-        return body(args)
+        return body(args, shards)
 
     return run_command(run, OUT_OF_MEMORY_HINTS[args.eval_task])
 
@@ -154,6 +166,9 @@ def _check_generation(args: argparse.Namespace, uses_assistant: bool, prompt: st
 
 
 def _print_done(result) -> None:
+    """The report of the main process (the others' result is None: they print nothing)."""
+    if result is None:
+        return
     print(result.files.markdown.read_text(encoding="utf-8"))
     print(f"Saved {result.files.json}, {result.files.markdown}" + (f", {result.files.plot}" if result.files.plot
                                                                      else ""))
@@ -164,7 +179,7 @@ def _print_done(result) -> None:
 # --- t2i (Table 1) -------------------------------------------------------------------------------------------------
 
 
-def _run_t2i(args: argparse.Namespace) -> int:
+def _run_t2i(args: argparse.Namespace, shards: Shards) -> int:
     from ..eval.backends import AssistantRefiner, PipelineGenerator, clip_text_embedder
     from ..eval.runs import parse_metrics
     from ..eval.t2i import (
@@ -207,18 +222,18 @@ def _run_t2i(args: argparse.Namespace) -> int:
         scoring.clip_image = clip_image_extractor(clip)
         scoring.clip_text = clip_text_embedder(clip, cache.folder / "clip_text" / f"{scoring.clip_image.name}.npz")
     name, refiner = _assistant_first(args, refined, AssistantRefiner, lambda refine, assistant: refine_captions(
-        captions, args.out / "refined.jsonl", refine, assistant=assistant, batch_size=args.batch_size))
+        captions, args.out / "refined.jsonl", refine, assistant=assistant, batch_size=args.batch_size, shards=shards))
     generator = PipelineGenerator(_sd_loader(args, inpainting=False), generation, settings)
     _print_done(run_t2i_eval(settings, captions, args.out, generate_fn=generator, metrics=scoring, refine_fn=refiner,
                              assistant=name, generation=generation,
-                             reference=args.reference if "fid" in metrics else None))
+                             reference=args.reference if "fid" in metrics else None, shards=shards))
     return 0
 
 
 # --- inpaint (Tables 3 and 4) --------------------------------------------------------------------------------------
 
 
-def _run_inpaint(args: argparse.Namespace) -> int:
+def _run_inpaint(args: argparse.Namespace, shards: Shards) -> int:
     from ..eval.backends import AssistantPrompter, PipelineInpainter
     from ..eval.features import pick_images
     from ..eval.inpaint import (
@@ -249,12 +264,13 @@ def _run_inpaint(args: argparse.Namespace) -> int:
                              cache=_feature_cache(args), batch_size=args.metric_batch_size,
                              device=_metric_device(args))
     restorers = _diffrir_restorers(args)
-    sets = prepare_inpaint_set(images, args.out / "data", mask_types, size=args.size, seed=args.seed)
+    sets = prepare_inpaint_set(images, args.out / "data", mask_types, size=args.size, seed=args.seed, shards=shards)
     name, prompter = _assistant_first(args, with_assistant, AssistantPrompter, lambda prompt, assistant: (
-        assistant_prompts(sets, args.out / "prompts.jsonl", prompt, assistant=assistant, batch_size=args.batch_size)))
+        assistant_prompts(sets, args.out / "prompts.jsonl", prompt, assistant=assistant, batch_size=args.batch_size,
+                          shards=shards)))
     inpainter = PipelineInpainter(_sd_loader(args, inpainting=True), generation, settings)
     _print_done(run_inpaint_eval(settings, sets, args.out, inpaint_fn=inpainter, metrics=scoring, prompt_fn=prompter,
-                                 assistant=name, restorers=restorers, generation=generation))
+                                 assistant=name, restorers=restorers, generation=generation, shards=shards))
     return 0
 
 
@@ -273,7 +289,7 @@ def _inpaint_generation(args: argparse.Namespace, official):
 # --- restore -------------------------------------------------------------------------------------------------------
 
 
-def _run_restore(args: argparse.Namespace) -> int:
+def _run_restore(args: argparse.Namespace, shards: Shards) -> int:
     from ..eval.features import pick_images
     from ..eval.restore_eval import prepare_restore_set, run_restore_eval
 
@@ -283,16 +299,17 @@ def _run_restore(args: argparse.Namespace) -> int:
     images = pick_images(args.images, args.num, args.seed)
     lpips = _lpips(args)
     restorers = _diffrir_restorers(args)
-    items = prepare_restore_set(images, args.out / "data", size=args.size, seed=args.seed, y_error=args.y_error)
+    items = prepare_restore_set(images, args.out / "data", size=args.size, seed=args.seed, y_error=args.y_error,
+                                shards=shards)
     _print_done(run_restore_eval(items, args.out, restorers=restorers, lpips=lpips, seed=args.seed,
-                                 batch_size=args.metric_batch_size, device=_metric_device(args)))
+                                 batch_size=args.metric_batch_size, device=_metric_device(args), shards=shards))
     return 0
 
 
 # --- edit (MagicBrush) ---------------------------------------------------------------------------------------------
 
 
-def _run_edit(args: argparse.Namespace) -> int:
+def _run_edit(args: argparse.Namespace, shards: Shards) -> int:
     from ..eval.editing import METRICS, check_pairs
     from ..eval.pairs import read_edit_pairs
     from ..eval.runs import parse_metrics

@@ -17,7 +17,8 @@ strength 0.8 and 1024x1024, the result resized back to the crop, unless told oth
 task); each restorer (DiffRIR weights) then restores those results. Results go to
 `results/<row>/<type>/<stem>_crop000_mask000.png` (LaMa's prediction naming) and are skipped when present. Metrics per
 row and mask type: FID of the results against the crops (whole set, Inception at 512), LPIPS (VGG, per image, mean)
-and SSIM (per image, mean).
+and SSIM (per image, mean). Under `accelerate launch` the crops, prompts and results are shared among the processes
+(`llmga.shards`) and the main process scores.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ import numpy as np
 from ..files import save_image_atomic
 from ..masks import EVAL_MASKS, MaskGenerator
 from ..prompt import parse_reply
+from ..shards import SINGLE_PROCESS, Shards
 from .pairs import EvalInputError
 from .report import RunResult, Table, write_report
 from .runs import (
     Generation,
-    JsonlCache,
     Setting,
+    cached_rows,
     check_run_settings,
     check_unique_names,
     parse_setting_spec,
@@ -159,11 +161,12 @@ def eval_mask(mask_type: str, size: int, seed: int, index: int, max_area: float 
 
 
 def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequence[str], *, size: int = CROP_SIZE,
-                        seed: int = 0, max_area: float = MAX_MASK_AREA,
-                        progress: bool = True) -> dict[str, list[InpaintItem]]:
+                        seed: int = 0, max_area: float = MAX_MASK_AREA, progress: bool = True,
+                        shards: Shards = SINGLE_PROCESS) -> dict[str, list[InpaintItem]]:
     """Write (or find, when a previous run wrote them) the crop and mask of every image for every mask type under
-    `data_dir/<type>/`; returns {mask type: items in image order}. Raises EvalInputError for no images, an
-    unreadable image, or two images with one file stem."""
+    `data_dir/<type>/`, each process its share of the images (`Shards.claim`); returns {mask type: items in image
+    order} once every process is done. Raises EvalInputError for no images, an unreadable image, or two images with
+    one file stem."""
     from tqdm.auto import tqdm
 
     from ..images import mask_to_pil, open_image
@@ -179,19 +182,20 @@ def prepare_inpaint_set(images: Sequence[Path], data_dir: Path, mask_types: Sequ
         if mask_type not in EVAL_MASKS:
             raise EvalInputError(f"unknown mask type {mask_type!r}: choose from {', '.join(EVAL_MASKS)}")
     check_run_settings(data_dir, {"size": size, "seed": seed, "max_area": max_area})
-    sets: dict[str, list[InpaintItem]] = {mask_type: [] for mask_type in mask_types}
-    for index, (path, stem) in enumerate(tqdm(list(zip(images, stems, strict=True)), desc="preparing crops and masks",
-                                              unit="image", disable=not progress)):
-        items = [InpaintItem(mask_type, f"{stem}_crop000", data_dir / mask_type / f"{stem}_crop000.png",
-                             data_dir / mask_type / f"{stem}_crop000_mask000.png") for mask_type in mask_types]
-        if not all(item.image.is_file() and item.mask.is_file() for item in items):
-            crop = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
-            for item in items:
-                save_image_atomic(crop, item.image)
-                save_image_atomic(mask_to_pil(eval_mask(item.mask_type, size, seed, index, max_area)), item.mask)
+    rows = [(index, path, [InpaintItem(mask_type, f"{stem}_crop000", data_dir / mask_type / f"{stem}_crop000.png",
+                                       data_dir / mask_type / f"{stem}_crop000_mask000.png")
+                           for mask_type in mask_types])
+            for index, (path, stem) in enumerate(zip(images, stems, strict=True))]
+    todo = [row for row in rows if not all(item.image.is_file() and item.mask.is_file() for item in row[2])]
+    mine = shards.claim(todo)
+    for index, path, items in tqdm(mine, desc="preparing crops and masks", unit="image",
+                                   disable=not (progress and shards.is_main)):
+        crop = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
         for item in items:
-            sets[item.mask_type].append(item)
-    return sets
+            save_image_atomic(crop, item.image)
+            save_image_atomic(mask_to_pil(eval_mask(item.mask_type, size, seed, index, max_area)), item.mask)
+    shards.wait()
+    return {mask_type: [items[position] for _, _, items in rows] for position, mask_type in enumerate(mask_types)}
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -205,44 +209,45 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def assistant_prompts(sets: dict[str, list[InpaintItem]], cache_path: Path, prompt_fn: PromptFn, *, assistant: str,
-                      batch_size: int = 8, progress: bool = True) -> dict[tuple[str, str], dict]:
+                      batch_size: int = 8, progress: bool = True,
+                      shards: Shards = SINGLE_PROCESS) -> dict[tuple[str, str], dict]:
     """The assistant's prompt for every masked crop: {(mask type, name): {"reply", "prompt", "has_prompt"}}, cached
-    in `cache_path` (JSONL) under (assistant, mask type, name). The task is "outpaint" for the outpaint masks and
-    "inpaint" for the others; a reply without <gen_image> tags gives an empty prompt."""
-    from tqdm.auto import tqdm
-
+    in `cache_path` (JSONL) under (assistant, mask type, name), each process its share (`runs.cached_rows`). The task
+    is "outpaint" for the outpaint masks and "inpaint" for the others; a reply without <gen_image> tags gives an
+    empty prompt."""
     from ..images import open_image
-
-    cache = JsonlCache(cache_path)
 
     def key(item: InpaintItem) -> str:
         return f"{assistant}\t{item.mask_type}\t{item.name}"
 
-    todo = [item for items in sets.values() for item in items if cache.get(key(item)) is None]
-    with tqdm(total=len(todo), desc="assistant prompts", unit="image", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            tasks = ["outpaint" if item.mask_type == "outpaint" else "inpaint" for item in batch]
-            replies = prompt_fn([open_image(item.image) for item in batch],
-                                [read_mask(item.mask) for item in batch], tasks)
-            rows = []
-            for item, task, reply in zip(batch, tasks, replies, strict=True):
-                parsed = parse_reply(reply)
-                rows.append({"key": key(item), "assistant": assistant, "task": task, "name": item.name,
-                             "reply": reply, "prompt": parsed.prompt() if parsed.has_prompt else "",
-                             "has_prompt": parsed.has_prompt})
-            cache.add(rows)
-            bar.update(len(batch))
-    return {(item.mask_type, item.name): cache.get(key(item)) for items in sets.values() for item in items}
+    def make(batch: list[InpaintItem]) -> list[dict]:
+        tasks = ["outpaint" if item.mask_type == "outpaint" else "inpaint" for item in batch]
+        replies = prompt_fn([open_image(item.image) for item in batch], [read_mask(item.mask) for item in batch],
+                            tasks)
+        rows = []
+        for item, task, reply in zip(batch, tasks, replies, strict=True):
+            parsed = parse_reply(reply)
+            rows.append({"key": key(item), "assistant": assistant, "task": task, "name": item.name,
+                         "reply": reply, "prompt": parsed.prompt() if parsed.has_prompt else "",
+                         "has_prompt": parsed.has_prompt})
+        return rows
+
+    items = [item for items in sets.values() for item in items]
+    cache = cached_rows(cache_path, items, key, make, batch_size=batch_size, shards=shards, progress=progress,
+                        desc="assistant prompts", unit="image")
+    return {(item.mask_type, item.name): cache.get(key(item)) for item in items}
 
 
 def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[InpaintItem]], out_dir: Path, *,
                      inpaint_fn: InpaintFn, metrics: InpaintMetrics, prompt_fn: PromptFn | None = None,
                      assistant: str = "", restorers: Sequence[Restorer] = (),
-                     generation: InpaintGeneration = InpaintGeneration(), progress: bool = True) -> RunResult:
+                     generation: InpaintGeneration = InpaintGeneration(), progress: bool = True,
+                     shards: Shards = SINGLE_PROCESS) -> RunResult | None:
     """Inpaint every masked crop of `sets` (from prepare_inpaint_set) for every setting, restore the results with
     every restorer, score each (row, mask type) and write `<out_dir>/report.{json,md,png}` (Table 3: every row;
-    Table 4: the restoration variants on the outpaint masks, when there are restorers and outpaint masks)."""
+    Table 4: the restoration variants on the outpaint masks, when there are restorers and outpaint masks). With
+    several processes (`shards`), each makes its share of the prompts and results, and the main process scores and
+    reports once all are made; the others return None."""
     from ..images import open_image
 
     if not settings:
@@ -256,11 +261,11 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
         if prompt_fn is None:
             raise EvalInputError("a setting uses the assistant's prompt: give the assistant (--mllm)")
         prompts = assistant_prompts(sets, out_dir / "prompts.jsonl", prompt_fn, assistant=assistant,
-                                    progress=progress)
+                                    progress=progress, shards=shards)
     for setting in settings:
         recipe = {"model": setting.model, "prompt": setting.prompt, **asdict(setting_generation(setting, generation)),
                   "assistant": assistant if setting.prompt == "assistant" else None}
-        _make_results(out_dir / "results" / slug(setting.name), recipe, sets, setting.name, progress,
+        _make_results(out_dir / "results" / slug(setting.name), recipe, sets, setting.name, progress, shards,
                       lambda item, index, s=setting: inpaint_fn(
                           s.model, open_image(item.image), read_mask(item.mask),
                           prompts[(item.mask_type, item.name)]["prompt"] if s.prompt == "assistant"
@@ -270,11 +275,13 @@ def run_inpaint_eval(settings: Sequence[InpaintSetting], sets: dict[str, list[In
             source = out_dir / "results" / slug(setting.name)
             recipe = {"source": setting.name, "restorer": restorer.name, "seed": generation.seed}
             _make_results(out_dir / "results" / slug(_row_name(setting, restorer)), recipe, sets,
-                          _row_name(setting, restorer), progress,
+                          _row_name(setting, restorer), progress, shards,
                           lambda item, index, r=restorer, src=source: r.restore(
                               open_image(src / item.mask_type / item.result_name), open_image(item.image),
                               read_mask(item.mask),
                               generation.seed + index))
+    if not shards.is_main:
+        return None
     table3, scores = score_inpainting(names, sets, out_dir, metrics, progress)
     tables = [table3]
     if restorers and "outpaint" in sets:
@@ -309,18 +316,22 @@ def _row_name(setting: InpaintSetting, restorer: Restorer | None) -> str:
 
 
 def _make_results(folder: Path, recipe: dict, sets: dict[str, list[InpaintItem]], name: str, progress: bool,
-                  make: Callable[[InpaintItem, int], Image.Image]) -> None:
-    """`<folder>/<type>/<result name>` for every item not there yet, made by make(item, index in its type)."""
+                  shards: Shards, make: Callable[[InpaintItem, int], Image.Image]) -> None:
+    """`<folder>/<type>/<result name>` for every item not there yet, made by make(item, index in its type), each
+    process its share; returns once every process is done."""
     from tqdm.auto import tqdm
 
     check_run_settings(folder, recipe)
     todo = [(item, index) for items in sets.values() for index, item in enumerate(items)
             if not (folder / item.mask_type / item.result_name).is_file()]
-    total = sum(len(items) for items in sets.values())
-    with tqdm(total=total, initial=total - len(todo), desc=name, unit="image", disable=not progress) as bar:
-        for item, index in todo:
+    mine = shards.claim(todo)
+    done = sum(len(items) for items in sets.values()) - len(todo)
+    with tqdm(total=done + len(mine), initial=done, desc=name, unit="image",
+              disable=not (progress and shards.is_main)) as bar:
+        for item, index in mine:
             save_image_atomic(make(item, index), folder / item.mask_type / item.result_name)
             bar.update(1)
+    shards.wait()
 
 
 def _metric_names(metrics: InpaintMetrics) -> list[str]:

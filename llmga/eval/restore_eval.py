@@ -10,7 +10,9 @@ GAN model), rounded to 8 bits; a mask is drawn from DiffRIR's training mix (stro
 0.35). The degraded picture stands for an SD result: the "plain composite" pastes its masked region into the clean
 image, and each restorer restores that region from the degraded picture with the clean image as reference.
 Every draw depends only on (seed, image index). Scores: PSNR, SSIM and LPIPS of the whole image against the clean
-crop (pixels outside the mask are equal in every row, so differences come from the masked region).
+crop (pixels outside the mask are equal in every row, so differences come from the masked region). Under
+`accelerate launch` the degraded crops and the restorations are shared among the processes (`llmga.shards`) and the
+main process scores.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..files import save_image_atomic
 from ..masks import DIFFRIR_MASKS, MaskGenerator
+from ..shards import SINGLE_PROCESS, Shards
 from .inpaint import CROP_SIZE, Restorer, crop_for_eval, read_mask
 from .pairs import EvalInputError
 from .report import RunResult, Table, write_report
@@ -78,9 +81,11 @@ def restore_mask(size: int, seed: int, index: int) -> np.ndarray:
 
 
 def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = CROP_SIZE, seed: int = 0,
-                        y_error: float = Y_ERROR, progress: bool = True) -> list[RestoreItem]:
+                        y_error: float = Y_ERROR, progress: bool = True,
+                        shards: Shards = SINGLE_PROCESS) -> list[RestoreItem]:
     """Write (or find) `<stem>.png` (clean crop), `<stem>_mask000.png` and `degraded/<stem>.png` under `data_dir`
-    for every image. Raises EvalInputError for no images, unreadable ones, shared stems or a size under 80."""
+    for every image, each process its share (`Shards.claim`); returns the items once every process is done. Raises
+    EvalInputError for no images, unreadable ones, shared stems or a size under 80."""
     from tqdm.auto import tqdm
 
     from ..images import mask_to_pil, open_image
@@ -94,17 +99,17 @@ def prepare_restore_set(images: Sequence[Path], data_dir: Path, *, size: int = C
     if len(set(stems)) != len(stems):
         raise EvalInputError("images share a file stem: give each image its own name")
     check_run_settings(data_dir, {"size": size, "seed": seed, "y_error": y_error})
-    items = []
-    for index, (path, stem) in enumerate(tqdm(list(zip(images, stems, strict=True)), desc="degrading", unit="image",
-                                              disable=not progress)):
-        item = RestoreItem(stem, data_dir / f"{stem}.png", data_dir / "degraded" / f"{stem}.png",
-                           data_dir / f"{stem}_mask000.png")
-        if not (item.clean.is_file() and item.degraded.is_file() and item.mask.is_file()):
-            clean = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
-            save_image_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
-            save_image_atomic(mask_to_pil(restore_mask(size, seed, index)), item.mask)
-            save_image_atomic(clean, item.clean)
-        items.append(item)
+    items = [RestoreItem(stem, data_dir / f"{stem}.png", data_dir / "degraded" / f"{stem}.png",
+                         data_dir / f"{stem}_mask000.png") for stem in stems]
+    todo = [(index, path, item) for index, (path, item) in enumerate(zip(images, items, strict=True))
+            if not (item.clean.is_file() and item.degraded.is_file() and item.mask.is_file())]
+    for index, path, item in tqdm(shards.claim(todo), desc="degrading", unit="image",
+                                  disable=not (progress and shards.is_main)):
+        clean = crop_for_eval(open_image(path), size, np.random.RandomState([seed & 0xFFFFFFFF, index]))
+        save_image_atomic(degrade(clean, _seed(seed, index, 2), y_error), item.degraded)
+        save_image_atomic(mask_to_pil(restore_mask(size, seed, index)), item.mask)
+        save_image_atomic(clean, item.clean)
+    shards.wait()
     return items
 
 
@@ -118,9 +123,11 @@ def plain_composite(generated: Image.Image, reference: Image.Image, mask: np.nda
 
 def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: Sequence[Restorer],
                      lpips: LpipsFn | None = None, seed: int = 0, batch_size: int = 16, device: str | None = None,
-                     progress: bool = True) -> RunResult:
+                     progress: bool = True, shards: Shards = SINGLE_PROCESS) -> RunResult | None:
     """Make `results/<row>/<name>.png` for the plain composite and every restorer (skipping finished files), score
-    PSNR, SSIM (and LPIPS when given) against the clean crops and write `<out_dir>/report.{json,md,png}`."""
+    PSNR, SSIM (and LPIPS when given) against the clean crops and write `<out_dir>/report.{json,md,png}`. With
+    several processes (`shards`), each restores its share, and the main process scores and reports once all are
+    made; the others return None."""
     from tqdm.auto import tqdm
 
     from ..images import open_image
@@ -129,21 +136,28 @@ def run_restore_eval(items: Sequence[RestoreItem], out_dir: Path, *, restorers: 
         raise EvalInputError("no images to evaluate")
     rows = [Restorer(PLAIN, plain_composite), *restorers]
     check_unique_names([row.name for row in rows])
+    for row in rows:
+        folder = out_dir / "results" / slug(row.name)
+        check_run_settings(folder, {"restorer": row.name, "seed": seed})
+        todo = [(index, item) for index, item in enumerate(items) if not (folder / f"{item.name}.png").is_file()]
+        mine = shards.claim(todo)
+        done = len(items) - len(todo)
+        with tqdm(total=done + len(mine), initial=done, desc=row.name, unit="image",
+                  disable=not (progress and shards.is_main)) as bar:
+            for index, item in mine:
+                restored = row.restore(open_image(item.degraded), open_image(item.clean), read_mask(item.mask),
+                                       seed + index)
+                save_image_atomic(restored, folder / f"{item.name}.png")
+                bar.update(1)
+    shards.wait()
+    if not shards.is_main:
+        return None
     metric_names = ["PSNR", "SSIM"] + (["LPIPS"] if lpips is not None else [])
     table = Table("Restoration (DiffRIR degradations D1 + D2, DiffRIR masks)", [row.name for row in rows],
                   [("", name) for name in metric_names])
     scores = {}
     for row in rows:
         folder = out_dir / "results" / slug(row.name)
-        check_run_settings(folder, {"restorer": row.name, "seed": seed})
-        todo = [(index, item) for index, item in enumerate(items) if not (folder / f"{item.name}.png").is_file()]
-        with tqdm(total=len(items), initial=len(items) - len(todo), desc=row.name, unit="image",
-                  disable=not progress) as bar:
-            for index, item in todo:
-                restored = row.restore(open_image(item.degraded), open_image(item.clean), read_mask(item.mask),
-                                       seed + index)
-                save_image_atomic(restored, folder / f"{item.name}.png")
-                bar.update(1)
         scores[row.name] = pair_scores([folder / f"{item.name}.png" for item in items],
                                        [item.clean for item in items], lpips=lpips, with_psnr=True,
                                        batch_size=batch_size, device=device, progress=progress,

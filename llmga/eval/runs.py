@@ -1,16 +1,21 @@
 """What the evaluation runs share: settings given as `LABEL=MODEL:PROMPT`, how images are generated, comma-separated
-choices (`--metrics fid,is`), the record of how a folder's images were made, and JSONL caches of assistant replies."""
+choices (`--metrics fid,is`), the record of how a folder's images were made, and JSONL caches of assistant replies
+(filled by every process of a sharded run, `llmga.shards`)."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..files import append_jsonl, read_jsonl, write_json_atomic
+from ..shards import Shards
 from .pairs import EvalInputError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -118,15 +123,40 @@ def check_run_settings(folder: Path, settings: dict) -> None:
 
 class JsonlCache:
     """Rows of a JSONL file keyed by a string, appended as they are made (`llmga.files.append_jsonl`), so a resumed
-    run computes each once. A line that does not parse (an interrupted write) is ignored."""
+    run computes each once. A line that does not parse (an interrupted write) is ignored. `append_to`: where new rows
+    go when not to `path` (a process's part file, `Shards.part`)."""
 
-    def __init__(self, path: Path, key_field: str = "key") -> None:
-        self.path, self.key_field = path, key_field
+    def __init__(self, path: Path, key_field: str = "key", append_to: Path | None = None) -> None:
+        self.path, self.key_field, self.append_to = path, key_field, append_to or path
         self.rows = {str(row[key_field]): row for row in read_jsonl(path) if key_field in row}
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
 
     def add(self, rows: list[dict]) -> None:
-        append_jsonl(self.path, rows)
+        append_jsonl(self.append_to, rows)
         self.rows.update((str(row[self.key_field]), row) for row in rows)
+
+
+def cached_rows(path: Path, items: Sequence[T], key: Callable[[T], str], make: Callable[[list[T]], list[dict]], *,
+                batch_size: int, shards: Shards, progress: bool, desc: str, unit: str) -> JsonlCache:
+    """The JSONL cache at `path` with a row for every item (under "key": `key(item)`): the missing rows are made by
+    `make(batch) -> rows`, `batch_size` items a call, each process its share (`Shards.share`), appended as each batch
+    is done. With several processes, each appends to its part file; the main one merges them in the order one
+    process would have written them, and every process gets the whole cache."""
+    from tqdm.auto import tqdm
+
+    shards.merge(path, "key")  # rows that an interrupted run of several processes left in part files
+    cache = JsonlCache(path, append_to=shards.part(path))
+    todo = list({key(item): item for item in items if cache.get(key(item)) is None}.values())
+    mine = shards.share(todo, batch_size)
+    with tqdm(total=len(mine), desc=desc, unit=unit, disable=not (progress and shards.is_main)) as bar:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start:start + batch_size]
+            cache.add(make(batch))
+            bar.update(len(batch))
+    if shards.count == 1:
+        return cache
+    shards.wait()
+    shards.merge(path, "key", [key(item) for item in todo])
+    return JsonlCache(path)

@@ -14,7 +14,8 @@ Generation is injected (`generate_fn(model, prompts, seeds) -> images`, `refine_
 loop runs on any backend; `backends.PipelineGenerator` and `backends.AssistantRefiner` bind it to the library's
 SD1.5 / SDXL pipelines and assistant. A setting may carry its own generation (`Setting.generation`: an SDXL row's
 official 1024x1024, CFG 5.0 beside SD1.5 rows). Every image is written atomically as it is made, and a resumed run
-skips images already on disk; refinements are kept in `refined.jsonl` and computed once.
+skips images already on disk; refinements are kept in `refined.jsonl` and computed once. Under `accelerate launch`
+the replies and images are shared among the processes (`llmga.shards`) and the main process scores.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import numpy as np
 
 from ..files import save_image_atomic
 from ..prompt import parse_reply
+from ..shards import SINGLE_PROCESS, Shards
 from .pairs import EvalInputError
 from .report import RunResult, Table, write_report
 from .runs import (
     Generation,
-    JsonlCache,
     Setting,
+    cached_rows,
     check_run_settings,
     check_unique_names,
     parse_setting_spec,
@@ -176,48 +178,49 @@ def check_settings(settings: Sequence[T2ISetting]) -> None:
 
 
 def refine_captions(captions: Sequence[Caption], cache_path: Path, refine_fn: RefineFn, *, assistant: str,
-                    batch_size: int = 8, progress: bool = True) -> dict[str, dict]:
+                    batch_size: int = 8, progress: bool = True, shards: Shards = SINGLE_PROCESS) -> dict[str, dict]:
     """The assistant's prompt for every caption: {caption id: {"reply", "prompt", "has_prompt"}}.
 
     Replies are cached in `cache_path` (JSONL) under (assistant, caption) and computed once, `batch_size` at a time
-    with `refine_fn(captions) -> replies`. The prompt is the text between the first <gen_image> tags; a reply without
-    tags falls back to the caption (has_prompt False, counted in the report)."""
-    from tqdm.auto import tqdm
-
-    cache = JsonlCache(cache_path)
+    with `refine_fn(captions) -> replies`, each process its share (`runs.cached_rows`). The prompt is the text between
+    the first <gen_image> tags; a reply without tags falls back to the caption (has_prompt False, counted in the
+    report)."""
 
     def key(caption: Caption) -> str:
         return f"{assistant}\t{caption.text}"
 
-    todo = list({key(caption): caption for caption in captions if cache.get(key(caption)) is None}.values())
-    with tqdm(total=len(todo), desc="refining captions", unit="caption", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            replies = refine_fn([caption.text for caption in batch])
-            if len(replies) != len(batch):
-                raise ValueError(f"refine_fn answered {len(replies)} of {len(batch)} captions")
-            rows = []
-            for caption, reply in zip(batch, replies, strict=True):
-                parsed = parse_reply(reply)
-                rows.append({"key": key(caption), "assistant": assistant, "caption": caption.text, "reply": reply,
-                             "prompt": parsed.prompt() if parsed.has_prompt else caption.text,
-                             "has_prompt": parsed.has_prompt})
-            cache.add(rows)
-            bar.update(len(batch))
+    def make(batch: list[Caption]) -> list[dict]:
+        replies = refine_fn([caption.text for caption in batch])
+        if len(replies) != len(batch):
+            raise ValueError(f"refine_fn answered {len(replies)} of {len(batch)} captions")
+        rows = []
+        for caption, reply in zip(batch, replies, strict=True):
+            parsed = parse_reply(reply)
+            rows.append({"key": key(caption), "assistant": assistant, "caption": caption.text, "reply": reply,
+                         "prompt": parsed.prompt() if parsed.has_prompt else caption.text,
+                         "has_prompt": parsed.has_prompt})
+        return rows
+
+    cache = cached_rows(cache_path, captions, key, make, batch_size=batch_size, shards=shards, progress=progress,
+                        desc="refining captions", unit="caption")
     return {caption.id: cache.get(key(caption)) for caption in captions}
 
 
 def generate_images(model: str, items: Sequence[tuple[str, str, int]], folder: Path, generate_fn: GenerateFn, *,
-                    batch_size: int, progress: bool = True, desc: str = "generating") -> int:
+                    batch_size: int, progress: bool = True, desc: str = "generating",
+                    shards: Shards = SINGLE_PROCESS) -> int:
     """Make `<folder>/<id>.png` for every (id, prompt, seed) whose image is not there yet, `batch_size` per call of
-    `generate_fn(model, prompts, seeds)`; each image is saved (atomically) as soon as its batch is done. Returns how
-    many images were made."""
+    `generate_fn(model, prompts, seeds)`, each process its share of the batches (`Shards.claim`); each image is saved
+    (atomically) as soon as its batch is done. Returns how many images the run made (all processes together)."""
     from tqdm.auto import tqdm
 
     todo = [item for item in items if not (folder / f"{item[0]}.png").is_file()]
-    with tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="image", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
+    mine = shards.claim(todo, batch_size)
+    done = len(items) - len(todo)
+    with tqdm(total=done + len(mine), initial=done, desc=desc, unit="image",
+              disable=not (progress and shards.is_main)) as bar:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start:start + batch_size]
             images = generate_fn(model, [prompt for _, prompt, _ in batch], [seed for _, _, seed in batch])
             if len(images) != len(batch):
                 raise ValueError(f"generate_fn made {len(images)} images for {len(batch)} prompts")
@@ -233,10 +236,13 @@ def generate_images(model: str, items: Sequence[tuple[str, str, int]], folder: P
 def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], out_dir: Path, *,
                  generate_fn: GenerateFn, metrics: T2IMetrics, refine_fn: RefineFn | None = None,
                  assistant: str = "", generation: T2IGeneration = T2IGeneration(),
-                 reference: Path | None = None, progress: bool = True) -> RunResult:
+                 reference: Path | None = None, progress: bool = True,
+                 shards: Shards = SINGLE_PROCESS) -> RunResult | None:
     """Generate every setting's images into `<out_dir>/images/<setting>/<caption id>.png` (resuming), then score
     them: FID against `reference` (a folder of real images or an .npz of statistics; None: no FID), IS, CLIP score.
-    Writes `<out_dir>/report.{json,md,png}` and returns the report. `assistant` names the refiner in the cache."""
+    Writes `<out_dir>/report.{json,md,png}` and returns the report. `assistant` names the refiner in the cache.
+    With several processes (`shards`), each makes its share of the replies and images, and the main process scores
+    and reports once all are made; the others return None."""
     check_settings(settings)
     if not captions:
         raise EvalInputError("no captions to evaluate: the captions file is empty")
@@ -245,7 +251,7 @@ def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], ou
         if refine_fn is None:
             raise EvalInputError("a setting uses the refined prompt: give the assistant (--mllm)")
         refined = refine_captions(captions, out_dir / "refined.jsonl", refine_fn, assistant=assistant,
-                                  batch_size=generation.batch_size, progress=progress)
+                                  batch_size=generation.batch_size, progress=progress, shards=shards)
     made = {}
     for setting in settings:
         folder = out_dir / "images" / slug(setting.name)
@@ -258,7 +264,10 @@ def run_t2i_eval(settings: Sequence[T2ISetting], captions: Sequence[Caption], ou
                   generation.seed + index) for index, caption in enumerate(captions)]
         made[setting.name] = generate_images(setting.model, items, folder, generate_fn,
                                              batch_size=generation.batch_size, progress=progress,
-                                             desc=f"generating ({setting.name})")
+                                             desc=f"generating ({setting.name})", shards=shards)
+    shards.wait()
+    if not shards.is_main:
+        return None
     table, rows = score_t2i(settings, captions, out_dir, metrics, reference, progress)
     report = {"task": "t2i", "protocol": _protocol(captions, metrics, generation, reference, assistant),
               "settings": [{**asdict(setting), **rows[setting.name], "made_this_run": made[setting.name]}

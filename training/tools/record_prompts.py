@@ -24,8 +24,14 @@ Images that failed (unreadable, empty reply, untagged with --skip-untagged) go t
 Decoding is greedy by default: batched replies then equal one-at-a-time replies (`llmga.mllm.batch`), so a resumed
 run records what an uninterrupted one would. With --temperature > 0 a reply depends on the other images of its batch.
 
+Several processes (`accelerate launch`, `llmga.shards`) share the images batch by batch, each on its own GPU with
+--device auto, and append to their own part files (`prompts.part-<rank>.jsonl`); the main process folds them into
+the output in the order one process would have written, so the output does not depend on the number of processes.
+A run interrupted before that is resumed by the next one, with any number of processes.
+
     python -m training.tools.record_prompts --model models/LLM/llmga-Qwen2-0.5B-full-finetune \\
         --images data/my_images --output data/my_images/prompts.jsonl --batch-size 16 --max-new-tokens 256
+    accelerate launch --num_processes 8 -m training.tools.record_prompts --model ... --images ... --output ...
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmga.files import append_jsonl
+from llmga.files import append_jsonl, read_jsonl
 from llmga.images import open_image
 from llmga.mllm.tasks import QUES_PROMPT, REGEN_PROMPT
+from llmga.shards import Shards, merge_parts, part_files, process_shards
 
 from ..data.datasets import IMAGE_EXTENSIONS
 from . import add_assistant_options, load_assistant, run_tool
@@ -64,6 +71,37 @@ class RunCounts:
     tagged: int = 0
     untagged: int = 0
     failed: list[str] = field(default_factory=list)
+
+
+def resume_records(output: Path, errors_path: Path, task: str, model: str, shards: Shards) -> set[str]:
+    """The images already recorded (`read_recorded`), after the main process has folded in the part files that an
+    interrupted run of several processes left (each checked first) and removed the last run's errors file (its
+    images are retried)."""
+    if shards.is_main:
+        parts = part_files(output)
+        for part in parts:
+            read_recorded(part, task, model)
+        done = read_recorded(output, task, model)
+        if parts:
+            merge_parts(output, "image")
+            done = read_recorded(output, task, model)
+        for stale in (errors_path, *part_files(errors_path)):
+            stale.unlink(missing_ok=True)
+    shards.wait()
+    return done if shards.is_main else read_recorded(output, task, model)
+
+
+def run_counts(output: Path, errors_path: Path, keys: Sequence[str], already: int) -> RunCounts:
+    """What the run recorded for the images `keys` it asked about, read back from the output and the errors file
+    (written by every process)."""
+    asked = set(keys)
+    counts = RunCounts(already=already)
+    for record in read_jsonl(output):
+        if record.get("image") in asked:
+            counts.tagged += record.get("tagged") is True
+            counts.untagged += record.get("tagged") is not True
+    counts.failed = [error["image"] for error in read_jsonl(errors_path) if error.get("image") in asked]
+    return counts
 
 
 def list_images(folder: Path, recursive: bool) -> list[Path]:
@@ -142,7 +180,7 @@ def user_turn(assistant, image, task: str, key: str, instruction: str | None, va
 
 
 def record_batch(assistant, images: Sequence[Path], keys: Sequence[str], args: argparse.Namespace, model: str,
-                 counts: RunCounts, warn) -> tuple[list[dict], list[dict]]:
+                 warn) -> tuple[list[dict], list[dict]]:
     """Ask about one batch of images; (records to append, error entries)."""
     from llmga.mllm.batch import reply_batch
     from llmga.mllm.chat import GenerationSettings
@@ -169,11 +207,8 @@ def record_batch(assistant, images: Sequence[Path], keys: Sequence[str], args: a
         else:
             records.append({"image": key, "caption": caption, "tagged": tagged, "reply": reply.text,
                             "task": args.task, "instruction": request.message, "model": model})
-            counts.tagged += tagged
-            counts.untagged += not tagged
     for error in errors:
         warn(f"warning: {error['image']}: {error['error']}")
-        counts.failed.append(error["image"])
     return records, errors
 
 
@@ -204,30 +239,40 @@ def run(args: argparse.Namespace) -> int:
     model = Path(args.model).resolve().name
     images = list_images(Path(args.images), args.recursive)
     keys = [image_key(image, output) for image in images]
-    done = read_recorded(output, args.task, model)
-    pending = [(image, key) for image, key in zip(images, keys, strict=True) if key not in done]
-    if args.limit is not None:
-        pending = pending[:args.limit]
-    counts = RunCounts(already=sum(key in done for key in keys))
     errors_path = Path(args.errors) if args.errors else output.with_suffix(".errors.jsonl")
     if errors_path.absolute() == output.absolute():
         raise RecordError(f"--errors {errors_path} is the output file: give another path")
-    errors_path.unlink(missing_ok=True)  # it listed the last run's failures, which this run retries
+    shards = process_shards()
+    args.device = shards.device(args.device)
+    done = resume_records(output, errors_path, args.task, model, shards)
+    pending = [(image, key) for image, key in zip(images, keys, strict=True) if key not in done]
+    if args.limit is not None:
+        pending = pending[:args.limit]
+    already = sum(key in done for key in keys)
     if not pending:
-        print(f"nothing to do: {counts.already} of {len(images)} images are recorded in {output}")
+        if shards.is_main:
+            print(f"nothing to do: {already} of {len(images)} images are recorded in {output}")
         return 0
 
-    assistant = load_assistant(args.model, args)
-    bar = tqdm(total=len(pending), unit="image", desc="recording prompts")
-    for start in range(0, len(pending), args.batch_size):
-        batch = pending[start:start + args.batch_size]
+    mine = shards.share(pending, args.batch_size)  # whole batches: each is one a single process would ask
+    assistant = load_assistant(args.model, args) if mine else None
+    bar = tqdm(total=len(mine), unit="image", desc="recording prompts", disable=not shards.is_main)
+    for start in range(0, len(mine), args.batch_size):
+        batch = mine[start:start + args.batch_size]
         records, errors = record_batch(assistant, [p for p, _ in batch], [k for _, k in batch], args, model,
-                                       counts, lambda text: tqdm.write(text, file=sys.stderr))
-        append_jsonl(output, records)  # flushed to disk: an interruption keeps every finished batch
+                                       lambda text: tqdm.write(text, file=sys.stderr))
+        append_jsonl(shards.part(output), records)  # flushed to disk: an interruption keeps every finished batch
         if errors:
-            append_jsonl(errors_path, errors)
+            append_jsonl(shards.part(errors_path), errors)
         bar.update(len(batch))
     bar.close()
+    shards.wait()
+    if not shards.is_main:
+        return 0  # the main process reports this process's images too
+    order = [key for _, key in pending]
+    merge_parts(output, "image", order)
+    merge_parts(errors_path, "image", order)
+    counts = run_counts(output, errors_path, order, already)
     recorded = counts.tagged + counts.untagged
     failed = f"; {len(counts.failed)} failed (listed in {errors_path}; a rerun retries them)" if counts.failed else ""
     print(f"recorded {recorded} prompts ({counts.tagged} tagged, {counts.untagged} untagged) in {output}; "
