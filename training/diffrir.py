@@ -22,8 +22,8 @@ llmga/restore/training.py and s1.py):
   = {"params": …, "params_ema": …}, the layout of the released net_g_*.pth that `load_diffrir` (the LLMGA Load
   DiffRIR node, `python -m llmga restore`) reads.
 
-Not here: the S2-GAN stage (train_DiffRIRS2_GAN_x1*.yml: VGG perceptual loss + U-Net discriminator), whose released
-model class cannot even be built (A.4 of the reference notes); validation during training.
+Stage `s2_gan` (train_DiffRIRS2_GAN_x1*.yml: VGG perceptual loss + U-Net discriminator, after S2) is
+training/diffrir_gan.py; a config with `stage: s2_gan` is handed to it. Not here: validation during training.
 
 Deviations: images are read as RGB by PIL (the official reads BGR with OpenCV and converts); random draws come from
 per-sample / per-step generators, and the pool, optimizers and EMA are checkpointed, so a resumed run continues
@@ -475,6 +475,10 @@ def train(config: DiffRIRConfig) -> TrainResult:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import diffrir_gan  # it builds on this module
+
+    if diffrir_gan.requests_gan_stage(argv):
+        return diffrir_gan.main(argv)
     return run_cli(__doc__, DiffRIRConfig, train, argv)
 
 

@@ -8,7 +8,9 @@ The order of one training step follows the official `feed_data` / `optimize_para
 2. `TrainingPairPool`: the pool of 160 (lq, gt) pairs that mixes degradations across batches (masks not pooled);
 3. `build_pair`: x = cat(lq, (1-mask)·gt) — the reference is built from the clean gt after the pool; target = gt;
 4. the losses: S1 `s1_loss`; S2 phase a (iteration < 100k, CPEN_S2 + denoiser only) `s2_encoder_losses`; S2 phase b
-   (all of S2) `s2_losses`. The KL term of the official KDLoss is computed and returned for logging only.
+   (all of S2) `s2_losses`; the GAN stage (DiffRIR_GAN_S2_model.py) `gan_generator_losses` with the VGG19
+   perceptual loss (`perceptual.py`), then `discriminator_losses` for the U-Net discriminator (`discriminator.py`).
+   The KL term of the official KDLoss is computed and returned for logging only.
 """
 
 from __future__ import annotations
@@ -61,11 +63,12 @@ def paired_random_crop(gt: Tensor, mask: Tensor, lq: Tensor, gt_size: int, scale
 
 def synthesize_training_batch(gt: Tensor, mask: Tensor, generator: torch.Generator, *, y_error: float,
                               y_bias: float = Y_BIAS, params: DegradationParams = DIFFRIR_DEGRADATION,
-                              gt_size: int = GT_SIZE) -> tuple[Tensor, Tensor, Tensor]:
+                              gt_size: int = GT_SIZE, degrade: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Steps 1 of the module docstring: gt [B,3,H,W] in [0,1] (400×400 officially), mask [B,1,H,W] in {0,1} (1 =
     region to generate) -> (lq [B,3,g/s,g/s] multiples of 1/255 in [0,1], gt [B,3,g,g], mask [B,1,g,g]) with
-    g = gt_size, s = params.scale. y_error: `Y_ERROR_S1` (0.06) for S1, `Y_ERROR_S2` (0.08) for S2."""
-    lq = second_order_degradation(gt, params, generator)
+    g = gt_size, s = params.scale. y_error: `Y_ERROR_S1` (0.06) for S1, `Y_ERROR_S2` (0.08) for S2. degrade: the
+    image the lq is made from, gt by default (the GAN stage's V2 degrades `usm_sharpen(gt)`)."""
+    lq = second_order_degradation(gt if degrade is None else degrade, params, generator)
     lq = quantize(luminance_error(lq, y_error, y_bias, generator))
     gt, mask, lq = paired_random_crop(gt, mask, lq, gt_size, params.scale, generator)
     return lq.contiguous(), gt, mask
@@ -246,3 +249,85 @@ def s2_losses(output: Tensor, gt: Tensor, mask: Tensor, z_s2: Tensor, z_s1: Tens
     pixel = F.l1_loss(image, gt)
     l1 = prior_l1(z_s2, z_s1)
     return S2Losses(total=pixel + l1, prior_l1=l1, prior_kl=prior_kl(z_s2, z_s1).detach(), pixel=pixel)
+
+
+# --- the GAN stage (DiffRIR/models/DiffRIR_GAN_S2_model.py, options/train_DiffRIRS2_GAN_x1*.yml) -----------------
+
+# train_DiffRIRS2_GAN_x1.yml: optim_g / optim_d Adam lr 1e-4; the generator's rate lr_sr · gamma_sr^⌊it / lr_decay_sr⌋
+# set by hand every iteration (the MultiStepLR [400k] it configures only reaches the discriminator at the very end).
+GAN_LR_G, GAN_GAMMA_G, GAN_LR_DECAY_G = 1e-4, 0.5, 300_000
+GAN_LR_D = 1e-4
+GAN_SCHEDULE = StepDecay(GAN_LR_G, GAN_GAMMA_G, GAN_LR_DECAY_G)
+# BasicSR USMSharp(radius=50, sigma=0) called with weight 0.5, threshold 10: a 51×51 Gaussian whose σ OpenCV derives
+# from the size (getGaussianKernel: 0.3·((51-1)/2 - 1) + 0.8 = 8).
+USM_SIZE, USM_WEIGHT, USM_THRESHOLD = 51, 0.5, 10 / 255
+
+
+def _usm_kernel(device: torch.device) -> Tensor:
+    """The normalised 1-D Gaussian of USMSharp (its 2-D kernel is the outer product of this with itself)."""
+    sigma = 0.3 * ((USM_SIZE - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(USM_SIZE, dtype=torch.float64) - (USM_SIZE - 1) / 2
+    kernel = torch.exp(-x**2 / (2 * sigma**2))
+    return (kernel / kernel.sum()).float().to(device)
+
+
+def _gaussian_blur(image: Tensor, kernel: Tensor) -> Tensor:
+    """BasicSR filter2D with the outer product of `kernel` (reflect padding), as two 1-D passes: the same sum in
+    another order, 51× cheaper than the 51×51 one."""
+    channels, half = image.shape[1], USM_SIZE // 2
+    x = F.pad(image, (half, half, half, half), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, USM_SIZE).to(x.dtype), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, USM_SIZE, 1).to(x.dtype), groups=channels)
+
+
+def usm_sharpen(image: Tensor) -> Tensor:
+    """BasicSR's USM sharpening of the ground truth: image [B,3,H,W] in [0,1] (H, W > 25) -> the same, sharpened
+    (image + 0.5·(image - blur), clipped to [0,1]) where |image - blur| > 10/255, blended in by the blurred mask."""
+    kernel = _usm_kernel(image.device)
+    residual = image - _gaussian_blur(image, kernel)
+    soft_mask = _gaussian_blur((residual.abs() > USM_THRESHOLD).to(image.dtype), kernel)
+    sharp = (image + USM_WEIGHT * residual).clamp(0, 1)
+    return soft_mask * sharp + (1 - soft_mask) * image
+
+
+def gan_loss(logits: Tensor, real: bool) -> Tensor:
+    """BasicSR's vanilla GANLoss (real label 1, fake label 0): BCE with logits against the label, mean over all
+    pixels of the per-pixel logits [B,1,H,W]."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+@dataclass
+class GANGeneratorLosses:
+    """The generator's terms in the GAN stage; `total` is back-propagated, `prior_kl` is logged only."""
+
+    total: Tensor
+    pixel: Tensor
+    perceptual: Tensor
+    gan: Tensor
+    prior_l1: Tensor
+    prior_kl: Tensor
+
+    def log(self) -> dict[str, Tensor]:
+        """Detached values under the official log names (l_abs_3, l_kd_3: the last of the 4 prior steps)."""
+        named = {"l_g_pix": self.pixel, "l_g_percep": self.perceptual, "l_g_gan": self.gan,
+                 "l_abs_3": self.prior_l1, "l_kd_3": self.prior_kl}
+        return {name: value.detach() for name, value in named.items()}
+
+
+def gan_generator_losses(output: Tensor, target: Tensor, perceptual: Tensor, fake_logits: Tensor, z_s2: Tensor,
+                         z_s1: Tensor, *, pixel_weight: float = 1.0, gan_weight: float = 1.0) -> GANGeneratorLosses:
+    """The GAN stage's generator loss: pixel_weight·L1(output, target) + perceptual (already weighted) +
+    gan_weight·BCE(D(output), real) + L1(z_S2, z_S1). output, target [B,3,H,W] (target: gt, or the USM gt in V2);
+    as officially the output is not composited with the gt. fake_logits: D(output) [B,1,H,W]; z [B,256]."""
+    pixel = pixel_weight * F.l1_loss(output, target)
+    adversarial = gan_weight * gan_loss(fake_logits, real=True)
+    l1 = prior_l1(z_s2, z_s1)
+    return GANGeneratorLosses(total=pixel + perceptual + adversarial + l1, pixel=pixel, perceptual=perceptual,
+                              gan=adversarial, prior_l1=l1, prior_kl=prior_kl(z_s2, z_s1).detach())
+
+
+def discriminator_losses(real_logits: Tensor, fake_logits: Tensor) -> dict[str, Tensor]:
+    """The discriminator's two terms (weight 1, as BasicSR's GANLoss for discriminators): l_d_real = BCE(D(gt),
+    real), l_d_fake = BCE(D(output), fake), back-propagated as their sum; out_d_* are the mean logits (logged)."""
+    return {"l_d_real": gan_loss(real_logits, real=True), "l_d_fake": gan_loss(fake_logits, real=False),
+            "out_d_real": real_logits.detach().mean(), "out_d_fake": fake_logits.detach().mean()}
