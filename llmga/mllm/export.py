@@ -39,10 +39,10 @@ import torch
 from transformers import AddedToken, CLIPImageProcessor, LlavaConfig, LlavaProcessor
 
 from ..devices import dtype_name
-from ..files import atomic_folder
+from ..files import atomic_folder, write_json_atomic
 from .chat import OFFICIAL_SETTINGS, Assistant, tokenize_with_image
 from .checkpoint import _write_shards, read_checkpoint
-from .loader import LoadedAssistant, load_llmga
+from .loader import LoadedAssistant, load_llmga, load_tokenizer
 from .model import IMAGE_TOKEN_INDEX
 from .templates import ChatTemplate
 
@@ -228,11 +228,28 @@ def export_llava_hf(checkpoint_dir: str | Path, out_dir: str | Path, *, dtype: s
         _write_shards(folder, llava_state_dict(loaded, image_id, twin, fold_embed_scale=engine == "transformers"),
                       max_shard_size)
         processor.save_pretrained(folder)
+        check_saved_tokenizer(folder, tokenizer, assistant.template, (start, marker))
         # Readers older than transformers 5 look for the image processor in its own file.
         (folder / "preprocessor_config.json").write_text(processor.image_processor.to_json_string())
         generation_config(assistant, image_id).save_pretrained(folder)
         config.save_pretrained(folder)
     return out_dir
+
+
+def check_saved_tokenizer(folder: Path, tokenizer, template: ChatTemplate, markers: tuple[str, str]) -> None:
+    """Make the tokenizer saved in `folder` tokenise as `tokenizer` does, and check it: transformers 5 leaves a Llama
+    tokenizer's `legacy` flag (how SentencePiece text after a special token starts) out of tokenizer_config.json,
+    and reads a missing one as False, so it is written back. ExportError when the saved tokenizer still needs other
+    `prompt_markers` than the chat template was written with."""
+    legacy = getattr(tokenizer, "legacy", None)
+    if legacy is not None:
+        settings_file = folder / "tokenizer_config.json"
+        write_json_atomic(settings_file, {**json.loads(settings_file.read_text()), "legacy": legacy})
+    saved = load_tokenizer(folder)
+    image_id = len(tokenizer) - 1
+    if len(saved) != len(tokenizer) or prompt_markers(template, saved, image_id) != markers:
+        raise ExportError(f"the tokenizer saved in {folder} does not tokenise prompts as the checkpoint's does: the "
+                          "installed transformers cannot export this tokenizer")
 
 
 def llava_config(loaded: LoadedAssistant, image_id: int, dtype: torch.dtype) -> LlavaConfig:
