@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "bench")]
 
 import torch  # noqa: E402
+from peak_memory import rss_mb  # noqa: E402
 
 from llmga.edit.attention import EmptyControl  # noqa: E402
 from llmga.edit.diffusers_attention import attention_control, unet_eps  # noqa: E402
@@ -44,14 +45,23 @@ TARGET = SOURCE.replace("tabby cat", "golden retriever dog").replace("sunny", "s
 VARIANTS = ("t2i", "di_p2p", "ddpm")
 
 
+def random_sd15_unet(device: torch.device, seed: int = 0):
+    """SD1.5's UNet architecture (diffusers' default config of `runwayml/stable-diffusion-v1-5`'s unet) with seeded
+    random float32 weights, built on `device` (a GPU initialises its 860 M parameters in a blink)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64)
+
+
 def sd15_unet(folder: Path | None, device: torch.device, dtype: torch.dtype):
     from diffusers import UNet2DConditionModel
 
     if folder is not None:
         unet = UNet2DConditionModel.from_pretrained(folder, torch_dtype=dtype)
     else:
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64).to(dtype)
+        unet = random_sd15_unet(device).to(dtype)
     return unet.to(device).eval()
 
 
@@ -94,14 +104,6 @@ def runner(name: str, unet, group, tokenize, contexts, latent: torch.Tensor, ste
                                 generator=torch.Generator().manual_seed(0))
 
     return {"t2i": t2i, "di_p2p": di_p2p, "ddpm": ddpm}[name]
-
-
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def timed(run, device: torch.device) -> tuple[float, int]:

@@ -129,16 +129,22 @@ def timed_run(server: ComfyServer, graph: dict, must_run: set[str], must_cache: 
 
 
 def interleaved(variants: dict[str, Callable[[int], tuple[dict, set[str], set[str]]]], server: ComfyServer,
-                repeats: int, first: int = 1) -> dict[str, list[tuple[float, float]]]:
+                repeats: int, first: int = 1,
+                wrap: Callable[[str, Callable[[], tuple[float, float]]], tuple[float, float]] | None = None,
+                ) -> dict[str, list[tuple[float, float]]]:
     """Run every variant once per repetition, in a rotating order; each run gets its own prompt number (from
-    `first` on), so no encoder output can come from the cache."""
+    `first` on), so no encoder output can come from the cache. wrap(name, run): runs `run` (one timed run of the
+    variant `name`) and returns its result, e.g. to read the server's peak memory around it."""
     names = list(variants)
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     number = first
     for i in range(repeats):
         order = names[i % len(names):] + names[:i % len(names)]
         for name in order:
-            rows[name].append(timed_run(server, *variants[name](number)))
+            def run(name: str = name, number: int = number) -> tuple[float, float]:
+                return timed_run(server, *variants[name](number))
+
+            rows[name].append(run() if wrap is None else wrap(name, run))
             number += 1
         print(f"  repetition {i + 1}/{repeats}: " + "  ".join(f"{n} {rows[n][-1][0]:.3f}s" for n in names), flush=True)
     return rows

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
-from bench_edit import rss_mb  # noqa: E402
+from peak_memory import rss_mb  # noqa: E402
 
 from llmga.restore.inference import restore_image  # noqa: E402
 from llmga.restore.network import DiffRIR  # noqa: E402

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -38,6 +39,61 @@ from bench_long_prompt_encode import (  # noqa: E402
 )
 
 PACK_LOADER, NATIVE_LOADER = "1", "11"
+Variant = Callable[[int], tuple[dict, set[str], set[str]]]
+
+
+def t2i_variants(pairs: list[tuple[str, str]], size: int, steps: int, pack_model: str,
+                 native_checkpoint: str) -> dict[str, Variant]:
+    """The graphs of this benchmark by name ("pack graph", "native graph", "native encoders only"): each takes a run
+    number (which prompt pair of `pairs` it encodes) and gives (API graph, nodes that must run, nodes that must come
+    from the cache). pack_model: a diffusers folder in models/diffusers; native_checkpoint: the same weights as one file
+    in models/checkpoints."""
+    loaders = {
+        PACK_LOADER: {"class_type": "LLMGALoadSD15", "inputs": {"model": pack_model, "allow_download": False}},
+        NATIVE_LOADER: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": native_checkpoint}},
+    }
+
+    def sample(load: str, positive: list, negative: list) -> dict:
+        return {
+            "4": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "5": {"class_type": "KSampler", "inputs": {
+                "model": [load, 0], "positive": positive, "negative": negative, "latent_image": ["4", 0],
+                "seed": 42, "steps": steps, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
+                "denoise": 1.0}},
+            "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": [load, 2]}},
+            "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+        }
+
+    def pack(i: int):
+        positive, negative = pairs[i]
+        return {
+            **loaders,
+            "2": {"class_type": "LLMGALongPromptEncode", "inputs": {
+                "clip": [PACK_LOADER, 1], "prompt": positive, "negative_prompt": negative, "mode": "llmga",
+                "max_chunks": 0}},
+            **sample(PACK_LOADER, ["2", 0], ["2", 1]),
+        }, {"2", "5", "6", "7"}, set(loaders)
+
+    def native_encoders(i: int) -> dict:
+        positive, negative = pairs[i]
+        return {
+            **loaders,
+            "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": [NATIVE_LOADER, 1], "text": positive}},
+            "13": {"class_type": "CLIPTextEncode", "inputs": {"clip": [NATIVE_LOADER, 1], "text": negative}},
+        }
+
+    def native(i: int):
+        return {**native_encoders(i), **sample(NATIVE_LOADER, ["12", 0], ["13", 0])}, {"12", "13", "5", "6", "7"}, \
+            set(loaders)
+
+    def native_encode_only(i: int):
+        graph = native_encoders(i)
+        for node, source in (("14", "12"), ("15", "13")):
+            graph[node] = {"class_type": "LLMGATestSaveConditioning",
+                           "inputs": {"conditioning": [source, 0], "name": f"bench-t2i-{source}"}}
+        return graph, {"12", "13"}, set(loaders)
+
+    return {"pack graph": pack, "native graph": native, "native encoders only": native_encode_only}
 
 
 def main() -> None:
@@ -53,53 +109,7 @@ def main() -> None:
     with ExitStack() as stack:
         server, comfy_path = start_server(args.workdir, args.threads, stack)
         pairs = prompt_variants(clip_tokenizer(comfy_path), 3 * (args.repeats + 1))
-        loaders = {
-            PACK_LOADER: {"class_type": "LLMGALoadSD15", "inputs": {"model": "tiny-sd15", "allow_download": False}},
-            NATIVE_LOADER: {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny-sd15.safetensors"}},
-        }
-
-        def sample(load: str, positive: list, negative: list) -> dict:
-            return {
-                "4": {"class_type": "EmptyLatentImage", "inputs": {"width": args.size, "height": args.size,
-                                                                   "batch_size": 1}},
-                "5": {"class_type": "KSampler", "inputs": {
-                    "model": [load, 0], "positive": positive, "negative": negative, "latent_image": ["4", 0],
-                    "seed": 42, "steps": args.steps, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal",
-                    "denoise": 1.0}},
-                "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": [load, 2]}},
-                "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
-            }
-
-        def pack(i: int):
-            positive, negative = pairs[i]
-            return {
-                **loaders,
-                "2": {"class_type": "LLMGALongPromptEncode", "inputs": {
-                    "clip": [PACK_LOADER, 1], "prompt": positive, "negative_prompt": negative, "mode": "llmga",
-                    "max_chunks": 0}},
-                **sample(PACK_LOADER, ["2", 0], ["2", 1]),
-            }, {"2", "5", "6", "7"}, set(loaders)
-
-        def native_encoders(i: int) -> dict:
-            positive, negative = pairs[i]
-            return {
-                **loaders,
-                "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": [NATIVE_LOADER, 1], "text": positive}},
-                "13": {"class_type": "CLIPTextEncode", "inputs": {"clip": [NATIVE_LOADER, 1], "text": negative}},
-            }
-
-        def native(i: int):
-            return {**native_encoders(i), **sample(NATIVE_LOADER, ["12", 0], ["13", 0])}, {"12", "13", "5", "6", "7"}, \
-                set(loaders)
-
-        def native_encode_only(i: int):
-            graph = native_encoders(i)
-            for node, source in (("14", "12"), ("15", "13")):
-                graph[node] = {"class_type": "LLMGATestSaveConditioning",
-                               "inputs": {"conditioning": [source, 0], "name": f"bench-t2i-{source}"}}
-            return graph, {"12", "13"}, set(loaders)
-
-        variants = {"pack graph": pack, "native graph": native, "native encoders only": native_encode_only}
+        variants = t2i_variants(pairs, args.size, args.steps, "tiny-sd15", "tiny-sd15.safetensors")
         print("warm-up (loads both models, first CLIP / UNet / VAE calls) ...", flush=True)
         for number, name in enumerate(variants):
             server.run(variants[name](number)[0])
