@@ -92,6 +92,20 @@ def test_exported_model_gives_the_packs_ids_and_logits(loaded, exported, family,
     assert (theirs[..., image_id] <= theirs[..., :image_id].max(-1).values).all()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tokenizer_chat_template_gives_the_packs_ids(loaded, exported, family):
+    """What an engine does with a chat request: render the template, tokenise without adding special tokens."""
+    assistant = Assistant(loaded[family])
+    ids = tokenize_with_image(pack_prompt(assistant, True), assistant.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(exported[family])
+    chat = messages(True)
+    chat[0]["content"][0] = {"type": "image"}
+    text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    image_id = len(assistant.tokenizer)
+    assert tokenizer(text, add_special_tokens=False).input_ids == [image_id if t == IMAGE_TOKEN_INDEX else t
+                                                                     for t in ids]
+
+
 @pytest.mark.parametrize("with_image", [True, False], ids=["image", "text"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_exported_model_gives_the_packs_greedy_reply(loaded, exported, family, with_image):

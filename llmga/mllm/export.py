@@ -12,15 +12,17 @@ Choices that keep the export's outputs those of the pack's assistant:
   len(tokenizer), and the embedding / lm_head get one row for it. The rows a checkpoint pads past its tokenizer (Qwen2,
   Phi-3) are cut first, as the official loader and the pack do. Logits over ids < V are those of the pack. The new
   lm_head row is a copy of a "twin" token's row (`twin_token_id`: <unk>, else BOS, else a special token that ends
-  nothing), so its logit equals the twin's and greedy decoding, which takes the first of equal maxima (torch.argmax,
-  vLLM, SGLang), never picks `<image>`; generation_config.json also lists it in `suppress_tokens`, so transformers
-  never samples it. An engine that ignores suppress_tokens could sample it as often as the twin, a token these
-  models are never trained to write. The embedding row is the twin's when the embeddings are tied (one matrix), else
-  the mean embedding; it never reaches the model, the image features replace it.
-- The text after `<image>`: the official code tokenises the prompt in pieces split at `<image>`, so the piece after it
-  starts with SentencePiece's word-start mark; a whole-prompt tokenisation (the processor's) of Llama-style
-  tokenizers does not put one after a special token. The chat template then writes `<image> ` (with a space), which
-  tokenises to the same ids; `image_marker` checks which form matches, for every tokenizer.
+  nothing), so its logit equals the twin's (up to the matmul's rounding) and greedy decoding, torch.argmax taking the
+  first of equal maxima, picks `<image>` at most where it would pick the twin; generation_config.json also lists it in
+  `suppress_tokens`, so transformers never picks or samples it. An engine that ignores suppress_tokens could sample it
+  as often as the twin, a token these models are never trained to write. The embedding row is the twin's when the
+  embeddings are tied (one matrix), else the mean embedding; it never reaches the model, the image features replace
+  it.
+- The text after a special token: the official code tokenises the prompt in pieces split at `<image>`, so each piece
+  starts with SentencePiece's word-start mark; a whole-prompt tokenisation (the processor's, an engine's) of
+  transformers 5's Llama tokenizers puts none after a special token (BOS, `<image>`). The chat template then writes a
+  space after them, which tokenises to the same ids; `prompt_markers` checks which form matches, for every tokenizer,
+  and `check_saved_tokenizer` checks it again on the tokenizer files written.
 - Gemma: the pack multiplies the spliced image features by Gemma's embedding scale sqrt(hidden), as LLMGA was
   trained (transformers 4 scaled the whole inputs_embeds). transformers 5's LLaVA scatters the features into the
   already-scaled embeddings, so for `engine="transformers"` the factor is folded into `linear_2` (weight and bias);
