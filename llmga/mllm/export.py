@@ -250,8 +250,8 @@ def check_saved_tokenizer(folder: Path, tokenizer, template: ChatTemplate, marke
     saved = load_tokenizer(folder)
     image_id = len(tokenizer) - 1
     if len(saved) != len(tokenizer) or prompt_markers(template, saved, image_id) != markers:
-        raise ExportError(f"the tokenizer saved in {folder} does not tokenise prompts as the checkpoint's does: the "
-                          "installed transformers cannot export this tokenizer")
+        raise ExportError("the tokenizer files the installed transformers writes do not tokenise prompts as the "
+                          "checkpoint's tokenizer does: export with another transformers version")
 
 
 def llava_config(loaded: LoadedAssistant, image_id: int, dtype: torch.dtype) -> LlavaConfig:
