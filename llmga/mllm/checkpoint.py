@@ -294,7 +294,7 @@ def write_llmga_folder(path: str | Path, config: Mapping[str, Any], weights: Map
         save_torch_atomic({key: value.to(dtype).cpu() for key, value in weights.items()
                            if key.startswith(PROJECTOR_PREFIX)}, folder / PROJECTOR_FILE)
     else:
-        _write_shards(folder, {key: value.to(dtype).contiguous().cpu() for key, value in weights.items()},
+        write_shards(folder, {key: value.to(dtype).contiguous().cpu() for key, value in weights.items()},
                       max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
@@ -303,7 +303,7 @@ def write_llmga_folder(path: str | Path, config: Mapping[str, Any], weights: Map
     write_json_atomic(folder / "config.json", {**config, "torch_dtype": dtype_name(dtype)})
 
 
-def _write_shards(folder: Path, weights: dict[str, torch.Tensor], max_shard_size: str) -> None:
+def write_shards(folder: Path, weights: dict[str, torch.Tensor], max_shard_size: str) -> None:
     """model.safetensors, or model-0000i-of-0000n.safetensors + the index, replacing the shards of an earlier write."""
     from huggingface_hub import split_torch_state_dict_into_shards
 

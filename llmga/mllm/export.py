@@ -43,7 +43,7 @@ from transformers import AddedToken, CLIPImageProcessor, LlavaConfig, LlavaProce
 from ..devices import dtype_name
 from ..files import atomic_folder, write_json_atomic
 from .chat import OFFICIAL_SETTINGS, Assistant, tokenize_with_image
-from .checkpoint import _write_shards, read_checkpoint
+from .checkpoint import read_checkpoint, write_shards
 from .loader import LoadedAssistant, load_llmga, load_tokenizer
 from .model import IMAGE_TOKEN_INDEX
 from .templates import ChatTemplate
@@ -227,7 +227,7 @@ def export_llava_hf(checkpoint_dir: str | Path, out_dir: str | Path, *, dtype: s
                                vision_feature_select_strategy=config.vision_feature_select_strategy,
                                chat_template=chat_template, image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
     with atomic_folder(out_dir) as folder:
-        _write_shards(folder, llava_state_dict(loaded, image_id, twin, fold_embed_scale=engine == "transformers"),
+        write_shards(folder, llava_state_dict(loaded, image_id, twin, fold_embed_scale=engine == "transformers"),
                       max_shard_size)
         processor.save_pretrained(folder)
         check_saved_tokenizer(folder, tokenizer, assistant.template, (start, marker))
