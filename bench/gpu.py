@@ -92,9 +92,8 @@ def markdown_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in rows:
         met = "—" if row.met is None else ("yes" if row.met else "**no**")
-        digits = 1 if row.unit == "tok/s" else 3
-        lines.append(f"| {row.case} | {row.ours:.{digits}f} {row.unit} | {row.baseline:.{digits}f} {row.unit} | "
-                     f"{row.ratio:.3f} | {row.target} | {met} | {row.peak} |")
+        lines.append(f"| {row.case} | {row.ours:.4g} {row.unit} | {row.baseline:.4g} {row.unit} | {row.ratio:.3f} | "
+                     f"{row.target} | {met} | {row.peak} |")
     return "\n".join(lines)
 
 
@@ -168,6 +167,7 @@ def assistant_rows(setting: Setting) -> list[Row]:
     rows = []
     sizes = setting.sizes
     memory = PeakMemory(setting.device)
+    implementations = set()
     for family, name in SEVEN_B_NAMES.items():
         label = f"{name.split('-')[0]} (tiny)" if setting.tiny else name
         folder = fixture_checkpoint(setting.workdir / "mllm", family)
@@ -178,6 +178,7 @@ def assistant_rows(setting: Setting) -> list[Row]:
                                             attention=setting.attention)
             else:
                 assistant.loaded.model.to(dtype)
+            implementations.add(assistant.loaded.model.language_model.config._attn_implementation)
             measured = alternate({"ours": lambda a=assistant: run_assistant(a, sizes.tokens),
                                   "generate": lambda a=assistant: run_base(a, sizes.tokens)}, memory, sizes.repeats)
             rates = {key: statistics.median(result[2] / seconds for result, seconds in zip(m.results, m.seconds,
@@ -195,11 +196,12 @@ def assistant_rows(setting: Setting) -> list[Row]:
             print(f"  {rows[-1].case}: {rates['ours']:.1f} vs {rates['generate']:.1f} tok/s", file=sys.stderr)
         del assistant
         free_memory()
+    ran = ", ".join(sorted(implementations))
     setting.notes.append(f"assistant: {sizes.tokens} new tokens per reply, greedy, the checkpoint's repetition "
                          "penalty; baseline = `language_model.generate` on the same prompt's ids; attention "
-                         f"{setting.attention}; the ids that end a reply are never picked (zeroed output rows), and "
-                         "ours also masks the logits past the tests' small tokenizer (a cost real checkpoints, whose "
-                         "embeddings the loader cuts to the tokenizer, do not pay)")
+                         f"{setting.attention} (ran: {ran}); the ids that end a reply are never picked (zeroed output "
+                         "rows), and ours also masks the logits past the tests' small tokenizer (a cost real "
+                         "checkpoints, whose embeddings the loader cuts to the tokenizer, do not pay)")
     return rows
 
 
