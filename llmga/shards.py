@@ -24,8 +24,9 @@ A single process (plain `python -m ...`) never imports accelerate or torch.distr
 of an unsharded run.
 
 When a process fails, it prints its one-line error and exits; accelerate's launcher (torchrun) then stops the others
-(SIGTERM: they end quietly, every file complete or absent) and exits non-zero, and a rerun resumes. Processes started
-by something else that sets WORLD_SIZE wait at the next barrier until the process group's timeout (30 minutes).
+(SIGTERM: they end quietly, every file complete or absent) and exits non-zero, and a rerun resumes. A process that
+was waiting for the failed one may notice first: it stops with one line saying so (`RunStopped`). Processes started by
+something else that sets WORLD_SIZE notice at the next barrier, or after the process group's timeout (30 minutes).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ T = TypeVar("T")
 
 # Where launchers put the number of processes (accelerate's list: torchrun, then the MPI launchers).
 WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+class RunStopped(ConnectionError):
+    """A process of a run of several ended while the others waited for it (an OSError: reported as one line)."""
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,15 @@ class Shards:
         return self.share(todo, block)
 
     def wait(self) -> None:
-        """Wait until every process gets here (nothing in a single process)."""
-        if self.state is not None:
+        """Wait until every process gets here (nothing in a single process). RunStopped when another process ended
+        first (gloo and NCCL notice a peer's closed connection) or the process group's timeout passed."""
+        if self.state is None:
+            return
+        try:
             self.state.wait_for_everyone()
+        except RuntimeError as error:  # torch.distributed's DistBackendError and gloo's errors are RuntimeErrors
+            raise RunStopped(f"process {self.rank}: another process of this run stopped before it (its error is "
+                             "printed above); what was made is kept: run the same command again to resume") from error
 
     def device(self, asked: str) -> str:
         """Where this process runs a model asked to run on `asked` (auto/cuda/cpu/mps): auto is this process's own
