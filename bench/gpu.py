@@ -219,24 +219,15 @@ def sd15_models(setting: Setting) -> tuple[Path, str, str]:
 @contextlib.contextmanager
 def bench_server(base: Path, device: torch.device) -> Iterator[Any]:
     """A ComfyUI server (tests/comfy_server.py) on `base` with bench/comfy_peak_memory beside the pack; on CUDA with
-    ComfyUI's default flags (ComfyServer always passes --cpu and --fp32-text-enc, which are dropped here)."""
-    import subprocess
-    from unittest import mock
-
+    ComfyUI's default flags (its own device and text-encoder precision)."""
     from comfy_server import ComfyServer
     from comfyui_host import resolve_comfyui
 
-    server = ComfyServer(resolve_comfyui(), base)
+    server = ComfyServer(resolve_comfyui(), base, cpu=device.type != "cuda")
     link = server.base_dir / "custom_nodes" / "llmga_bench_peak_memory"
     if not link.exists():
         link.symlink_to(Path(__file__).resolve().parent / "comfy_peak_memory", target_is_directory=True)
-    popen = subprocess.Popen
-
-    def gpu_popen(command: list[str], *args: Any, **kwargs: Any) -> subprocess.Popen:
-        return popen([arg for arg in command if arg not in ("--cpu", "--fp32-text-enc")], *args, **kwargs)
-
-    with mock.patch("subprocess.Popen", gpu_popen) if device.type == "cuda" else contextlib.nullcontext():
-        server.start()
+    server.start()
     try:
         yield server
     finally:

@@ -110,37 +110,21 @@ def write_sd15(models: Path, tokenizer_dir: Path, *, tiny: bool, device: torch.d
     """An SD1.5 model with random weights in `models` (a ComfyUI models folder), written when missing; returns its
     diffusers folder's name (models/diffusers) and its single file's name (models/checkpoints). tokenizer_dir: the
     SD1.5 CLIP tokenizer (ComfyUI's comfy/sd1_tokenizer). Real size: SD1.5's UNet, drawn on `device`."""
-    # The fixture writers are private to tests/fixtures/sd15.py, which builds tiny models only; the same writers at
-    # real size keep the bench's files in the released layout.
     from bench_edit import random_sd15_unet
-    from fixtures.sd15 import (
-        SAFETENSORS_METADATA,
-        UNET_CONV_OUT_SCALE,
-        _half,
-        _Shared,
-        _text_encoder,
-        _unet,
-        _vae,
-        _write_pipeline,
-    )
-
-    from llmga.files import save_safetensors_atomic
-    from llmga.sd.convert import sd15_single_file_state_dict
+    from fixtures.sd15 import UNET_CONV_OUT_SCALE, tiny_sd15_unet, write_sd15_model
 
     name = TINY_SD15 if tiny else RANDOM_SD15
     single_file = models / "checkpoints" / f"{name}.safetensors"
     if single_file.is_file():  # written last
         return name, single_file.name
-    with torch.random.fork_rng(devices=[]):
-        vae, text_encoder = _vae(0), _text_encoder(1)
-        unet = _unet(2, in_channels=4) if tiny else random_sd15_unet(device, seed=2)
-    if not tiny:
+    if tiny:
+        unet = tiny_sd15_unet(seed=2)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            unet = random_sd15_unet(device, seed=2)
         with torch.no_grad():  # as the fixtures' UNet: small noise predictions keep guided sampling finite
             unet.conv_out.weight.mul_(UNET_CONV_OUT_SCALE)
             unet.conv_out.bias.mul_(UNET_CONV_OUT_SCALE)
         unet = unet.half().cpu()  # SD1.5 releases ship float16 files
-    shared = _Shared(vae, _half(vae.state_dict()), text_encoder, _half(text_encoder.state_dict()), tokenizer_dir)
-    _write_pipeline(models / "diffusers" / name, "StableDiffusionPipeline", shared, unet)
-    save_safetensors_atomic(sd15_single_file_state_dict(unet.state_dict(), unet.config, shared.vae_sd,
-                                                        shared.text_encoder_sd), single_file, SAFETENSORS_METADATA)
+    write_sd15_model(models, name, unet, tokenizer_dir)
     return name, single_file.name

@@ -54,10 +54,12 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    """`main.py --cpu` of the ComfyUI in `comfy_path`, with its base directory at `base_dir`."""
+    """`main.py --cpu` of the ComfyUI in `comfy_path`, with its base directory at `base_dir`. cpu=False starts it with
+    ComfyUI's default flags instead (its own device and text-encoder precision: what benchmarks on a GPU measure)."""
 
-    def __init__(self, comfy_path: Path, base_dir: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, comfy_path: Path, base_dir: Path, extra_args: tuple[str, ...] = (), cpu: bool = True):
         self.comfy_path = Path(comfy_path)
+        self.cpu = cpu
         self.base_dir = Path(base_dir)
         self.extra_args = extra_args
         self.port = 0
@@ -90,10 +92,11 @@ class ComfyServer:
     def start(self, timeout: float = 240.0) -> None:
         self.port = free_port()
         command = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base_dir), "--disable-auto-launch", "--disable-api-nodes",
             "--database-url", f"sqlite:///{self.base_dir / 'user' / 'comfyui.db'}",
-            "--fp32-text-enc",  # ComfyUI runs text encoders in fp16 even on the CPU; numbers are compared in fp32
+            # ComfyUI runs text encoders in fp16 even on the CPU; numbers are compared in fp32
+            *(["--cpu", "--fp32-text-enc"] if self.cpu else []),
             *self.extra_args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", DO_NOT_TRACK="1")
