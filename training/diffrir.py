@@ -257,6 +257,24 @@ def training_pair(batch: dict[str, Tensor], pool: TrainingPairPool, config: Diff
     return x, gt, mask
 
 
+def training_data(config: DiffRIRConfig, accelerator: Accelerator, paths: Sequence[Path]
+                  ) -> tuple[DataLoader, tuple[EpochShuffleSampler, MaskedCropDataset], TrainingPairPool]:
+    """The prepared loader of `MaskedCropDataset` batches of `paths`, what follows the epoch (sampler, dataset) and
+    the training-pair pool, registered for checkpointing: call it after the stage has registered its own state, so
+    that checkpoints keep their order. DataError when a process would get no whole batch."""
+    dataset = MaskedCropDataset(paths, config.crop_size, config.use_hflip, config.seed)
+    sampler = EpochShuffleSampler(len(dataset), config.seed)
+    # drop_last: the pool takes batches of one size only.
+    dataloader = accelerator.prepare(DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler,
+                                                drop_last=True, num_workers=config.dataloader_num_workers))
+    if len(dataloader) == 0:
+        raise DataError(f"train_data has {len(dataset)} image(s), fewer than one batch of {config.train_batch_size} "
+                        f"on each of {accelerator.num_processes} process(es): add images or lower train_batch_size")
+    pool = TrainingPairPool(config.queue_size)
+    accelerator.register_for_checkpointing(pool)
+    return dataloader, (sampler, dataset), pool
+
+
 # --- the two stages ------------------------------------------------------------------------------------------------
 
 
@@ -270,21 +288,27 @@ def adam_settings(config: DiffRIRConfig) -> dict[str, Any]:
     return {"betas": (config.adam_beta1, config.adam_beta2), "weight_decay": config.adam_weight_decay}
 
 
-def read_s1_weights(path: str | Path) -> dict[str, Tensor]:
-    """The state dict of S1 weights (.pth: params / bare, read with weights_only=True; or .safetensors). Raises
-    ConfigError for a missing or unreadable file and for weights that are not a DiffRIR S1 network."""
-    path = Path(path)
+# The prior network's key prefix in each stage's weights: CPEN_S1 (which sees the gt) in S1, CPEN_S2 in S2.
+STAGE_PRIOR_PREFIXES = {"s1": "E.", "s2": "condition."}
+
+
+def read_stage_weights(path: str | Path, stage: Literal["s1", "s2"]) -> dict[str, Tensor]:
+    """The state dict of a stage's weights, for the `<stage>_checkpoint` key (.pth: params_ema, params or bare, read
+    with weights_only=True; or .safetensors). Raises ConfigError for a missing or unreadable file and for weights
+    without that stage's prior network."""
+    path, key = Path(path), f"{stage}_checkpoint"
     if not path.is_file():
-        raise ConfigError(f"s1_checkpoint {path} does not exist: train stage s1 first (it writes "
+        raise ConfigError(f"{key} {path} does not exist: train stage {stage} first (it writes "
                           "<output_dir>/<model_name>.pth) and give that file")
     try:
         state = read_state_dict(path)
     except DiffRIRLoadError as error:
-        raise ConfigError(f"s1_checkpoint: {error}") from error
-    if not any(key.startswith("E.") for key in state):
-        kind = "DiffRIR S2" if any(key.startswith("condition.") for key in state) else "other"
-        raise ConfigError(f"s1_checkpoint {path} holds {kind} weights, not the S1 network (its prior network E.* "
-                          "is missing): give the weights stage s1 wrote")
+        raise ConfigError(f"{key}: {error}") from error
+    held = [other for other, prefix in STAGE_PRIOR_PREFIXES.items() if any(name.startswith(prefix) for name in state)]
+    if stage not in held:
+        kind = f"DiffRIR {held[0].upper()}" if held else "other"
+        raise ConfigError(f"{key} {path} holds {kind} weights, not the {stage.upper()} network (its prior network "
+                          f"{STAGE_PRIOR_PREFIXES[stage]}* is missing): give the weights stage {stage} wrote")
     return state
 
 
@@ -438,24 +462,14 @@ class TrainResult(loop.TrainResult):
 def train(config: DiffRIRConfig) -> TrainResult:
     """Train the configured stage and write `<output_dir>/<model_name>.pth` (see the module docstring)."""
     paths = find_images(config.train_data)
-    s1_weights = read_s1_weights(config.s1_checkpoint) if config.stage == "s2" else None
+    s1_weights = read_stage_weights(config.s1_checkpoint, "s1") if config.stage == "s2" else None
     run = TrainingRun(config, f"diffrir_{config.stage}")
     accelerator = run.accelerator
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("DiffRIR trains with DDP (accelerate's multi_gpu / single_gpu configs), not DeepSpeed or "
                           "FSDP: its 25M-parameter network fits every GPU")
-    dataset = MaskedCropDataset(paths, config.crop_size, config.use_hflip, config.seed)
-    sampler = EpochShuffleSampler(len(dataset), config.seed)
-    # drop_last: the pool takes batches of one size only.
-    dataloader = DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler, drop_last=True,
-                            num_workers=config.dataloader_num_workers)
     stage = S1Stage(config, accelerator) if s1_weights is None else S2Stage(config, accelerator, s1_weights)
-    dataloader = accelerator.prepare(dataloader)
-    if len(dataloader) == 0:
-        raise DataError(f"train_data has {len(dataset)} image(s), fewer than one batch of {config.train_batch_size} "
-                        f"on each of {accelerator.num_processes} process(es): add images or lower train_batch_size")
-    pool = TrainingPairPool(config.queue_size)
-    accelerator.register_for_checkpointing(pool)
+    dataloader, epoch_setters, pool = training_data(config, accelerator, paths)
     run.resume()
 
     def micro_step(batch: dict[str, Tensor], generator: torch.Generator, step: int) -> MicroStep:
@@ -463,7 +477,7 @@ def train(config: DiffRIRConfig) -> TrainResult:
         terms, lr = stage.step(x, gt, mask, step, generator)
         return MicroStep(terms, lr, len(x))
 
-    run.train(stage.model, dataloader, (sampler, dataset), config.max_train_steps, micro_step, stage.after_step)
+    run.train(stage.model, dataloader, epoch_setters, config.max_train_steps, micro_step, stage.after_step)
     path = Path(config.output_dir) / f"{config.model_name}.pth"
 
     def write() -> str:

@@ -50,10 +50,9 @@ from typing import Literal
 import torch
 from accelerate import Accelerator, DistributedType
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from llmga.model_files import layout_problems, load_weights
-from llmga.restore.checkpoint import DiffRIRLoadError, read_state_dict, save_basicsr_weights
+from llmga.restore.checkpoint import save_basicsr_weights
 from llmga.restore.degradations import Y_ERROR_S1, DegradationParams
 from llmga.restore.discriminator import NUM_FEAT, UNetDiscriminatorSN
 from llmga.restore.network import DiffRIR
@@ -74,18 +73,17 @@ from llmga.restore.training import (
 )
 
 from . import loop
-from .common import ConfigError, EpochShuffleSampler, parse_overrides, read_config_file, run_cli
-from .data.datasets import DataError
+from .common import ConfigError, parse_overrides, read_config_file, run_cli
 from .diffrir import (
     S1_MILESTONES,
     DiffRIRConfig,
-    MaskedCropDataset,
     ParameterEMA,
     S2TrainingForward,
     adam_settings,
     cpu_weights,
     find_images,
-    read_s1_weights,
+    read_stage_weights,
+    training_data,
 )
 from .loop import MicroStep, TrainingRun
 
@@ -190,24 +188,6 @@ def load_fitting(module: nn.Module, weights: Mapping[str, Tensor], key: str, pat
     if problems:
         raise ConfigError(f"{key} {path} does not fit the configured network ({problems}): {hint}")
     module.load_state_dict(weights, strict=True)
-
-
-def read_s2_weights(path: str | Path) -> dict[str, Tensor]:
-    """The S2 run's weights (`params_ema`, else `params`, else a bare state dict; .pth read with weights_only=True,
-    or .safetensors). ConfigError for a missing or unreadable file and for weights that are not DiffRIR S2."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"s2_checkpoint {path} does not exist: train stage s2 first (it writes "
-                          "<output_dir>/<model_name>.pth) and give that file")
-    try:
-        state = read_state_dict(path)
-    except DiffRIRLoadError as error:
-        raise ConfigError(f"s2_checkpoint: {error}") from error
-    if not any(key.startswith("condition.") for key in state):
-        kind = "DiffRIR S1" if any(key.startswith("E.") for key in state) else "other"
-        raise ConfigError(f"s2_checkpoint {path} holds {kind} weights, not the S2 network (its prior network "
-                          "condition.* is missing): give the weights stage s2 wrote")
-    return state
 
 
 def read_discriminator_weights(path: str | Path) -> dict[str, Tensor]:
@@ -323,8 +303,8 @@ def train(config: DiffRIRGANConfig) -> TrainResult:
     """Train the GAN stage and write its two files (see the module docstring). Every input file (images, S1, S2,
     VGG19, discriminator) is read before training starts, so a missing one stops the run at once."""
     paths = find_images(config.train_data)
-    s1_weights = read_s1_weights(config.s1_checkpoint)
-    s2_weights = read_s2_weights(config.s2_checkpoint)
+    s1_weights = read_stage_weights(config.s1_checkpoint, "s1")
+    s2_weights = read_stage_weights(config.s2_checkpoint, "s2")
     d_weights = read_discriminator_weights(config.d_checkpoint) if config.d_checkpoint else None
     vgg = load_vgg19(config.vgg19_weights)
     run = TrainingRun(config, f"diffrir_{STAGE}")
@@ -332,18 +312,8 @@ def train(config: DiffRIRGANConfig) -> TrainResult:
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
         raise ConfigError("DiffRIR trains with DDP (accelerate's multi_gpu / single_gpu configs), not DeepSpeed or "
                           "FSDP: its 25M-parameter network and the discriminator fit every GPU")
-    dataset = MaskedCropDataset(paths, config.crop_size, config.use_hflip, config.seed)
-    sampler = EpochShuffleSampler(len(dataset), config.seed)
-    # drop_last: the pool takes batches of one size only.
-    dataloader = DataLoader(dataset, batch_size=config.train_batch_size, sampler=sampler, drop_last=True,
-                            num_workers=config.dataloader_num_workers)
     stage = GANStage(config, accelerator, s1_weights, s2_weights, vgg, d_weights)
-    dataloader = accelerator.prepare(dataloader)
-    if len(dataloader) == 0:
-        raise DataError(f"train_data has {len(dataset)} image(s), fewer than one batch of {config.train_batch_size} "
-                        f"on each of {accelerator.num_processes} process(es): add images or lower train_batch_size")
-    pool = TrainingPairPool(config.queue_size)
-    accelerator.register_for_checkpointing(pool)
+    dataloader, epoch_setters, pool = training_data(config, accelerator, paths)
     run.resume()
 
     def micro_step(batch: dict[str, Tensor], generator: torch.Generator, step: int) -> MicroStep:
@@ -351,7 +321,7 @@ def train(config: DiffRIRGANConfig) -> TrainResult:
         terms, lr = stage.step(x, gt, target, step, generator)
         return MicroStep(terms, lr, len(x))
 
-    run.train(stage.model, dataloader, (sampler, dataset), config.max_train_steps, micro_step, stage.after_step)
+    run.train(stage.model, dataloader, epoch_setters, config.max_train_steps, micro_step, stage.after_step)
     output_dir = Path(config.output_dir)
     path = output_dir / f"{config.model_name}.pth"
     discriminator_path = output_dir / f"{config.discriminator_name}.pth"
