@@ -62,10 +62,10 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> torc
     """The FID Inception (an `InceptionFeatures`, eval mode, no gradients) of `pt_inception-2015-12-05-6726825d.pth`
     (`path` is the file, or a folder holding it), on `device` (auto/cuda/cpu/mps) in the metrics' precision
     (`llmga.devices`: fp32)."""
-    file = _weights_file(path, INCEPTION_FILE, "FID Inception", INCEPTION_URL)
+    file = weights_file(path, INCEPTION_FILE, "FID Inception", INCEPTION_URL)
     model = _inception_class()()
-    state = _read_state_dict(file, INCEPTION_FILE, INCEPTION_URL)
-    _check_keys(state, model.state_dict(), file, "FID Inception", INCEPTION_FILE, INCEPTION_URL)
+    state = read_state_dict(file, INCEPTION_FILE, INCEPTION_URL)
+    check_keys(state, model.state_dict(), file, "FID Inception", INCEPTION_FILE, INCEPTION_URL)
     model.load_state_dict(state, strict=False)  # strict already checked; old files lack BatchNorm's step counter
     model.name = INCEPTION_NAME if file.name == INCEPTION_FILE else f"inception-fid-{file.stem}"
     return _ready(model, device)
@@ -74,16 +74,16 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu") -> torc
 def load_lpips(vgg: str | Path, lin: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """VGG LPIPS v0.1 (an `LPIPS`, eval mode, no gradients) of torchvision's `vgg16-397923af.pth` and lpips'
     `vgg.pth` (each argument the file, or a folder holding it), on `device` in the metrics' precision (fp32)."""
-    vgg_file = _weights_file(vgg, LPIPS_VGG_FILE, "LPIPS VGG16", LPIPS_VGG_URL)
-    lin_file = _weights_file(lin, LPIPS_LIN_FILE, "LPIPS linear heads", LPIPS_LIN_URL)
+    vgg_file = weights_file(vgg, LPIPS_VGG_FILE, "LPIPS VGG16", LPIPS_VGG_URL)
+    lin_file = weights_file(lin, LPIPS_LIN_FILE, "LPIPS linear heads", LPIPS_LIN_URL)
     model = _lpips_class()()
     expected = model.state_dict()
-    vgg_state = _read_state_dict(vgg_file, LPIPS_VGG_FILE, LPIPS_VGG_URL)
+    vgg_state = read_state_dict(vgg_file, LPIPS_VGG_FILE, LPIPS_VGG_URL)
     features = {key: value for key, value in expected.items() if key.startswith("features.")}
-    _check_keys(vgg_state, features, vgg_file, "VGG16", LPIPS_VGG_FILE, LPIPS_VGG_URL, ignore=("classifier.",))
-    lin_state = _read_state_dict(lin_file, LPIPS_LIN_FILE, LPIPS_LIN_URL)
+    check_keys(vgg_state, features, vgg_file, "VGG16", LPIPS_VGG_FILE, LPIPS_VGG_URL, ignore=("classifier.",))
+    lin_state = read_state_dict(lin_file, LPIPS_LIN_FILE, LPIPS_LIN_URL)
     heads = {key: value for key, value in expected.items() if key.startswith("lin")}
-    _check_keys(lin_state, heads, lin_file, "LPIPS v0.1 VGG linear-head", LPIPS_LIN_FILE, LPIPS_LIN_URL)
+    check_keys(lin_state, heads, lin_file, "LPIPS v0.1 VGG linear-head", LPIPS_LIN_FILE, LPIPS_LIN_URL)
     model.load_state_dict({**{key: vgg_state[key] for key in features}, **lin_state}, strict=True)
     return _ready(model, device)
 
@@ -250,7 +250,7 @@ def _lpips_class() -> type:
     return LPIPS
 
 
-def _weights_file(path: str | Path, filename: str, what: str, url: str) -> Path:
+def weights_file(path: str | Path, filename: str, what: str, url: str) -> Path:
     """`path` if it is a file, else `filename` (or its .safetensors twin) inside the folder `path`."""
     path = Path(path).expanduser()
     if path.is_file():
@@ -266,7 +266,7 @@ def _weights_file(path: str | Path, filename: str, what: str, url: str) -> Path:
                              f"holding it); the public weights are at {url}")
 
 
-def _read_state_dict(file: Path, filename: str, url: str) -> dict[str, torch.Tensor]:
+def read_state_dict(file: Path, filename: str, url: str) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file or of a pickled state dict (torch.load with weights_only=True, either torch
     format: the published files predate torch's zip format)."""
     from ..model_files import read_tensors
@@ -274,7 +274,7 @@ def _read_state_dict(file: Path, filename: str, url: str) -> dict[str, torch.Ten
     return read_tensors(file, ModelNotFoundError, f"give {filename} from {url}")
 
 
-def _check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], file: Path, what: str,
+def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], file: Path, what: str,
                 filename: str, url: str, ignore: tuple[str, ...] = ()) -> None:
     """ModelNotFoundError unless `state` holds every key of `expected` (BatchNorm step counters optional) with its
     shape, and no other key (but those starting with `ignore`)."""

@@ -6,6 +6,8 @@
 - `inference`: padding, compositing and tiled inference on whole images (`python -m llmga restore`, in
   `llmga.cli.restore`, runs it);
 - training pieces: `degradations` (D1: Real-ESRGAN second-order degradation; D2: luminance/contrast error) with
-  `jpeg` (DiffJPEG in torch), `s1` (the first-stage network that also sees the ground truth) and `training` (crops,
-  the training-pair pool, the stage-2 training prior, the losses of S1, S2a and S2b).
+  `jpeg` (DiffJPEG in torch), `s1` (the first-stage network that also sees the ground truth), `discriminator`
+  (Real-ESRGAN's U-Net discriminator with spectral norm), `perceptual` (the VGG19 perceptual loss, local weights
+  only) and `training` (crops, the training-pair pool, the stage-2 training prior, the losses of S1, S2a and S2b, the
+  GAN stage's losses and USM sharpening).
 """

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..eval.networks import _check_keys, _read_state_dict, _weights_file
+from ..eval.networks import check_keys, read_state_dict, weights_file
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"  # torchvision VGG19_Weights.IMAGENET1K_V1
 VGG19_URL = f"https://download.pytorch.org/models/{VGG19_FILE}"
@@ -103,13 +103,13 @@ def load_vgg19(path: str | Path, layers: Sequence[str] = tuple(LAYER_WEIGHTS),
     """`VGG19Features` for `layers` with the weights of `path` (torchvision's `vgg19-dcbb9e9d.pth`, its
     .safetensors twin, or a folder holding one), frozen on `device` in float32. Raises ModelNotFoundError (one line:
     the file, what is wrong, where the weights are published) for a missing, unsafe or unfitting file."""
-    file = _weights_file(path, VGG19_FILE, VGG19_WHAT, VGG19_URL)
-    state = _read_state_dict(file, VGG19_FILE, VGG19_URL)
+    file = weights_file(path, VGG19_FILE, VGG19_WHAT, VGG19_URL)
+    state = read_state_dict(file, VGG19_FILE, VGG19_URL)
     model = VGG19Features(layers, _widths_in(state) or VGG19_WIDTHS)
     # Only the layers up to the deepest one used are needed; the rest of the file (and the classifier) is ignored.
     expected = model.state_dict()
     deeper = tuple(f"features.{index}." for index in range(len(model.features), VGG19_MODULES))
-    _check_keys(state, expected, file, VGG19_WHAT, VGG19_FILE, VGG19_URL, ignore=("classifier.", *deeper))
+    check_keys(state, expected, file, VGG19_WHAT, VGG19_FILE, VGG19_URL, ignore=("classifier.", *deeper))
     model.load_state_dict({key: state[key] for key in expected}, strict=True)
     return model.to(device=device, dtype=torch.float32)
 
