@@ -13,12 +13,18 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from fixtures.diffrir import TINY_DIFFRIR, build_diffrir_fixture
-from PIL import Image
-from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
+from training_support import (
+    TINY_DIFFRIR_CONFIG,
+    fresh_accelerate,  # noqa: F401
+    launch_two_processes,
+    read_train_log,
+    reset_accelerate,
+    torch_threads,
+    write_colour_patterns,
+)
 
 from llmga.restore.checkpoint import DiffRIRLoadError, load_diffrir
 from llmga.restore.inference import restore_image
@@ -30,7 +36,6 @@ from training.data.datasets import DataError
 from training.diffrir import DiffRIRConfig, MaskedCropDataset, find_images, main, train, training_pair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY = {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_DIFFRIR.items()}
 SIZES = [(128, 112), (96, 96), (140, 100), (80, 120), (100, 90)]  # some smaller than the crop: reflect-padded
 
 
@@ -42,19 +47,12 @@ def image_folder(tmp_path_factory) -> Path:
     """Five smooth colour patterns of varied sizes, PNG and JPEG, one level of subfolder."""
     folder = tmp_path_factory.mktemp("diffrir_images")
     (folder / "sub").mkdir()
-    rng = np.random.default_rng(0)
-    for index, (width, height) in enumerate(SIZES):
-        yy, xx = np.mgrid[0:height, 0:width]
-        c = rng.uniform(0, 1, (3, 3))
-        pixels = np.stack([0.5 + 0.4 * np.sin(xx / (4 + 3 * c[k, 0]) + 6 * c[k, 1]) * np.cos(yy / (5 + 4 * c[k, 2]))
-                           for k in range(3)], -1)
-        name = f"sub/{index}.jpg" if index % 2 else f"{index}.png"
-        Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / name, quality=95)
+    write_colour_patterns(folder, SIZES, lambda index: f"sub/{index}.jpg" if index % 2 else f"{index}.png")
     return folder
 
 
 def make_config(data: Path, output: Path, **overrides) -> DiffRIRConfig:
-    settings = dict(TINY, crop_size=96, gt_size=64, queue_size=4, train_batch_size=2, max_train_steps=30,
+    settings = dict(TINY_DIFFRIR_CONFIG, crop_size=96, gt_size=64, queue_size=4, train_batch_size=2, max_train_steps=30,
                     learning_rate=2e-3, lr_encoder=2e-3, lr_sr=2e-3, mixed_precision="no", allow_tf32=False,
                     dataloader_num_workers=0, checkpointing_steps=1000, checkpoints_total_limit=None,
                     resume_from_checkpoint=None)
@@ -85,11 +83,6 @@ def s2_fixed_loss(network: DiffRIR, s1: DiffRIRS1, batch: tuple[torch.Tensor, ..
         z_s1 = s1.prior(x, gt)
         z_s2 = s2_training_prior(network, x, z_s1, torch.Generator().manual_seed(3))
         return float(s2_losses(network.restore(x, z_s2), gt, mask, z_s2, z_s1).total)
-
-
-def read_log(output_dir: str) -> list[dict]:
-    lines = (Path(output_dir) / "logs" / "train.jsonl").read_text().splitlines()
-    return [record for record in map(json.loads, lines) if "train_loss" in record]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +118,7 @@ def test_s1_training_lowers_the_loss_on_a_fixed_batch(s1_run):
 
 def test_s1_logs_every_step(s1_run):
     config, result = s1_run
-    records = read_log(config.output_dir)
+    records = read_train_log(config.output_dir)
     assert [r["step"] for r in records] == list(range(1, config.max_train_steps + 1))
     assert [r["train_loss"] for r in records] == pytest.approx(result.losses)
     assert all(r["lr"] == config.learning_rate and r["samples"] == 2 for r in records)
@@ -141,7 +134,7 @@ def test_s1_weights_are_not_taken_for_restoration_weights(s1_run):
 
 def test_s2_runs_phase_a_then_phase_b_and_lowers_the_loss(s1_run, s2_run):
     config, result = s2_run
-    records = read_log(config.output_dir)
+    records = read_train_log(config.output_dir)
     phase_a, phase_b = records[:config.encoder_iters], records[config.encoder_iters:]
     assert all("l_pix" not in r and r["train_loss"] == r["l_abs_3"] and r["lr"] == config.lr_encoder for r in phase_a)
     assert all("l_pix" in r and r["train_loss"] == pytest.approx(r["l_pix"] + r["l_abs_3"]) and r["lr"] == config.lr_sr
@@ -239,15 +232,15 @@ def test_two_processes_keep_identical_weights_through_both_phases(image_folder, 
     """DDP over gloo on the CPU: phase a (which bypasses DDP's gradient averaging, the DIRformer taking no part)
     and phase b leave both processes with the same weights."""
     config = {"train_data": str(image_folder), "output_dir": str(tmp_path / "out"), "stage": "s2",
-              "s1_checkpoint": str(s1_run[1].weights), **TINY, "crop_size": 96, "gt_size": 64, "queue_size": 4,
-              "train_batch_size": 2, "max_train_steps": 2, "encoder_iters": 1, "lr_encoder": 2e-3,
+              "s1_checkpoint": str(s1_run[1].weights), **TINY_DIFFRIR_CONFIG, "crop_size": 96, "gt_size": 64,
+              "queue_size": 4, "train_batch_size": 2, "max_train_steps": 2, "encoder_iters": 1, "lr_encoder": 2e-3,
               "dataloader_num_workers": 0, "checkpointing_steps": 2}
     write(tmp_path / "config.json", json.dumps(config))
     write(tmp_path / "launch.py", RECORDING_LAUNCHER)
     run = launch_two_processes([str(tmp_path / "launch.py"), "--config", str(tmp_path / "config.json"),
                                 str(tmp_path)], tmp_path, 220)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    records = read_log(str(tmp_path / "out"))
+    records = read_train_log(str(tmp_path / "out"))
     assert [("l_pix" in r, r["samples"]) for r in records] == [(False, 4), (True, 4)]
     first, second = (torch.load(tmp_path / f"rank{k}.pt", weights_only=True) for k in (0, 1))
     assert all(torch.equal(first[key], second[key]) for key in first)

@@ -20,11 +20,22 @@ import numpy as np
 import pytest
 import torch
 from fixtures.diffrir import TINY_DIFFRIR
-from PIL import Image
-from training_support import fresh_accelerate, launch_two_processes, reset_accelerate, torch_threads  # noqa: F401
+from training_support import (
+    D_FEAT,
+    REPO_ROOT,
+    TINY_DIFFRIR_CONFIG,
+    VGG_WIDTHS,
+    diffrir_gan_config,
+    fresh_accelerate,  # noqa: F401
+    launch_two_processes,
+    read_train_log,
+    reset_accelerate,
+    torch_threads,
+    write_diffrir_gan_inputs,
+)
 
 from llmga.hub import ModelNotFoundError
-from llmga.restore.checkpoint import load_diffrir, save_basicsr_weights
+from llmga.restore.checkpoint import load_diffrir
 from llmga.restore.degradations import blur
 from llmga.restore.discriminator import UNetDiscriminatorSN
 from llmga.restore.inference import restore_image
@@ -49,59 +60,17 @@ from training.common import ConfigError, load_config
 from training.diffrir import MaskedCropDataset, find_images
 from training.diffrir_gan import DiffRIRGANConfig, gan_training_pair, read_discriminator_weights, train
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY = {key: list(value) if isinstance(value, tuple) else value for key, value in TINY_DIFFRIR.items()}
-SIZES = [(128, 112), (96, 96), (140, 100), (100, 90)]
-VGG_WIDTHS = (4, 8, 8, 8, 8)
-D_FEAT = 8
-
 one_thread = torch_threads(1)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
-    """Four smooth colour patterns; random S1 ({"params"}) and S2 ({"params", "params_ema"}) weight files; a seeded
-    discriminator file (BasicSR net_d layout); a narrow VGG19 written as torchvision's file (features + classifier)."""
-    root = tmp_path_factory.mktemp("diffrir_gan_inputs")
-    images = root / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for index, (width, height) in enumerate(SIZES):
-        yy, xx = np.mgrid[0:height, 0:width]
-        c = rng.uniform(0, 1, (3, 3))
-        pixels = np.stack([0.5 + 0.4 * np.sin(xx / (4 + 3 * c[k, 0]) + 6 * c[k, 1]) * np.cos(yy / (5 + 4 * c[k, 2]))
-                           for k in range(3)], -1)
-        Image.fromarray((pixels * 255).astype(np.uint8)).save(images / f"{index}.png")
-    torch.manual_seed(0)
-    save_basicsr_weights({"params": DiffRIRS1(1, **TINY_DIFFRIR).state_dict()}, root / "s1.pth")
-    s2 = DiffRIR(1, **TINY_DIFFRIR).state_dict()
-    s2["G.tail.1.weight"] *= 10  # a poor start: visible artefacts on the output, for both networks to learn from
-    save_basicsr_weights({"params": {k: torch.zeros_like(v) for k, v in s2.items()}, "params_ema": s2}, root / "s2.pth")
-    save_basicsr_weights({"params": UNetDiscriminatorSN(3, D_FEAT).state_dict()}, root / "d.pth")
-    vgg = VGG19Features(widths=VGG_WIDTHS).state_dict()
-    torch.save({**vgg, "classifier.0.weight": torch.zeros(2, 2)}, root / "vgg19-dcbb9e9d.pth")
-    return {"images": images, "s1": root / "s1.pth", "s2": root / "s2.pth", "d": root / "d.pth",
-            "vgg": root / "vgg19-dcbb9e9d.pth"}
-
-
-def make_config(inputs: dict[str, Path], output: Path, **overrides) -> DiffRIRGANConfig:
-    settings = dict(TINY, crop_size=96, gt_size=64, queue_size=4, train_batch_size=2, max_train_steps=30, lr_sr=2e-3,
-                    lr_d=2e-3, d_num_feat=D_FEAT, s1_checkpoint=str(inputs["s1"]), s2_checkpoint=str(inputs["s2"]),
-                    d_checkpoint=str(inputs["d"]), vgg19_weights=str(inputs["vgg"]), mixed_precision="no",
-                    allow_tf32=False, dataloader_num_workers=0, checkpointing_steps=1000,
-                    checkpoints_total_limit=None, resume_from_checkpoint=None)
-    settings.update(overrides)
-    return DiffRIRGANConfig(train_data=str(inputs["images"]), output_dir=str(output), **settings)
-
-
-def read_log(output_dir: str) -> list[dict]:
-    lines = (Path(output_dir) / "logs" / "train.jsonl").read_text().splitlines()
-    return [record for record in map(json.loads, lines) if "train_loss" in record]
+    return write_diffrir_gan_inputs(tmp_path_factory.mktemp("diffrir_gan_inputs"))
 
 
 @pytest.fixture(scope="module")
 def gan_run(inputs, tmp_path_factory):
-    config = make_config(inputs, tmp_path_factory.mktemp("diffrir_gan"))
+    config = diffrir_gan_config(inputs, tmp_path_factory.mktemp("diffrir_gan"))
     reset_accelerate()
     return config, train(config)
 
@@ -136,7 +105,7 @@ def discriminator(weights: dict[str, torch.Tensor]) -> UNetDiscriminatorSN:
 def test_the_generator_and_discriminator_losses_fall_on_a_fixed_set(inputs, gan_run):
     config, result = gan_run
     assert result.global_step == len(result.losses) == config.max_train_steps
-    records = read_log(config.output_dir)
+    records = read_train_log(config.output_dir)
     assert {"l_g_pix", "l_g_percep", "l_g_gan", "l_abs_3", "l_kd_3", "l_d_real", "l_d_fake", "out_d_real",
             "out_d_fake"} <= set(records[0])
     assert all(r["train_loss"] == pytest.approx(r["l_g_pix"] + r["l_g_percep"] + r["l_g_gan"] + r["l_abs_3"])
@@ -187,7 +156,7 @@ def test_resume_continues_with_identical_losses_and_weights(inputs, tmp_path):
     """An uninterrupted 5-step V2 run (a checkpoint every step) against one resumed from its step-3 checkpoint: the
     pool is full, generator, discriminator (spectral-norm vectors included), both optimizers, the EMA and the random
     streams are restored; losses and both written files are bit-identical."""
-    config = make_config(inputs, tmp_path / "full", usm_gt=True, max_train_steps=5, checkpointing_steps=1)
+    config = diffrir_gan_config(inputs, tmp_path / "full", usm_gt=True, max_train_steps=5, checkpointing_steps=1)
     full = train(config)
     reset_accelerate()
     shutil.copytree(tmp_path / "full" / "checkpoint-3", tmp_path / "resumed" / "checkpoint-3")
@@ -223,15 +192,15 @@ def test_two_processes_keep_identical_weights(inputs, tmp_path):
     spectral norm) stay equal on both processes; started as `-m training.diffrir` with stage s2_gan."""
     config = {"train_data": str(inputs["images"]), "output_dir": str(tmp_path / "out"), "stage": "s2_gan",
               "s1_checkpoint": str(inputs["s1"]), "s2_checkpoint": str(inputs["s2"]),
-              "vgg19_weights": str(inputs["vgg"]), **TINY, "d_num_feat": D_FEAT, "crop_size": 96, "gt_size": 64,
-              "queue_size": 4, "train_batch_size": 2, "max_train_steps": 2, "lr_sr": 2e-3, "lr_d": 2e-3,
+              "vgg19_weights": str(inputs["vgg"]), **TINY_DIFFRIR_CONFIG, "d_num_feat": D_FEAT, "crop_size": 96,
+              "gt_size": 64, "queue_size": 4, "train_batch_size": 2, "max_train_steps": 2, "lr_sr": 2e-3, "lr_d": 2e-3,
               "dataloader_num_workers": 0, "checkpointing_steps": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "launch.py").write_text(RECORDING_LAUNCHER)
     run = launch_two_processes([str(tmp_path / "launch.py"), "--config", str(tmp_path / "config.json"),
                                 str(tmp_path)], tmp_path, 220)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert [r["samples"] for r in read_log(str(tmp_path / "out"))] == [4, 4]
+    assert [r["samples"] for r in read_train_log(str(tmp_path / "out"))] == [4, 4]
     first, second = (torch.load(tmp_path / f"rank{k}.pt", weights_only=True) for k in (0, 1))
     assert any(key.startswith("d.") for key in first) and first.keys() == second.keys()
     assert all(torch.equal(first[key], second[key]) for key in first)
@@ -244,7 +213,7 @@ def test_two_processes_keep_identical_weights(inputs, tmp_path):
 
 def test_a_missing_vgg19_file_stops_the_run_before_training_with_one_line(inputs, tmp_path, capsys):
     missing = tmp_path / "nowhere" / "vgg19-dcbb9e9d.pth"
-    config = make_config(inputs, tmp_path / "out", vgg19_weights=str(missing))
+    config = diffrir_gan_config(inputs, tmp_path / "out", vgg19_weights=str(missing))
     with pytest.raises(ModelNotFoundError, match=f"{re.escape(str(missing))} does not exist.*{re.escape(VGG19_URL)}"):
         train(config)
     assert not (tmp_path / "out").exists()  # nothing started: no logs, no checkpoint
@@ -332,12 +301,12 @@ def test_a_bad_gan_config_names_the_problem(tmp_path, values, message):
 
 def test_s2_weights_must_be_the_configured_s2_network(inputs, tmp_path):
     with pytest.raises(ConfigError, match="s2_checkpoint .* holds DiffRIR S1 weights"):
-        train(make_config(inputs, tmp_path / "a", s2_checkpoint=str(inputs["s1"])))
+        train(diffrir_gan_config(inputs, tmp_path / "a", s2_checkpoint=str(inputs["s1"])))
     with pytest.raises(ConfigError, match="s2_checkpoint .*missing.pth does not exist: train stage s2 first"):
-        train(make_config(inputs, tmp_path / "b", s2_checkpoint=str(tmp_path / "missing.pth")))
+        train(diffrir_gan_config(inputs, tmp_path / "b", s2_checkpoint=str(tmp_path / "missing.pth")))
     reset_accelerate()
     with pytest.raises(ConfigError, match="d_checkpoint .* does not fit the configured network.*d_num_feat"):
-        train(make_config(inputs, tmp_path / "c", d_num_feat=16))
+        train(diffrir_gan_config(inputs, tmp_path / "c", d_num_feat=16))
 
 
 def test_the_shipped_configs_carry_the_official_values():
