@@ -1,15 +1,20 @@
 """Host tests of the DiffRIR nodes in a real ComfyUI with the tiny DiffRIR fixture (its prior network, the CPEN, has
-the released width, so the prior of a large picture takes seconds on a CPU, as the released one does)."""
+the released width, so the prior of a large picture takes seconds on a CPU, as the released one does), and with the
+weights a short run of the GAN training stage writes."""
 
 from __future__ import annotations
 
 import io
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from training_support import diffrir_gan_config, reset_accelerate, write_diffrir_gan_inputs
 
 from llmga.hub import DIFFRIR_FILE
+from training.diffrir_gan import train as train_gan_stage
 
 pytestmark = pytest.mark.host
 
@@ -153,3 +158,28 @@ def test_a_partial_mask_gets_the_summary_alone(comfy, host_diffrir, pictures):
     outputs = comfy.run(restore_graph(host_diffrir.name, tile_size=32))
     assert outputs["6"]["text"][0].splitlines() == [f"{outputs['6']['text'][0].split()[0]} network passes"]
     assert int(outputs["6"]["text"][0].split()[0]) > 1
+
+
+@pytest.fixture(scope="module")
+def gan_stage_diffrir(comfy_base_dir: Path, host_diffrir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The net_g file of a 3-step GAN-stage run from the tiny S1 / S2 inputs of the trainer tests, copied into the
+    server's models/diffrir."""
+    root = tmp_path_factory.mktemp("diffrir_gan_host")
+    inputs = write_diffrir_gan_inputs(root / "inputs")
+    reset_accelerate()
+    try:
+        result = train_gan_stage(diffrir_gan_config(inputs, root / "run", max_train_steps=3))
+    finally:
+        reset_accelerate()
+    return Path(shutil.copyfile(result.weights, host_diffrir.parent / "llmga_gan_stage_net_g.pth"))
+
+
+def test_the_gan_stage_s_weights_restore_through_the_nodes(comfy, gan_stage_diffrir, pictures):
+    """Issue 18: the file the GAN stage writes loads in LLMGA Load DiffRIR (strictly) and LLMGA DiffRIR Restore
+    changes the masked region of the generated picture, at its size, keeping the reference outside the mask."""
+    reference, generated, mask = pictures
+    out = saved(comfy, comfy.run(restore_graph(gan_stage_diffrir.name)), "7")
+    assert out.shape == generated.shape
+    inside = mask > 0
+    assert not np.array_equal(out[inside], generated[inside])
+    assert np.array_equal(out[~inside], reference[~inside])
