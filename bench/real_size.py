@@ -92,7 +92,7 @@ def build_assistant(folder: Path, family: str, *, tiny: bool, device: torch.devi
                        select_feature=config.get("mm_vision_select_feature", "patch"))
     processing = ImageProcessing.from_folder(local_tower) if local_tower is not None else ImageProcessing()
     assistant = Assistant(LoadedAssistant(model=model, tokenizer=load_tokenizer(folder), image_processing=processing,
-                                          checkpoint=checkpoint))
+                                          checkpoint=checkpoint, attention=implementation))
     exclude_stop_tokens(assistant)
     return assistant
 
