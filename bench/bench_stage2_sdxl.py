@@ -13,9 +13,6 @@ under --workdir from ComfyUI's CLIP tokenizer) unless --model names an SDXL diff
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from bench_train_stage2 import run_variant, write_images  # noqa: E402
+from bench_train_stage2 import add_arguments, run_throughput  # noqa: E402
 
 
 def tiny_sdxl(workdir: Path, task: str) -> Path:
@@ -41,39 +38,12 @@ def tiny_sdxl(workdir: Path, task: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=2, help="per process")
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--task", choices=("t2i", "inpaint"), default="t2i")
-    parser.add_argument("--model", type=Path, help="an SDXL diffusers folder (default: the tiny fixture)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--gpu", action="store_true", help="train on CUDA (bf16) instead of the CPU (fp32)")
-    parser.add_argument("--workdir", type=Path)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_arguments(parser, "an SDXL diffusers folder (default: the tiny fixture)")
     args = parser.parse_args()
-
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stage2_sdxl_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    model = args.model or tiny_sdxl(workdir, args.task)
-    data = write_images(workdir / "images", 2 * 2 * args.batch * args.steps, args.resolution)
-    base = {"pretrained_model": str(model), "train_data": str(data), "family": "sdxl", "task": args.task,
-            "resolution": args.resolution, "train_batch_size": args.batch, "max_train_steps": args.steps,
-            "mixed_precision": "bf16" if args.gpu else "no", "use_ema": True, "checkpointing_steps": 10**9,
-            "resume_from_checkpoint": None, "gradient_checkpointing": False}
-    variants = [("1 proc", base, 1), ("1 proc + grad ckpt", {**base, "gradient_checkpointing": True}, 1),
-                ("2 procs", base, 2)]
-    results = [run_variant(name, config, processes, args.threads, args.gpu, workdir, args.warmup)
-               for name, config, processes in variants]
-
-    print(f"\nstage-2 SDXL training, task {args.task}, {args.resolution}px, batch {args.batch}/process, "
-          f"{args.steps - args.warmup} timed steps, {'GPU' if args.gpu else f'CPU ({args.threads} threads)'}, "
-          f"{platform.processor() or platform.machine()}, model {model}")
-    print(f"{'variant':<22}{'samples/s':>12}{'median step ms':>17}")
-    for r in results:
-        print(f"{r['variant']:<22}{r['samples_per_s']:>12.2f}{r['step_ms_median']:>17.0f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    run_throughput(args, args.model or tiny_sdxl(workdir, args.task), workdir, "stage-2 SDXL training",
+                   family="sdxl")
 
 
 if __name__ == "__main__":

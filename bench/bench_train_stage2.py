@@ -101,25 +101,25 @@ def run_variant(name: str, config: dict, processes: int, threads: int, gpu: bool
             "step_ms_median": 1000 * float(np.median([r["step_seconds"] for r in steps])), "steps": len(steps)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """The options every stage-2 throughput bench takes (this one and bench_stage2_sdxl.py)."""
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2, help="per process")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--task", choices=("t2i", "inpaint"), default="t2i")
-    parser.add_argument("--model", type=Path, help="an SD1.5 diffusers folder (default: the tiny fixture)")
+    parser.add_argument("--model", type=Path, help=model_help)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--gpu", action="store_true", help="train on CUDA (bf16) instead of the CPU (fp32)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stage2_"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    model = args.model or tiny_model(workdir, args.task)
+
+def run_throughput(args: argparse.Namespace, model: Path, workdir: Path, title: str, **settings) -> None:
+    """Time the three variants on `model` and print the table (and --json). settings: stage-2 settings every
+    variant adds (e.g. family: sdxl)."""
     data = write_images(workdir / "images", 2 * 2 * args.batch * args.steps, args.resolution)
-    base = {"pretrained_model": str(model), "train_data": str(data), "task": args.task,
+    base = {"pretrained_model": str(model), "train_data": str(data), **settings, "task": args.task,
             "resolution": args.resolution, "train_batch_size": args.batch, "max_train_steps": args.steps,
             "mixed_precision": "bf16" if args.gpu else "no", "use_ema": True, "checkpointing_steps": 10**9,
             "resume_from_checkpoint": None, "gradient_checkpointing": False}
@@ -128,7 +128,7 @@ def main() -> None:
     results = [run_variant(name, config, processes, args.threads, args.gpu, workdir, args.warmup)
                for name, config, processes in variants]
 
-    print(f"\nstage-2 training, task {args.task}, {args.resolution}px, batch {args.batch}/process, "
+    print(f"\n{title}, task {args.task}, {args.resolution}px, batch {args.batch}/process, "
           f"{args.steps - args.warmup} timed steps, {'GPU' if args.gpu else f'CPU ({args.threads} threads)'}, "
           f"{platform.processor() or platform.machine()}, model {model}")
     print(f"{'variant':<22}{'samples/s':>12}{'median step ms':>17}")
@@ -136,6 +136,15 @@ def main() -> None:
         print(f"{r['variant']:<22}{r['samples_per_s']:>12.2f}{r['step_ms_median']:>17.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, "an SD1.5 diffusers folder (default: the tiny fixture)")
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_stage2_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_throughput(args, args.model or tiny_model(workdir, args.task), workdir, "stage-2 training")
 
 
 if __name__ == "__main__":
