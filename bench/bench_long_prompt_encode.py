@@ -129,15 +129,18 @@ def timed_run(server: ComfyServer, graph: dict, must_run: set[str], must_cache: 
 
 
 def interleaved(variants: dict[str, Callable[[int], tuple[dict, set[str], set[str]]]], server: ComfyServer,
-                repeats: int, first: int = 1,
+                repeats: int, warm_up: str,
                 wrap: Callable[[str, Callable[[], tuple[float, float]]], tuple[float, float]] | None = None,
                 ) -> dict[str, list[tuple[float, float]]]:
-    """Run every variant once per repetition, in a rotating order; each run gets its own prompt number (from
-    `first` on), so no encoder output can come from the cache. wrap(name, run): runs `run` (one timed run of the
-    variant `name`) and returns its result, e.g. to read the server's peak memory around it."""
+    """Run every variant once untimed (`warm_up` says what that loads), then once per repetition in a rotating order;
+    each run gets its own prompt number, so no encoder output can come from the cache. wrap(name, run): runs `run`
+    (one timed run of the variant `name`) and returns its result, e.g. to read the server's peak memory around it."""
     names = list(variants)
+    print(f"warm-up ({warm_up}) ...", flush=True)
+    for number, name in enumerate(names):
+        server.run(variants[name](number)[0])
     rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    number = first
+    number = len(names)
     for i in range(repeats):
         order = names[i % len(names):] + names[:i % len(names)]
         for name in order:
@@ -228,10 +231,7 @@ def main() -> None:
 
         variants = {"pack llmga": pack("llmga"), "pack lpw": pack("lpw"), "native 2x CLIPTextEncode": native,
                     "native, positive only": native_positive}
-        print("warm-up (loads the checkpoint, first CLIP call) ...", flush=True)
-        for number, name in enumerate(variants):
-            server.run(variants[name](number)[0])
-        rows = interleaved(variants, server, args.repeats, first=len(variants))
+        rows = interleaved(variants, server, args.repeats, "loads the checkpoint, first CLIP call")
 
         print()
         print(f"machine: {machine_line()}")

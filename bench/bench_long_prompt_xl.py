@@ -108,10 +108,7 @@ def main() -> None:
 
         variants = {"pack llmga": pack(True), "pack llmga, no negative (zeros)": pack(False),
                     "native 2x CLIPTextEncodeSDXL": native, "native, positive only": native_positive}
-        print("warm-up (loads the checkpoint, first CLIP call) ...", flush=True)
-        for number, name in enumerate(variants):
-            server.run(variants[name](number)[0])
-        rows = interleaved(variants, server, args.repeats, first=len(variants))
+        rows = interleaved(variants, server, args.repeats, "loads the checkpoint, first CLIP call")
 
         print()
         print(f"machine: {machine_line()}")

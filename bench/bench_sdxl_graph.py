@@ -104,10 +104,7 @@ def main() -> None:
             return graph, {"12", "5", "6", "7"} | (set() if empty else {"13"}), set(loaders)
 
         variants = {"pack graph": pack, "native graph": native}
-        print("warm-up (loads both models, first CLIP / UNet / VAE calls) ...", flush=True)
-        for number, name in enumerate(variants):
-            server.run(variants[name](number)[0])
-        rows = interleaved(variants, server, args.repeats, first=len(variants))
+        rows = interleaved(variants, server, args.repeats, "loads both models, first CLIP / UNet / VAE calls")
 
         print()
         print(f"machine: {machine_line()}")

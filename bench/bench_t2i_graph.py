@@ -110,10 +110,7 @@ def main() -> None:
         server, comfy_path = start_server(args.workdir, args.threads, stack)
         pairs = prompt_variants(clip_tokenizer(comfy_path), 3 * (args.repeats + 1))
         variants = t2i_variants(pairs, args.size, args.steps, "tiny-sd15", "tiny-sd15.safetensors")
-        print("warm-up (loads both models, first CLIP / UNet / VAE calls) ...", flush=True)
-        for number, name in enumerate(variants):
-            server.run(variants[name](number)[0])
-        rows = interleaved(variants, server, args.repeats, first=len(variants))
+        rows = interleaved(variants, server, args.repeats, "loads both models, first CLIP / UNet / VAE calls")
 
         print()
         print(f"machine: {machine_line()}")

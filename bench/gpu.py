@@ -244,8 +244,6 @@ def t2i_rows(setting: Setting) -> list[Row]:
         pairs = prompt_variants(clip_tokenizer(server.comfy_path), 2 * (sizes.repeats + 1))
         graphs = t2i_variants(pairs, sizes.image, sizes.t2i_steps, folder, single_file)
         variants = {"pack": graphs["pack graph"], "native": graphs["native graph"]}
-        for number, name in enumerate(variants):  # warm-up: loads both models
-            server.run(variants[name](number)[0])
         peaks = {name: 0 for name in variants}
 
         def with_peak(name: str, run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
@@ -254,7 +252,7 @@ def t2i_rows(setting: Setting) -> list[Row]:
             peaks[name] = max(peaks[name], server.get_json(SERVER_ROUTE)["peak_bytes"])
             return result
 
-        runs = interleaved(variants, server, sizes.repeats, first=len(variants), wrap=with_peak)
+        runs = interleaved(variants, server, sizes.repeats, "loads both models", wrap=with_peak)
         system = server.get_json("/system_stats")["system"]
     medians = {name: statistics.median(run[0] for run in timings) for name, timings in runs.items()}
     ratio = medians["pack"] / medians["native"]
