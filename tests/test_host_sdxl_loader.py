@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import workflow_api
 from comfy_server import load_warnings
 from PIL import Image
 
@@ -28,31 +29,15 @@ def loader(name: str, node: str = "LLMGALoadSDXL", allow_download: bool = False)
 
 def txt2img_graph(load: dict, width: int = 64, height: int = 48) -> dict:
     """`load` (node 1: MODEL, CLIP, VAE) -> CLIPTextEncode -> KSampler -> VAEDecode -> SaveImage (node 7)."""
-    return {
-        "1": load,
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red fox in deep snow"}},
-        # SDXL's empty negative (force_zeros_for_empty_prompt), as LLMGA's SDXL CLIs run it: one encode per picture
-        "3": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}},
-        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
-        "5": {"class_type": "KSampler", "inputs": {
-            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
-            "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
-        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "llmga_sdxl_loader"}},
-    }
+    # SDXL's empty negative (force_zeros_for_empty_prompt), as LLMGA's SDXL CLIs run it: one encode per picture
+    negative = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["2", 0]}}
+    return workflow_api.txt2img_graph(load, negative, cfg=5.0, prefix="llmga_sdxl_loader", width=width,
+                                      height=height)
 
 
 def inpaint_graph(load: dict, picture: str) -> dict:
     """txt2img_graph with InpaintModelConditioning (node 12) on LoadImage `picture` and its alpha mask."""
-    graph = txt2img_graph(load)
-    graph.update({
-        "11": {"class_type": "LoadImage", "inputs": {"image": picture}},
-        "12": {"class_type": "InpaintModelConditioning", "inputs": {
-            "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["11", 0], "mask": ["11", 1],
-            "noise_mask": True}},
-    })
-    graph["5"]["inputs"].update({"positive": ["12", 0], "negative": ["12", 1], "latent_image": ["12", 2]})
-    return graph
+    return workflow_api.with_inpaint_conditioning(txt2img_graph(load), picture)
 
 
 def render(comfy, graph: dict) -> tuple[np.ndarray, str]:

@@ -115,3 +115,32 @@ def with_tiny_sdxl_models(graph: dict, *, sdxl: str, sdxl_inpainting: str, contr
         elif kind == "ControlNetLoader":
             inputs.update(control_net_name=controlnet)
     return tiny
+
+
+def txt2img_graph(load: dict, negative: dict, *, cfg: float, prefix: str, width: int = 64, height: int = 48) -> dict:
+    """`load` (node 1: MODEL, CLIP, VAE) -> CLIPTextEncode (node 2) and the negative node 3 (`negative`, reading node
+    2 or node 1's CLIP) -> KSampler (2 euler steps, seed 7) -> VAEDecode -> SaveImage (node 7, `prefix`)."""
+    return {
+        "1": load,
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red fox in deep snow"}},
+        "3": negative,
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "seed": 7, "steps": 2, "cfg": cfg, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": prefix}},
+    }
+
+
+def with_inpaint_conditioning(graph: dict, picture: str) -> dict:
+    """`graph` (txt2img_graph) sampling through InpaintModelConditioning (node 12) on LoadImage `picture` (node 11)
+    and its alpha mask."""
+    graph.update({
+        "11": {"class_type": "LoadImage", "inputs": {"image": picture}},
+        "12": {"class_type": "InpaintModelConditioning", "inputs": {
+            "positive": ["2", 0], "negative": ["3", 0], "vae": ["1", 2], "pixels": ["11", 0], "mask": ["11", 1],
+            "noise_mask": True}},
+    })
+    graph["5"]["inputs"].update({"positive": ["12", 0], "negative": ["12", 1], "latent_image": ["12", 2]})
+    return graph
